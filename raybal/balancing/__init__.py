@@ -1,0 +1,11 @@
+"""Balancing-method registry: ``[balance] method = "..."`` -> strategy class."""
+
+from __future__ import annotations
+
+from raybal.balancing.base import BalanceMethod, MethodContext, Vanilla
+from raybal.registry import Registry
+
+METHODS: Registry[type[BalanceMethod]] = Registry("balancing method")
+METHODS.register("vanilla")(Vanilla)
+
+__all__ = ["METHODS", "BalanceMethod", "MethodContext"]

@@ -1,0 +1,103 @@
+"""The balancing-strategy interface: small hooks over the one training loop (DESIGN.md §5.4).
+
+The loop in :mod:`raybal.train` calls, per epoch and per step::
+
+    on_epoch_start(epoch)            # e.g. warm-up of a penalty weight, freezing encoders
+    before_step()                    # per-step mode, e.g. Wu's re-balancing gate override
+    out = model(x); loss = CE(out.logits, y)
+    loss += extra_loss(out, y, loss) # e.g. the mu_target penalty
+    loss.backward()
+    after_backward(out, y)           # e.g. OGM-GE gradient modulation, learning-speed sums
+    optimizer.step(); after_step()
+
+Methods see the model only through its public contract (``encode``/``fuse``, per-modality
+logits, ``branch_parameters``, gates) and keep their own state in ``state_dict`` so a run
+resumes exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import Tensor
+
+from raybal.config import ConfigError
+from raybal.models.base import FusionModel, ModelOutput
+
+if TYPE_CHECKING:
+    from raybal.config import RunConfig
+
+
+@dataclass
+class MethodContext:
+    """What a method may know about the run it is part of."""
+
+    model: FusionModel
+    modalities: tuple[str, ...]
+    epochs: int
+    steps_per_epoch: int
+    seed: int
+    world_size: int = 1
+    all_reduce: Any = None  # callable(Tensor) -> Tensor (mean over ranks), None when single process
+
+
+class BalanceMethod:
+    """Base strategy: ordinary training. Subclasses override only the hooks they need."""
+
+    needs_gates: ClassVar[bool] = False
+    needs_modality_logits: ClassVar[bool] = False
+
+    def __init__(self, params: Any, ctx: MethodContext) -> None:
+        self.params = params
+        self.ctx = ctx
+        self.epoch = 0
+
+    @classmethod
+    def check_config(cls, cfg: "RunConfig") -> None:
+        """Checks that span sections (e.g. target modalities vs. the data set's)."""
+        from raybal.models import MODELS
+
+        model_cls = MODELS.get(cfg.model.name).obj
+        if cls.needs_gates and not model_cls.has_gates:
+            raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs a model with "
+                              f"cross-modal gates (model.name = \"mmtm\"), not {cfg.model.name!r}")
+        if cls.needs_modality_logits and not model_cls.has_modality_logits:
+            raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs per-modality logits, "
+                              f"which model {cfg.model.name!r} does not provide")
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_mode(self, model: FusionModel) -> None:
+        """Called after ``model.train()``; e.g. keep frozen encoders in eval mode."""
+
+    def before_step(self) -> None:
+        pass
+
+    def extra_loss(self, out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
+        return None
+
+    def after_backward(self, out: ModelOutput, y: Tensor) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def epoch_log(self) -> dict[str, float]:
+        """Scalars for ``epochs.parquet`` (e.g. ``lambda_mu``), reset each epoch by the method."""
+        return {}
+
+    def modality_log(self) -> dict[str, dict[str, float]]:
+        """Per-modality scalars for ``utilization.parquet`` (e.g. ``learning_speed``)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Vanilla(BalanceMethod):
+    """Ordinary joint training: cross-entropy on the fused logits, nothing else."""

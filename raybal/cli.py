@@ -1,0 +1,215 @@
+"""The ``raybal`` command line (DESIGN.md §4).
+
+Bad input (a config error, a missing file, a foreign results directory) prints one line
+``raybal: error: ...`` naming what is wrong and exits with code 2, before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class UsageError(Exception):
+    """Bad input detected by the CLI itself."""
+
+
+class ProgressPrinter:
+    """One line per epoch (epoch, loss, accuracy, MU), a counter for sweeps."""
+
+    def __init__(self, quiet: bool = False, stream: Any = None) -> None:
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.t0 = time.perf_counter()
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        if "robustness" in ev:
+            done, total = ev["robustness"]
+            end = "\n" if done == total or not self.tty else "\r"
+            if self.tty or done == total or done % 10 == 0:
+                print(f"[{ev['trial_id']}] robustness sweep {done}/{total}", end=end, file=self.stream, flush=True)
+            return
+        metric = "accuracy" if "val_accuracy" in ev else "miou"
+        parts = [f"[{ev['trial_id']}] epoch {ev['epoch']}/{ev['epochs']}",
+                 f"loss {ev['train_loss']:.3f}", f"train {metric} {ev[f'train_{metric}']:.3f}",
+                 f"val {metric} {ev[f'val_{metric}']:.3f}"]
+        if ev.get("mu"):
+            parts.append("MU " + " ".join(f"{m} {v:.2f}" for m, v in ev["mu"].items()))
+        if ev.get("lambda_mu") is not None:
+            parts.append(f"lambda {ev['lambda_mu']:.3g}")
+        parts.append(f"{time.perf_counter() - self.t0:.0f}s")
+        print("  ".join(parts), file=self.stream, flush=True)
+
+
+def _overrides(items: Sequence[str]) -> dict[str, Any]:
+    from raybal.config import parse_override
+
+    return dict(parse_override(s) for s in items)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from raybal.config import load_config
+    from raybal.runner import default_results_dir, train_to_dir
+
+    overrides = _overrides(args.set)
+    if args.workers is not None:
+        overrides["train.workers"] = args.workers
+    if args.gpu:
+        overrides["train.use_gpu"] = True
+    cfg = load_config(args.config, overrides)
+    results = Path(args.results) if args.results else default_results_dir(cfg)
+    if cfg.train.workers > 1 or args.address:
+        from raybal.distributed import train_distributed
+
+        result = train_distributed(cfg, results, address=args.address, progress=ProgressPrinter(args.quiet))
+    else:
+        result = train_to_dir(cfg, results, progress=ProgressPrinter(args.quiet))
+    _print_summary(result, results)
+    return 0
+
+
+def _print_summary(result: Any, results: Path) -> None:
+    f = result.final
+    metric = "accuracy" if "final.test_accuracy" in f else "miou"
+    mods = result.config.modalities
+    mu = "  ".join(f"{m} {f[f'final.mu.{m}']:.3f} (raw {f[f'final.mu_raw.{m}']:.3f})" for m in mods)
+    print(f"done in {result.wall_s:.1f}s: val {metric} {f[f'final.val_{metric}']:.4f}  test {metric} "
+          f"{f[f'final.test_{metric}']:.4f}  (best epoch {f['final.best_epoch']})")
+    print(f"test MU share  {mu}")
+    for k in sorted(x for x in f if x.startswith("robust.")):
+        print(f"{k} {f[k]:.4f}")
+    print(f"results: {results.resolve()}  (trials.parquet, epochs.parquet, utilization.parquet"
+          f"{', robustness.parquet' if result.robustness else ''}, run.json)")
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+
+    from raybal.checkpoint import config_of, load_checkpoint
+    from raybal.config import config_from_dict, set_dotted
+    from raybal.data import load_data
+    from raybal.results import atomic_write_json, check_writable, environment, write_results
+    from raybal.robustness import summarize, sweep
+    from raybal.train import RunResult, build_for
+
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        cfg = config_of(ckpt)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    raw = cfg.to_dict()
+    raw["robustness"]["enabled"] = True
+    for k, v in _overrides(args.set).items():
+        if not k.startswith("robustness."):
+            raise UsageError(f"{k}: only robustness.* keys can be overridden here")
+        set_dotted(raw, k, v)
+    cfg = config_from_dict(raw)
+    trial_id = str(ckpt.get("trial_id", "run"))
+    results = Path(args.results) if args.results else Path("results") / f"robustness-{trial_id}-{cfg.digest()[:8]}"
+    check_writable(results)
+    data = load_data(cfg.data)
+    model = build_for(cfg, data)
+    model.load_state_dict(ckpt["model"])
+    printer = ProgressPrinter(args.quiet)
+    rows = sweep(model, data, cfg.robustness, mu_repeats=cfg.train.mu_repeats,
+                 progress=lambda d, t: printer({"trial_id": trial_id, "robustness": (d, t)}))
+    summary = summarize(rows, data.task)
+    res = RunResult(trial_id=trial_id, config=cfg, robustness=[{"trial_id": trial_id, **r} for r in rows],
+                    final={**ckpt.get("final", {}), **summary}, checkpoint=str(Path(args.checkpoint).resolve()))
+    write_results(results, [res])
+    atomic_write_json({"kind": "robustness", "checkpoint": res.checkpoint, "config": cfg.to_dict(),
+                       "config_digest": cfg.digest(), "versions": environment(), "summary": summary},
+                      results / "run.json")
+    for k, v in summary.items():
+        print(f"{k} {v:.4f}")
+    print(f"results: {results.resolve()}  (robustness.parquet, trials.parquet, run.json)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from raybal.balancing import METHODS
+    from raybal.data import DATASETS
+    from raybal.models import MODELS
+    from raybal.noise import CORRUPTIONS
+
+    for title, reg in (("data sets", DATASETS), ("models", MODELS), ("balancing methods", METHODS),
+                       ("corruptions", CORRUPTIONS)):
+        print(f"{title}:")
+        for name, doc in reg.describe():
+            print(f"  {name:18s} {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from raybal import __version__
+
+    p = argparse.ArgumentParser(
+        prog="raybal",
+        description="Train multimodal fusion networks whose modality utilization is measured and steered, "
+                    "and run robustness and hyperparameter studies on Ray.",
+        epilog="Exit codes: 0 ok, 1 the run failed, 2 bad input. See README.md for the file formats.")
+    p.add_argument("--version", action="version", version=f"raybal {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train one model from a run file (no search)",
+                       description="Train one model as a run file (TOML) says; write trials/epochs/utilization "
+                                   "Parquet tables, run.json and checkpoints to --results. Re-running the same "
+                                   "config into the same --results resumes from its last checkpoint.")
+    t.add_argument("config", help="run file (TOML): [data] [model] [balance] [train] [robustness]")
+    t.add_argument("--results", help="results directory (default: results/train-<data>-<method>-<hash>)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=0.003 (repeatable; values read as TOML)")
+    t.add_argument("--workers", type=int, help="data-parallel workers on Ray Train (default: train.workers)")
+    t.add_argument("--gpu", action="store_true", help="one GPU per worker (sets train.use_gpu)")
+    t.add_argument("--address", help="join a running Ray cluster (e.g. auto) instead of training in-process")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("robustness", help="noise sweep of one trained model",
+                       description="Evaluate a checkpoint (model.pt) under Gaussian noise, blackout and speckle "
+                                   "of each modality; writes robustness.parquet. The grid comes from the "
+                                   "checkpoint's [robustness] section, changed with --set robustness.KEY=VALUE.")
+    r.add_argument("checkpoint", help="a model.pt written by raybal train / study")
+    r.add_argument("--results", help="output directory (default: results/robustness-<trial>-<hash>)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. --set 'robustness.corruptions=[\"gaussian\",\"speckle\"]'")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_robustness)
+
+    i = sub.add_parser("info", help="list the registered data sets, models, methods and corruptions")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from raybal.config import ConfigError
+    from raybal.data.base import DataError
+    from raybal.results import ResultsError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, DataError, ResultsError, UsageError) as exc:
+        print(f"raybal: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("raybal: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the run itself failed: recorded in the results, one line here
+        from raybal.train import _one_line
+
+        print(f"raybal: run failed: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

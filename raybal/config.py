@@ -1,0 +1,481 @@
+"""One typed, validated, immutable config tree (DESIGN.md §4, §5.2).
+
+A run file (TOML) has the sections ``[data]``, ``[model]``, ``[balance]``, ``[train]`` and
+``[robustness]``. ``[data]``, ``[model]`` and ``[balance]`` select a registry entry
+(``name`` / ``method``); their other keys are validated against that entry's params
+dataclass. Every failure is a :class:`ConfigError` that names the dotted key, raised before
+any work starts. The tree is made of frozen dataclasses and :class:`FrozenMap`, so a config
+can be hashed, pickled to Ray workers and stored with every result row and checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator, Literal, get_args, get_origin
+
+RUN_SECTIONS = ("data", "model", "balance", "train", "robustness")
+
+
+class ConfigError(ValueError):
+    """A bad config value; ``str()`` is one line that names the dotted key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class FrozenMap(Mapping[str, Any]):
+    """An immutable, hashable, picklable str-keyed mapping (insertion ordered)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_items", tuple((items or {}).items()))
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self) == dict(other)
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({dict(self._items)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMap, (dict(self._items),))
+
+
+# ----------------------------------------------------------------------------- fields
+
+
+def knob(default: Any, *, ge: float | None = None, gt: float | None = None,
+         le: float | None = None, lt: float | None = None, doc: str = "") -> Any:
+    """A dataclass field with a numeric range checked on load."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc}
+    if isinstance(default, (dict, list, tuple, FrozenMap)):
+        value = default
+        return field(default_factory=lambda: _freeze(value), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return FrozenMap({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _thaw(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    if origin is tuple:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    if tp is FrozenMap or origin in (Mapping, dict):
+        return "table"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return the frozen value."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return _freeze(value)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(key, f"must be one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+        inner = get_args(tp)[0]
+        return tuple(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is FrozenMap or origin in (Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected a table, got {value!r}")
+        args = get_args(tp)
+        vt = args[1] if len(args) == 2 else Any
+        return FrozenMap({str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()})
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise ConfigError(key, f"must be finite, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {key}")
+
+
+def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if meta.get("ge") is not None and v < meta["ge"]:
+            raise ConfigError(key, f"must be >= {meta['ge']}, got {v}")
+        if meta.get("gt") is not None and v <= meta["gt"]:
+            raise ConfigError(key, f"must be > {meta['gt']}, got {v}")
+        if meta.get("le") is not None and v > meta["le"]:
+            raise ConfigError(key, f"must be <= {meta['le']}, got {v}")
+        if meta.get("lt") is not None and v >= meta["lt"]:
+            raise ConfigError(key, f"must be < {meta['lt']}, got {v}")
+
+
+def build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+    """Build the frozen dataclass ``cls`` from ``raw``, naming ``prefix.key`` on error."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(prefix, f"expected a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls) if f.init}
+    for key in raw:
+        if key not in known:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise ConfigError(f"{prefix}.{key}", f"unknown key (allowed: {allowed})")
+    kwargs: dict[str, Any] = {}
+    for name, f in known.items():
+        key = f"{prefix}.{name}"
+        if name not in raw:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = build(tp, raw[name], key)
+            continue
+        value = _coerce(raw[name], tp, key)
+        _check_range(value, f.metadata, key)
+        if isinstance(value, FrozenMap):
+            for k, v in value.items():
+                _check_range(v, f.metadata, f"{key}.{k}")
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate(prefix)
+    return obj
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``[data]``: ``name`` selects a data set; the other keys are its knobs."""
+
+    name: str = "synthetic_aerial"
+    cache_dir: str | None = None
+    params: Any = None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.params.modality_names())
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``[model]``: ``name`` selects an architecture; the other keys are its knobs."""
+
+    name: str = "late"
+    params: Any = None
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    """``[balance]``: ``method`` selects a balancing strategy; the other keys are its knobs."""
+
+    method: str = "vanilla"
+    params: Any = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``[train]``: the optimisation loop shared by every method."""
+
+    epochs: int = knob(8, ge=1)
+    batch_size: int = knob(64, ge=2)
+    lr: float = knob(2e-3, gt=0.0)
+    weight_decay: float = knob(1e-4, ge=0.0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    seed: int = knob(0, ge=0)
+    workers: int = knob(1, ge=1)
+    use_gpu: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+    select: Literal["best_val", "last"] = "best_val"
+    mu_repeats: int = knob(3, ge=1, doc="shuffles averaged per permutation-MU estimate")
+    mu_every: int = knob(1, ge=1, doc="measure val MU every N epochs (and always at the end)")
+    num_threads: int = knob(0, ge=0, doc="torch CPU threads; 0 = torch's default")
+    checkpoint_every: int = knob(1, ge=1)
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    """``[robustness]``: the noise sweep run after training (DESIGN.md §2)."""
+
+    enabled: bool = False
+    modalities: tuple[str, ...] = ()
+    corruptions: tuple[str, ...] = ("gaussian", "blackout")
+    levels: FrozenMap = knob({}, ge=0.0, doc="corruption -> levels; missing ones use raybal.noise.DEFAULT_LEVELS")
+    splits: tuple[Literal["val", "test"], ...] = ("val", "test")
+    measure_mu: bool = True
+    seed: int = knob(0, ge=0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole tree. Construct it with :func:`load_config` / :func:`config_from_dict`."""
+
+    data: DataConfig
+    model: ModelConfig
+    balance: BalanceConfig
+    train: TrainConfig
+    robustness: RobustnessConfig
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.data.modalities
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain TOML-able nested dicts (the file that would recreate it)."""
+        out: dict[str, Any] = {}
+        for section, selector in (("data", "name"), ("model", "name"), ("balance", "method")):
+            sec = getattr(self, section)
+            d = {selector: getattr(sec, selector)}
+            if section == "data" and sec.cache_dir is not None:
+                d["cache_dir"] = sec.cache_dir
+            d.update(_thaw(sec.params) if sec.params is not None else {})
+            out[section] = d
+        out["train"] = _thaw(self.train)
+        out["robustness"] = _thaw(self.robustness)
+        return _drop_none(out)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def flatten(self) -> dict[str, Any]:
+        """Dotted names -> scalar values (lists as JSON), for ``trials.parquet`` columns."""
+        return flatten_dict(self.to_dict())
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def replace(self, overrides: Mapping[str, Any]) -> "RunConfig":
+        """A new validated config with dotted overrides applied."""
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            set_dotted(raw, key, value)
+        return config_from_dict(raw)
+
+
+def _drop_none(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d
+
+
+def flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten_dict(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(list(v))
+        else:
+            out[key] = v
+    return out
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(key, "an override must be section.key=value")
+    node = raw
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(key, f"{p} is a value, not a table")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=0.003"`` -> ``("train.lr", 0.003)``; the value is read as TOML, else a string."""
+    if "=" not in text:
+        raise ConfigError(text, "an override must look like section.key=value")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key, parsed
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _build_selected(section: str, selector: str, default: str, raw: Mapping[str, Any],
+                    registry: Any, cls: type) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(section, f"expected a table, got {raw!r}")
+    raw = dict(raw)
+    name = raw.pop(selector, default)
+    key = f"{section}.{selector}"
+    if not isinstance(name, str):
+        raise ConfigError(key, f"expected a string, got {name!r}")
+    if name not in registry:
+        raise ConfigError(key, f"unknown {registry.kind} {name!r} (known: {', '.join(registry.names())})")
+    extra: dict[str, Any] = {}
+    if section == "data" and "cache_dir" in raw:
+        cache_dir = raw.pop("cache_dir")
+        if not isinstance(cache_dir, str):
+            raise ConfigError("data.cache_dir", f"expected a string, got {cache_dir!r}")
+        extra["cache_dir"] = cache_dir
+    entry = registry.get(name)
+    if entry.params is None:
+        if raw:
+            raise ConfigError(f"{section}.{next(iter(raw))}", f"unknown key ({registry.kind} {name!r} takes no knobs)")
+        params = None
+    else:
+        params = build(entry.params, raw, section)
+    return cls(**{selector: name, "params": params, **extra})
+
+
+def config_from_dict(raw: Mapping[str, Any], *, allow: tuple[str, ...] = ()) -> RunConfig:
+    """Validate a nested dict (a parsed run file) into a :class:`RunConfig`.
+
+    ``allow`` names extra top-level sections the caller handles itself (a study's
+    ``[study]`` and ``[search]``); they are ignored here.
+    """
+    from raybal.balancing import METHODS
+    from raybal.data import DATASETS
+    from raybal.models import MODELS
+
+    if not isinstance(raw, Mapping):
+        raise ConfigError("", "a run file must be a TOML table")
+    for section in raw:
+        if section not in RUN_SECTIONS and section not in allow:
+            hint = " (it belongs in a study file: use `raybal study run`)" if section in ("study", "search") else ""
+            raise ConfigError(section, f"unknown section{hint} (allowed: {', '.join(RUN_SECTIONS)})")
+    data = _build_selected("data", "name", "synthetic_aerial", raw.get("data", {}), DATASETS, DataConfig)
+    model = _build_selected("model", "name", "late", raw.get("model", {}), MODELS, ModelConfig)
+    balance = _build_selected("balance", "method", "vanilla", raw.get("balance", {}), METHODS, BalanceConfig)
+    train = build(TrainConfig, raw.get("train", {}), "train")
+    rob_raw = raw.get("robustness")
+    if rob_raw is not None and isinstance(rob_raw, Mapping) and "enabled" not in rob_raw:
+        rob_raw = {**rob_raw, "enabled": True}
+    robustness = build(RobustnessConfig, rob_raw or {}, "robustness")
+    cfg = RunConfig(data, model, balance, train, robustness)
+    _cross_validate(cfg)
+    return cfg
+
+
+def _cross_validate(cfg: RunConfig) -> None:
+    """Checks that span sections: modality names, task/model fit, method/model fit."""
+    from raybal.balancing import METHODS
+    from raybal.models import MODELS
+    from raybal.noise import CORRUPTIONS
+
+    mods = cfg.modalities
+    for i, m in enumerate(cfg.robustness.modalities):
+        if m not in mods:
+            raise ConfigError(f"robustness.modalities[{i}]", f"unknown modality {m!r} (data set has: {', '.join(mods)})")
+    for i, c in enumerate(cfg.robustness.corruptions):
+        if c not in CORRUPTIONS:
+            raise ConfigError(f"robustness.corruptions[{i}]",
+                              f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
+    for c in cfg.robustness.levels:
+        if c not in CORRUPTIONS:
+            raise ConfigError(f"robustness.levels.{c}", f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
+    model_entry = MODELS.get(cfg.model.name)
+    task = cfg.data.params.task
+    if task not in model_entry.obj.tasks:
+        raise ConfigError("model.name", f"model {cfg.model.name!r} does not support the {task} task "
+                          f"of data set {cfg.data.name!r}")
+    method_cls = METHODS.get(cfg.balance.method).obj
+    method_cls.check_config(cfg)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("", f"config file not found: {p}")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{p}: malformed TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{p}: not a text file") from None
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Load a run file and apply dotted overrides; raises :class:`ConfigError`."""
+    raw = load_toml(path)
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    return config_from_dict(raw)
+
+
+def default_config(**overrides: Any) -> RunConfig:
+    """The embedded default (synthetic_aerial, late fusion, vanilla), with dotted overrides."""
+    raw: dict[str, Any] = {}
+    for k, v in overrides.items():
+        set_dotted(raw, k.replace("__", "."), v)
+    return config_from_dict(raw)

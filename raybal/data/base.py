@@ -1,0 +1,98 @@
+"""In-memory multimodal data: the container every data set produces and the loop consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import torch
+from torch import Tensor
+
+Task = Literal["classification", "segmentation"]
+
+
+class DataError(ValueError):
+    """Bad or missing data (a path, a file, a column); the message names it."""
+
+
+@dataclass
+class Split:
+    """One split: a float tensor per modality (N, C, H, W) or (N, D) in [0, 1], and labels.
+
+    Labels are (N,) class ids for classification and (N, H, W) per-pixel ids for
+    segmentation.
+    """
+
+    x: dict[str, Tensor]
+    y: Tensor
+
+    def __post_init__(self) -> None:
+        n = len(self.y)
+        for m, t in self.x.items():
+            if len(t) != n:
+                raise DataError(f"modality {m!r} has {len(t)} samples but there are {n} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: Tensor) -> "Split":
+        return Split({m: t[idx] for m, t in self.x.items()}, self.y[idx])
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                drop_last: bool = False, rank: int = 0, world: int = 1) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """Mini-batches; with ``world > 1`` each rank takes a disjoint, equal-sized shard."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if world > 1:
+            per = n // world
+            order = order[rank * per:(rank + 1) * per]
+        stop = len(order) - (len(order) % batch_size if drop_last else 0)
+        for s in range(0, stop, batch_size):
+            idx = order[s:s + batch_size]
+            if drop_last and len(idx) < batch_size:
+                break
+            yield {m: t[idx] for m, t in self.x.items()}, self.y[idx]
+
+
+@dataclass
+class MultiModalData:
+    train: Split
+    val: Split
+    test: Split
+    modalities: tuple[str, ...]
+    num_classes: int
+    task: Task
+    class_names: tuple[str, ...] = ()
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise KeyError(f"unknown split {name!r}")
+        return getattr(self, name)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {m: tuple(self.train.x[m].shape[1:]) for m in self.modalities}
+
+    def state(self) -> dict:
+        return {
+            "splits": {s: {"x": self.split(s).x, "y": self.split(s).y} for s in ("train", "val", "test")},
+            "modalities": list(self.modalities), "num_classes": self.num_classes, "task": self.task,
+            "class_names": list(self.class_names),
+        }
+
+    @classmethod
+    def from_state(cls, st: dict) -> "MultiModalData":
+        sp = {s: Split(dict(v["x"]), v["y"]) for s, v in st["splits"].items()}
+        return cls(sp["train"], sp["val"], sp["test"], tuple(st["modalities"]), int(st["num_classes"]),
+                   st["task"], tuple(st.get("class_names", ())))
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A seeded train/val/test partition of ``range(n)``."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    if n - n_test - n_val < 1 or (val_fraction > 0 and n_val < 1) or (test_fraction > 0 and n_test < 1):
+        raise DataError(f"{n} samples are too few for val_fraction={val_fraction}, test_fraction={test_fraction}")
+    return perm[n_test + n_val:], perm[n_test:n_test + n_val], perm[:n_test]

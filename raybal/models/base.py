@@ -1,0 +1,151 @@
+"""The model contract every balancing method and measurement relies on (DESIGN.md §5.4).
+
+A fusion model splits at the point where modalities first meet:
+
+* ``encode(x) -> features``: per-modality tensors (or tuples of tensors, e.g. U-Net skips)
+  computed by each modality's own branch only;
+* ``fuse(features) -> ModelOutput``: everything from the first cross-modal layer on.
+
+Shuffling a modality's *inputs* across a batch is then exactly the same as shuffling its
+*features* across the batch, which lets permutation MU and the mu_target penalty rerun only
+``fuse`` (Singh et al. 2024; DESIGN.md §2 "Cost"). Methods read per-modality logits and
+parameter groups from public methods and never touch private layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+Features = dict[str, Any]  # modality -> Tensor or tuple of Tensors (batch first)
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor
+    features: Features
+    modality_logits: dict[str, Tensor] | None = None
+
+
+def index_features(feat: Any, idx: Tensor) -> Any:
+    """Reorder one modality's features along the batch (works on tensors and tuples)."""
+    if isinstance(feat, tuple):
+        return tuple(index_features(f, idx) for f in feat)
+    return feat[idx]
+
+
+def map_features(feat: Any, fn: Any) -> Any:
+    if isinstance(feat, tuple):
+        return tuple(map_features(f, fn) for f in feat)
+    return fn(feat)
+
+
+class FusionModel(nn.Module):
+    """Base class: subclasses implement ``encode``, ``fuse`` and ``branch_parameters``."""
+
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    has_modality_logits: ClassVar[bool] = True
+    has_gates: ClassVar[bool] = False
+
+    def __init__(self, modalities: tuple[str, ...]) -> None:
+        super().__init__()
+        if len(modalities) < 2:
+            raise ValueError("a fusion model needs at least two modalities")
+        self.modalities = tuple(modalities)
+
+    def encode(self, x: dict[str, Tensor]) -> Features:
+        raise NotImplementedError
+
+    def fuse(self, features: Features) -> ModelOutput:
+        raise NotImplementedError
+
+    def forward(self, x: dict[str, Tensor]) -> ModelOutput:
+        return self.fuse(self.encode(x))
+
+    def branch_parameters(self, modality: str) -> list[nn.Parameter]:
+        """Parameters that only ``modality``'s branch uses (its encoder)."""
+        raise NotImplementedError
+
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        """Everything that is not a branch: fusion layers and heads."""
+        own = {id(p) for m in self.modalities for p in self.branch_parameters(m)}
+        return [p for p in self.parameters() if id(p) not in own]
+
+    # Cross-modal gates (Wu et al. 2022). Only models with has_gates implement these.
+    def gate_parameters(self, modality: str) -> list[nn.Parameter]:
+        raise NotImplementedError(f"{type(self).__name__} has no cross-modal gates")
+
+    def shared_fusion_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError(f"{type(self).__name__} has no cross-modal gates")
+
+    def set_gate_override(self, modality: str | None) -> None:
+        """Replace ``modality``'s cross-modal gate by its running average (None = normal)."""
+        raise NotImplementedError(f"{type(self).__name__} has no cross-modal gates")
+
+
+def conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CNNEncoder(nn.Module):
+    """``stages`` conv stages (conv-BN-ReLU, then 2x max-pool) and global average pooling.
+
+    Four stages on 32x32 chips give a receptive field that covers the whole object; with
+    three, SAR-only accuracy stalled in the prototype (DESIGN.md §2).
+    """
+
+    def __init__(self, in_ch: int, width: int, stages: int) -> None:
+        super().__init__()
+        chans = [width * min(2 ** i, 4) for i in range(stages)]
+        blocks = []
+        c = in_ch
+        for co in chans:
+            blocks.append(nn.Sequential(conv_block(c, co), nn.MaxPool2d(2)))
+            c = co
+        self.stages = nn.ModuleList(blocks)
+        self.out_channels = chans
+        self.dim = chans[-1]
+
+    def run(self, x: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        for block in self.stages[start:stop]:
+            x = block(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.run(x).mean(dim=(2, 3))
+
+
+class MLPEncoder(nn.Module):
+    """Encoder for vector modalities (N, D)."""
+
+    def __init__(self, in_dim: int, width: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, 4 * width), nn.ReLU(inplace=True),
+                                 nn.Linear(4 * width, 4 * width), nn.ReLU(inplace=True))
+        self.dim = 4 * width
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+
+def make_encoder(shape: tuple[int, ...], width: int, stages: int) -> nn.Module:
+    if len(shape) == 3:
+        return CNNEncoder(shape[0], width, stages)
+    if len(shape) == 1:
+        return MLPEncoder(shape[0], width)
+    raise ValueError(f"unsupported modality shape {shape}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def zeros_like_batch(t: Tensor) -> Tensor:
+    return torch.zeros_like(t)

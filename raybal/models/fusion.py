@@ -1,0 +1,197 @@
+"""Classification fusion models: late concatenation, sum of per-modality heads, and MMTM.
+
+All share :class:`~raybal.models.base.FusionModel`'s encode / fuse split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from raybal.config import ConfigError, knob
+from raybal.models.base import CNNEncoder, Features, FusionModel, ModelOutput, make_encoder
+
+
+@dataclass(frozen=True)
+class EncoderParams:
+    width: int = knob(16, ge=2, le=512, doc="channels of the first conv stage")
+    stages: int = knob(4, ge=1, le=6, doc="conv stages (each halves the resolution)")
+
+
+@dataclass(frozen=True)
+class LateParams(EncoderParams):
+    hidden: int = knob(0, ge=0, doc="hidden units of an MLP fusion layer; 0 = linear head")
+    dropout: float = knob(0.0, ge=0.0, lt=1.0)
+
+
+class LateFusion(FusionModel):
+    """Late fusion by concatenation of per-modality features, then a (linear) head.
+
+    With a linear head, logits = sum_m W_m f_m + b, so each modality's own logit share is
+    exactly W_m f_m + b / M (the decomposition OGM-GE uses, Peng et al. 2022 Eq. 1-2).
+    """
+
+    def __init__(self, p: LateParams, modalities: tuple[str, ...], shapes: dict[str, tuple[int, ...]],
+                 num_classes: int) -> None:
+        super().__init__(modalities)
+        self.encoders = nn.ModuleDict({m: make_encoder(shapes[m], p.width, p.stages) for m in modalities})
+        self.dims = [self.encoders[m].dim for m in modalities]
+        total = sum(self.dims)
+        self.drop = nn.Dropout(p.dropout)
+        if p.hidden > 0:
+            self.fusion: nn.Module = nn.Sequential(nn.Linear(total, p.hidden), nn.ReLU(inplace=True))
+            self.head = nn.Linear(p.hidden, num_classes)
+        else:
+            self.fusion = nn.Identity()
+            self.head = nn.Linear(total, num_classes)
+        self.linear_head = p.hidden == 0
+
+    def encode(self, x: dict[str, Tensor]) -> Features:
+        return {m: self.encoders[m](x[m]) for m in self.modalities}
+
+    def fuse(self, features: Features) -> ModelOutput:
+        z = torch.cat([features[m] for m in self.modalities], dim=1)
+        logits = self.head(self.fusion(self.drop(z)))
+        if self.linear_head:
+            parts = torch.split(self.head.weight, self.dims, dim=1)
+            bias = self.head.bias / len(self.modalities)
+            mod_logits = {m: features[m] @ w.t() + bias for m, w in zip(self.modalities, parts)}
+        else:
+            # With a hidden layer the share is not additive: use each modality alone (others zeroed).
+            mod_logits = {}
+            for i, m in enumerate(self.modalities):
+                zs = [features[k] if k == m else torch.zeros_like(features[k]) for k in self.modalities]
+                mod_logits[m] = self.head(self.fusion(torch.cat(zs, dim=1)))
+        return ModelOutput(logits, features, mod_logits)
+
+    def branch_parameters(self, modality: str) -> list[nn.Parameter]:
+        return list(self.encoders[modality].parameters())
+
+
+class SumFusion(FusionModel):
+    """Each modality has its own linear head; the fused logits are their sum."""
+
+    def __init__(self, p: EncoderParams, modalities: tuple[str, ...], shapes: dict[str, tuple[int, ...]],
+                 num_classes: int) -> None:
+        super().__init__(modalities)
+        self.encoders = nn.ModuleDict({m: make_encoder(shapes[m], p.width, p.stages) for m in modalities})
+        self.heads = nn.ModuleDict({m: nn.Linear(self.encoders[m].dim, num_classes) for m in modalities})
+
+    def encode(self, x: dict[str, Tensor]) -> Features:
+        return {m: self.encoders[m](x[m]) for m in self.modalities}
+
+    def fuse(self, features: Features) -> ModelOutput:
+        mod_logits = {m: self.heads[m](features[m]) for m in self.modalities}
+        return ModelOutput(torch.stack(list(mod_logits.values())).sum(0), features, mod_logits)
+
+    def branch_parameters(self, modality: str) -> list[nn.Parameter]:
+        return list(self.encoders[modality].parameters())
+
+
+@dataclass(frozen=True)
+class MMTMParams(EncoderParams):
+    fuse_after: tuple[int, ...] = knob((2, 3), ge=1, doc="1-based conv stages followed by an MMTM unit")
+    reduction: int = knob(4, ge=1)
+    momentum: float = knob(0.1, gt=0.0, le=1.0, doc="running-average momentum of the gates")
+
+    def validate(self, prefix: str) -> None:
+        if not self.fuse_after:
+            raise ConfigError(f"{prefix}.fuse_after", "needs at least one stage")
+        if list(self.fuse_after) != sorted(set(self.fuse_after)):
+            raise ConfigError(f"{prefix}.fuse_after", "must be strictly increasing")
+        if self.fuse_after[-1] > self.stages:
+            raise ConfigError(f"{prefix}.fuse_after", f"stage {self.fuse_after[-1]} > model.stages = {self.stages}")
+
+
+class MMTMUnit(nn.Module):
+    """Multimodal transfer module (Joze et al. 2020) with per-modality cross-modal gates.
+
+    squeeze: z = relu(W_s [gap(x_1); ...; gap(x_M)]); gate_m = 2 sigmoid(W_m z); x_m <- x_m * gate_m.
+    W_s is shared by every modality, W_m is modality m's own gate. A running average of
+    each modality's gate is kept as a *buffer* updated only in training (the reference code
+    of Wu et al. keeps plain attributes that also move in evaluation and updates one with
+    the other modality's gate; DESIGN.md §2). When a modality is overridden, its gate is
+    replaced by that running average, which carries no information about the current sample,
+    so the cross-modal flow into that modality's branch is cut (Wu et al. 2022, §4).
+    """
+
+    def __init__(self, channels: dict[str, int], reduction: int, momentum: float) -> None:
+        super().__init__()
+        total = sum(channels.values())
+        hidden = max(total // reduction, 4)
+        self.mods = tuple(channels)
+        self.squeeze = nn.Linear(total, hidden)
+        self.excite = nn.ModuleDict({m: nn.Linear(hidden, c) for m, c in channels.items()})
+        for m, c in channels.items():
+            self.register_buffer(f"running_gate_{m}", torch.ones(c))
+        self.momentum = momentum
+        self.override: str | None = None
+
+    def forward(self, xs: dict[str, Tensor]) -> dict[str, Tensor]:
+        z = torch.relu(self.squeeze(torch.cat([xs[m].mean(dim=(2, 3)) for m in self.mods], dim=1)))
+        out = {}
+        for m in self.mods:
+            gate = 2.0 * torch.sigmoid(self.excite[m](z))
+            running = getattr(self, f"running_gate_{m}")
+            if self.training and self.override != m:
+                with torch.no_grad():
+                    running.mul_(1 - self.momentum).add_(self.momentum * gate.detach().mean(0))
+            if self.override == m:
+                gate = running.expand_as(gate)
+            out[m] = xs[m] * gate[:, :, None, None]
+        return out
+
+
+class MMTMFusion(FusionModel):
+    """Intermediate fusion: CNN branches exchanging information through MMTM units.
+
+    Each branch keeps its own linear head on its own pooled features and the fused logits
+    are the mean of the heads, as in Wu et al. 2022. ``encode`` runs the branches up to the
+    first MMTM unit (where modalities first meet), ``fuse`` runs from there.
+    """
+
+    has_gates = True
+
+    def __init__(self, p: MMTMParams, modalities: tuple[str, ...], shapes: dict[str, tuple[int, ...]],
+                 num_classes: int) -> None:
+        super().__init__(modalities)
+        for m in modalities:
+            if len(shapes[m]) != 3:
+                raise ValueError("mmtm fusion needs image modalities (C, H, W)")
+        self.encoders = nn.ModuleDict({m: CNNEncoder(shapes[m][0], p.width, p.stages) for m in modalities})
+        chans = self.encoders[modalities[0]].out_channels
+        self.fuse_after = tuple(p.fuse_after)
+        self.mmtm = nn.ModuleList([MMTMUnit({m: chans[s - 1] for m in modalities}, p.reduction, p.momentum)
+                                   for s in self.fuse_after])
+        self.heads = nn.ModuleDict({m: nn.Linear(chans[-1], num_classes) for m in modalities})
+
+    def encode(self, x: dict[str, Tensor]) -> Features:
+        first = self.fuse_after[0]
+        return {m: self.encoders[m].run(x[m], 0, first) for m in self.modalities}
+
+    def fuse(self, features: Features) -> ModelOutput:
+        h = dict(features)
+        bounds = list(self.fuse_after) + [len(self.encoders[self.modalities[0]].stages)]
+        for unit, start, stop in zip(self.mmtm, bounds[:-1], bounds[1:]):
+            h = unit(h)
+            h = {m: self.encoders[m].run(h[m], start, stop) for m in self.modalities}
+        mod_logits = {m: self.heads[m](h[m].mean(dim=(2, 3))) for m in self.modalities}
+        logits = torch.stack(list(mod_logits.values())).mean(0)
+        return ModelOutput(logits, features, mod_logits)
+
+    def branch_parameters(self, modality: str) -> list[nn.Parameter]:
+        return list(self.encoders[modality].parameters()) + list(self.heads[modality].parameters())
+
+    def gate_parameters(self, modality: str) -> list[nn.Parameter]:
+        return [p for unit in self.mmtm for p in unit.excite[modality].parameters()]
+
+    def shared_fusion_parameters(self) -> list[nn.Parameter]:
+        return [p for unit in self.mmtm for p in unit.squeeze.parameters()]
+
+    def set_gate_override(self, modality: str | None) -> None:
+        if modality is not None and modality not in self.modalities:
+            raise KeyError(modality)
+        for unit in self.mmtm:
+            unit.override = modality

@@ -1,0 +1,186 @@
+"""Results as data: the tidy Parquet tables of DESIGN.md §4 and their atomic writing.
+
+A results directory holds ``trials.parquet`` (one row per trial), ``epochs.parquet``,
+``utilization.parquet``, ``robustness.parquet`` (long format, seaborn-ready) and ``run.json``
+or ``study.json``. Every file is written under a temporary name and renamed into place, so a
+reader never sees half a file; appending a trial rewrites each table whole (rows of the same
+trial are replaced, never duplicated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from raybal.train import RunResult
+
+TABLES = ("trials", "epochs", "utilization", "robustness")
+KEYS = {
+    "trials": ["trial_id"],
+    "epochs": ["trial_id", "epoch", "split"],
+    "utilization": ["trial_id", "epoch", "split", "modality", "final"],
+    "robustness": ["trial_id", "split", "modality", "corruption", "level"],
+}
+# Columns every table has even when no row fills them (nullable), so readers can rely on them.
+REQUIRED = {
+    "trials": ["trial_id", "status", "error", "config_json", "wall_s", "raybal_version"],
+    "epochs": ["trial_id", "epoch", "split", "loss", "lambda_mu"],
+    "utilization": ["trial_id", "epoch", "split", "modality", "mu", "cond_util", "learning_speed"],
+    "robustness": ["trial_id", "split", "modality", "corruption", "level"],
+}
+
+
+class ResultsError(ValueError):
+    """A results directory that is missing, empty, foreign or unreadable."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(obj: Any, path: Path) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def check_writable(results_dir: str | Path) -> Path:
+    """Fail early (before any training) when results cannot be written there."""
+    d = Path(results_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=d, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ResultsError(f"results directory {d} is not writable ({exc.strerror or exc})") from None
+    return d
+
+
+def _frame(rows: list[dict[str, Any]], table: str) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    for col in REQUIRED[table]:
+        if col not in df.columns:
+            df[col] = None
+    first = [c for c in KEYS[table] + REQUIRED[table] if c in df.columns]
+    ordered = list(dict.fromkeys(first + [c for c in df.columns if c not in first]))
+    return df[ordered]
+
+
+def tables_of(results: Iterable["RunResult"]) -> dict[str, pd.DataFrame]:
+    rows: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+    for r in results:
+        rows["trials"].append(r.trial_row())
+        rows["epochs"].extend(r.epochs)
+        rows["utilization"].extend(r.utilization)
+        rows["robustness"].extend(r.robustness)
+    return {t: _frame(v, t) for t, v in rows.items()}
+
+
+def _merge(old: pd.DataFrame | None, new: pd.DataFrame, table: str) -> pd.DataFrame:
+    if old is None or old.empty:
+        return new
+    if new.empty:
+        return old
+    replaced = set(new["trial_id"].astype(str))
+    keep = old[~old["trial_id"].astype(str).isin(replaced)]
+    return pd.concat([keep, new], ignore_index=True)
+
+
+def write_results(results_dir: str | Path, results: Iterable["RunResult"], *, append: bool = True) -> Path:
+    """Write (or merge into) the Parquet tables of ``results_dir``; rows of a re-run trial are replaced."""
+    d = Path(results_dir)
+    new = tables_of(results)
+    for table, df in new.items():
+        path = d / f"{table}.parquet"
+        old = pd.read_parquet(path) if append and path.is_file() else None
+        merged = _merge(old, df, table)
+        if merged.empty and not path.is_file() and table == "robustness":
+            continue  # no sweep was run: no robustness table
+        atomic_write_parquet(merged, path)
+    return d
+
+
+def environment() -> dict[str, str]:
+    import torch
+
+    from raybal import __version__
+
+    env = {"raybal": __version__, "torch": torch.__version__, "python": platform.python_version(),
+           "platform": platform.platform()}
+    try:
+        import ray
+
+        env["ray"] = ray.__version__
+    except ImportError:  # pragma: no cover - ray is a dependency
+        pass
+    return env
+
+
+@dataclass
+class Results:
+    """The tables of one results directory (missing tables are empty frames)."""
+
+    path: Path
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    utilization: pd.DataFrame
+    robustness: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return str(self.meta.get("kind", "run"))
+
+
+def load_results(results_dir: str | Path) -> Results:
+    """Read a results directory written by ``raybal train`` or ``raybal study run``."""
+    d = Path(results_dir)
+    if not d.is_dir():
+        raise ResultsError(f"results directory not found: {d}")
+    meta_path = next((d / n for n in ("study.json", "run.json") if (d / n).is_file()), None)
+    trials_path = d / "trials.parquet"
+    if meta_path is None and not trials_path.is_file():
+        raise ResultsError(f"{d} is not a raybal results directory (no trials.parquet, run.json or study.json)")
+    meta: dict[str, Any] = {}
+    if meta_path is not None:
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ResultsError(f"{meta_path}: not valid JSON") from None
+    frames = {}
+    for t in TABLES:
+        p = d / f"{t}.parquet"
+        try:
+            frames[t] = pd.read_parquet(p) if p.is_file() else _frame([], t)
+        except Exception as exc:
+            raise ResultsError(f"{p}: unreadable Parquet ({exc.__class__.__name__})") from None
+    return Results(d, frames["trials"], frames["epochs"], frames["utilization"], frames["robustness"], meta)

@@ -1,0 +1,303 @@
+"""The one training loop: ``fit(config) -> RunResult``, pure PyTorch, no Ray.
+
+Every balancing method plugs in through the hooks of :class:`~raybal.balancing.base.BalanceMethod`;
+Ray Train and Ray Tune wrap this function (``raybal.distributed``, ``raybal.study``) and pass
+a :class:`DistContext` for data-parallel runs. A run is seeded and deterministic on CPU,
+checkpoints every ``train.checkpoint_every`` epochs with its records so far, and resumes from
+that checkpoint with no epoch recorded twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from raybal import __version__
+from raybal.balancing import METHODS, BalanceMethod, MethodContext
+from raybal.checkpoint import atomic_torch_save, load_checkpoint
+from raybal.config import ConfigError, RunConfig
+from raybal.data import load_data
+from raybal.data.base import MultiModalData
+from raybal.models import build_model
+from raybal.models.base import FusionModel
+from raybal.robustness import metric_name, summarize, sweep
+from raybal.utilization import conditional_utilization, finish_metric, mean_features, measure, task_metric
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: the run is stopped instead of training on garbage."""
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in a data-parallel run (rank 0 of 1 for plain ``fit``)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device | None = None
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None
+    report: Callable[[dict[str, Any], Path | None], None] | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced, as plain records ready for the Parquet tables."""
+
+    trial_id: str
+    config: RunConfig
+    status: str = "ok"
+    error: str | None = None
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    utilization: list[dict[str, Any]] = field(default_factory=list)
+    robustness: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+    checkpoint: str | None = None
+
+    def trial_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"trial_id": self.trial_id, "status": self.status, "error": self.error}
+        row.update(self.config.flatten())
+        row["config_json"] = self.config.to_json()
+        row.update(self.final)
+        row["wall_s"] = self.wall_s
+        row["raybal_version"] = __version__
+        row["checkpoint"] = self.checkpoint
+        return row
+
+
+def resolve_device(cfg: RunConfig, dist: DistContext | None = None) -> torch.device:
+    if dist is not None and dist.device is not None:
+        return dist.device
+    if cfg.train.use_gpu:
+        if not torch.cuda.is_available():
+            raise ConfigError("train.use_gpu", "true, but no CUDA device is visible")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    t = cfg.train
+    params = [p for p in model.parameters()]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def build_for(cfg: RunConfig, data: MultiModalData) -> FusionModel:
+    return build_model(cfg.model.name, cfg.model.params, data.modalities, data.shapes, data.num_classes)
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0] if msg else ''}".strip().rstrip(":")
+
+
+def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path | None = None,
+        progress: Progress | None = None, dist: DistContext | None = None,
+        data: MultiModalData | None = None) -> RunResult:
+    """Train one model as ``config`` says and measure it; see the module docstring.
+
+    ``checkpoint_dir`` (optional) receives ``last.pt`` every epoch (resumed from if present)
+    and ``model.pt`` (the selected weights) at the end.
+    """
+    t0 = time.perf_counter()
+    dist = dist or DistContext()
+    tc = config.train
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    seed_everything(tc.seed)
+    data = data or load_data(config.data)
+    device = resolve_device(config, dist)
+    model = build_for(config, data).to(device)
+    task, ncls = data.task, data.num_classes
+    metric = metric_name(task)
+    train_model: torch.nn.Module = dist.wrap_model(model) if dist.wrap_model else model
+
+    per_rank = len(data.train) // dist.world_size
+    drop_last = per_rank >= tc.batch_size
+    steps = max(per_rank // tc.batch_size if drop_last else 1, 1)
+    method_cls = METHODS.get(config.balance.method).obj
+    method: BalanceMethod = method_cls(config.balance.params, MethodContext(
+        model=model, modalities=data.modalities, epochs=tc.epochs, steps_per_epoch=steps, seed=tc.seed,
+        world_size=dist.world_size, all_reduce=dist.all_reduce_mean))
+    optimizer = _make_optimizer(config, model)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
+                 if tc.lr_schedule == "cosine" else None)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+
+    result = RunResult(trial_id=trial_id, config=config)
+    best = {"epoch": 0, "value": -math.inf, "state": None}
+    start_epoch = 1
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
+    last_path = ckpt_dir / "last.pt" if ckpt_dir else None
+    if last_path is not None and last_path.is_file():
+        st = load_checkpoint(last_path)
+        if st.get("config_digest") == config.digest():
+            model.load_state_dict(st["model"])
+            optimizer.load_state_dict(st["optimizer"])
+            if scheduler is not None and st.get("scheduler"):
+                scheduler.load_state_dict(st["scheduler"])
+            method.load_state_dict(st["method"])
+            result.epochs, result.utilization = st["epochs"], st["utilization"]
+            best = st["best"]
+            start_epoch = st["epoch"] + 1
+            t0 -= st.get("wall_s", 0.0)
+
+    for epoch in range(start_epoch, tc.epochs + 1):
+        method.on_epoch_start(epoch)
+        train_model.train()
+        method.on_train_mode(model)
+        g = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
+        loss_sum = torch.zeros((), device=device)
+        n_seen = 0
+        stat_acc: torch.Tensor | None = None
+        tot_acc = torch.tensor(0)
+        for xb, yb in data.train.batches(tc.batch_size, shuffle=True, generator=g, drop_last=drop_last,
+                                          rank=dist.rank, world=dist.world_size):
+            xb = {m: t.to(device, non_blocking=True) for m, t in xb.items()}
+            yb = yb.to(device, non_blocking=True)
+            method.before_step()
+            with autocast:
+                out = train_model(xb)
+                loss = F.cross_entropy(out.logits.float(), yb)
+                extra = method.extra_loss(out, yb, loss)
+                total = loss + extra if extra is not None else loss
+            if not torch.isfinite(total.detach()):
+                raise NonFiniteLossError(f"non-finite loss {float(total):.4g} at epoch {epoch}")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            method.after_backward(out, yb)
+            optimizer.step()
+            method.after_step()
+            loss_sum += loss.detach() * len(yb)
+            n_seen += len(yb)
+            stat, tot = task_metric(out.logits.detach(), yb, ncls, task)
+            stat_acc = stat.cpu() if stat_acc is None else stat_acc + stat.cpu()
+            tot_acc = tot_acc + tot
+        if scheduler is not None:
+            scheduler.step()
+        if not dist.is_main:
+            continue
+
+        logs = method.epoch_log()
+        train_row = {"trial_id": trial_id, "epoch": epoch, "split": "train", "loss": float(loss_sum) / max(n_seen, 1),
+                     metric: finish_metric(stat_acc if stat_acc is not None else torch.tensor(0), tot_acc, task), **logs}
+        measure_mu = epoch % tc.mu_every == 0 or epoch == tc.epochs
+        val = measure(model, data.val, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed + epoch,
+                      modalities=data.modalities if measure_mu else ())
+        test = measure(model, data.test, num_classes=ncls, task=task, modalities=())
+        rows = [train_row,
+                {"trial_id": trial_id, "epoch": epoch, "split": "val", "loss": val.loss, metric: val.metric, **logs},
+                {"trial_id": trial_id, "epoch": epoch, "split": "test", "loss": test.loss, metric: test.metric, **logs}]
+        result.epochs.extend(rows)
+        mod_logs = method.modality_log()
+        if measure_mu:
+            for m in data.modalities:
+                result.utilization.append({
+                    "trial_id": trial_id, "epoch": epoch, "split": "val", "modality": m, "mu": val.shares[m],
+                    "mu_raw": val.raw[m], "cond_util": None, "learning_speed": mod_logs.get(m, {}).get("learning_speed"),
+                    "degenerate": val.degenerate, "final": False})
+        if tc.select == "last" or val.metric > best["value"]:
+            best = {"epoch": epoch, "value": val.metric, "state": copy.deepcopy(model.state_dict())}
+        event = {"trial_id": trial_id, "epoch": epoch, "epochs": tc.epochs, "train_loss": train_row["loss"],
+                 f"train_{metric}": train_row[metric], f"val_{metric}": val.metric, "val_loss": val.loss,
+                 "mu": dict(val.shares) if measure_mu else None, **logs}
+        if progress is not None:
+            progress(event)
+        if last_path is not None and (epoch % tc.checkpoint_every == 0 or epoch == tc.epochs):
+            atomic_torch_save({
+                "config_digest": config.digest(), "config_json": config.to_json(), "epoch": epoch,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "method": method.state_dict(), "epochs": result.epochs, "utilization": result.utilization,
+                "best": best, "wall_s": time.perf_counter() - t0}, last_path)
+        if dist.report is not None:
+            dist.report(event, last_path)
+
+    if not dist.is_main:
+        result.wall_s = time.perf_counter() - t0
+        return result
+    _finalize(result, model, data, best, ckpt_dir, progress)
+    result.wall_s = time.perf_counter() - t0
+    return result
+
+
+def _finalize(result: RunResult, model: FusionModel, data: MultiModalData, best: dict[str, Any],
+              ckpt_dir: Path | None, progress: Progress | None) -> None:
+    """Load the selected weights and measure them: final metrics, test MU, Wu's u(m|.), robustness."""
+    cfg = result.config
+    tc = cfg.train
+    task, ncls = data.task, data.num_classes
+    metric = metric_name(task)
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    val = measure(model, data.val, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed,
+                  modalities=data.modalities)
+    test = measure(model, data.test, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed,
+                   modalities=data.modalities)
+    cond = conditional_utilization(model, data.test, mean_features(model, data.train), num_classes=ncls, task=task)
+    final: dict[str, Any] = {
+        "final.best_epoch": best["epoch"],
+        f"final.val_{metric}": val.metric, f"final.test_{metric}": test.metric,
+        "final.val_loss": val.loss, "final.test_loss": test.loss,
+        "final.mu_degenerate": test.degenerate,
+    }
+    for m in data.modalities:
+        final[f"final.mu.{m}"] = test.shares[m]
+        final[f"final.mu_raw.{m}"] = test.raw[m]
+        final[f"final.val_mu.{m}"] = val.shares[m]
+        final[f"final.cond_util.{m}"] = cond[m]
+        result.utilization.append({
+            "trial_id": result.trial_id, "epoch": best["epoch"], "split": "test", "modality": m,
+            "mu": test.shares[m], "mu_raw": test.raw[m], "cond_util": cond[m], "learning_speed": None,
+            "degenerate": test.degenerate, "final": True})
+    target = getattr(cfg.balance.params, "target", None)
+    if target:
+        final["final.mu_target_error"] = max(abs(test.shares[m] - target[m]) for m in target)
+    if cfg.robustness.enabled:
+        def tick(done: int, total: int) -> None:
+            if progress is not None:
+                progress({"trial_id": result.trial_id, "robustness": (done, total)})
+
+        rows = sweep(model, data, cfg.robustness, mu_repeats=tc.mu_repeats, progress=tick)
+        result.robustness = [{"trial_id": result.trial_id, **r} for r in rows]
+        final.update(summarize(rows, task))
+    result.final = final
+    if ckpt_dir is not None:
+        path = ckpt_dir / "model.pt"
+        atomic_torch_save({"config_json": cfg.to_json(), "model": model.state_dict(), "epoch": best["epoch"],
+                           "final": final, "trial_id": result.trial_id}, path)
+        result.checkpoint = str(path)
+
+
+def failed_result(config: RunConfig, trial_id: str, exc: BaseException, wall_s: float) -> RunResult:
+    """A record for a run that raised: status ``failed`` and the error as one line."""
+    res = RunResult(trial_id=trial_id, config=config, status="failed", error=_one_line(exc), wall_s=wall_s)
+    res.final = {"error_traceback": "".join(traceback.format_exception(exc))[-4000:]}
+    return res
