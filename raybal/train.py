@@ -186,7 +186,7 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
             with autocast:
                 out = train_model(xb)
                 loss = F.cross_entropy(out.logits.float(), yb)
-                extra = method.extra_loss(out, yb, loss)
+                extra = method.extra_loss(xb, out, yb, loss)
                 total = loss + extra if extra is not None else loss
             if not torch.isfinite(total.detach()):
                 raise NonFiniteLossError(f"non-finite loss {float(total):.4g} at epoch {epoch}")

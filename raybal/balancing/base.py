@@ -5,7 +5,7 @@ The loop in :mod:`raybal.train` calls, per epoch and per step::
     on_epoch_start(epoch)            # e.g. warm-up of a penalty weight, freezing encoders
     before_step()                    # per-step mode, e.g. Wu's re-balancing gate override
     out = model(x); loss = CE(out.logits, y)
-    loss += extra_loss(out, y, loss) # e.g. the mu_target penalty
+    loss += extra_loss(x, out, y, loss)  # e.g. the mu_target penalty
     loss.backward()
     after_backward(out, y)           # e.g. OGM-GE gradient modulation, learning-speed sums
     optimizer.step(); after_step()
@@ -75,7 +75,7 @@ class BalanceMethod:
     def before_step(self) -> None:
         pass
 
-    def extra_loss(self, out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
+    def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
         return None
 
     def after_backward(self, out: ModelOutput, y: Tensor) -> None:

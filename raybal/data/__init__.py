@@ -51,10 +51,10 @@ def data_key(cfg: DataConfig) -> str:
 def load_data(cfg: DataConfig) -> MultiModalData:
     """Build (or load from the cache) the data set a config names."""
     key = data_key(cfg)
-    if key in _MEMO:
+    cacheable = bool(getattr(cfg.params, "cacheable", lambda: False)())
+    if cacheable and key in _MEMO:
         return _MEMO[key]
     builder = DATASETS.get(cfg.name).obj
-    cacheable = bool(getattr(cfg.params, "cacheable", lambda: False)())
     path = cache_root(cfg) / "data" / f"{cfg.name}-{key}.pt"
     data: MultiModalData | None = None
     if cacheable and path.is_file():
@@ -66,8 +66,9 @@ def load_data(cfg: DataConfig) -> MultiModalData:
         data = builder(cfg.params)
         if cacheable:
             _atomic_save(data.state(), path)
-    _MEMO.clear()
-    _MEMO[key] = data
+    if cacheable:  # files on disk may change under the same config: only generated data is memoised
+        _MEMO.clear()
+        _MEMO[key] = data
     return data
 
 

@@ -65,9 +65,20 @@ class FusionModel(nn.Module):
     def forward(self, x: dict[str, Tensor]) -> ModelOutput:
         return self.fuse(self.encode(x))
 
-    def branch_parameters(self, modality: str) -> list[nn.Parameter]:
-        """Parameters that only ``modality``'s branch uses (its encoder)."""
+    def branch_modules(self, modality: str) -> list[nn.Module]:
+        """Modules that only ``modality``'s branch uses (its encoder)."""
         raise NotImplementedError
+
+    def branch_parameters(self, modality: str) -> list[nn.Parameter]:
+        return [p for mod in self.branch_modules(modality) for p in mod.parameters()]
+
+    def freeze_branches(self) -> None:
+        """Freeze every branch (no gradients, batch-norm statistics fixed): train fusion + head only."""
+        for m in self.modalities:
+            for mod in self.branch_modules(m):
+                mod.eval()
+                for p in mod.parameters():
+                    p.requires_grad_(False)
 
     def fusion_parameters(self) -> list[nn.Parameter]:
         """Everything that is not a branch: fusion layers and heads."""

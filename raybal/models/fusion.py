@@ -66,8 +66,8 @@ class LateFusion(FusionModel):
                 mod_logits[m] = self.head(self.fusion(torch.cat(zs, dim=1)))
         return ModelOutput(logits, features, mod_logits)
 
-    def branch_parameters(self, modality: str) -> list[nn.Parameter]:
-        return list(self.encoders[modality].parameters())
+    def branch_modules(self, modality: str) -> list[nn.Module]:
+        return [self.encoders[modality]]
 
 
 class SumFusion(FusionModel):
@@ -86,8 +86,8 @@ class SumFusion(FusionModel):
         mod_logits = {m: self.heads[m](features[m]) for m in self.modalities}
         return ModelOutput(torch.stack(list(mod_logits.values())).sum(0), features, mod_logits)
 
-    def branch_parameters(self, modality: str) -> list[nn.Parameter]:
-        return list(self.encoders[modality].parameters())
+    def branch_modules(self, modality: str) -> list[nn.Module]:
+        return [self.encoders[modality]]
 
 
 @dataclass(frozen=True)
@@ -181,8 +181,8 @@ class MMTMFusion(FusionModel):
         logits = torch.stack(list(mod_logits.values())).mean(0)
         return ModelOutput(logits, features, mod_logits)
 
-    def branch_parameters(self, modality: str) -> list[nn.Parameter]:
-        return list(self.encoders[modality].parameters()) + list(self.heads[modality].parameters())
+    def branch_modules(self, modality: str) -> list[nn.Module]:
+        return [self.encoders[modality], self.heads[modality]]
 
     def gate_parameters(self, modality: str) -> list[nn.Parameter]:
         return [p for unit in self.mmtm for p in unit.excite[modality].parameters()]

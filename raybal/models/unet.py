@@ -77,5 +77,5 @@ class UNetFusion(FusionModel):
             h = block(torch.cat([h, skip], dim=1))
         return ModelOutput(self.out(h), features, None)
 
-    def branch_parameters(self, modality: str) -> list[nn.Parameter]:
-        return list(self.down[modality].parameters())
+    def branch_modules(self, modality: str) -> list[nn.Module]:
+        return [self.down[modality]]

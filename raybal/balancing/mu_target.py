@@ -1,0 +1,166 @@
+"""``mu_target``: utilization-targeted training (Singh, Saber, Markopoulos, Heard,
+*Regulating Modality Utilization within Multimodal Fusion Networks*, Sensors 24(18):6054, 2024).
+
+Per training batch, a differentiable estimate of each modality's utilization (the batch
+version of permutation MU, Singh et al. 2023 Eq. 1):
+
+    L_i = CE(F(x with modality i shuffled within the batch), y)
+    d_i = relu(L_i - L)            (or a sharp softplus)
+    u_i = d_i / sum_j d_j
+
+and the penalty L_MU = sum_i (u_i - t_i)^2 (or |u_i - t_i|) toward the user's target t
+(Sensors 2024, Eq. 3-4). Total loss = L + lambda(e) L_MU with the clipped exponential warm-up
+lambda(e) = min(lambda_max, lambda_0 exp(k (e - e_0))), e_0 the first penalised epoch: a full
+penalty from the first step drives the net into poor minima.
+
+Cost: branches are per-modality, so shuffling modality i's *inputs* across the batch equals
+shuffling its *features* (the model's ``encode`` output). The penalty reruns only ``fuse``:
+M fusion + head passes, not M full forward passes (``shuffle = "inputs"`` re-encodes, for
+comparison).
+
+Pitfalls handled (DESIGN.md §2): with relu, a batch where every d_i = 0 has no defined u and
+a zero gradient; it is skipped and counted (``mu_skipped``). softplus floors every d_i and
+pulls u toward 1/M, so relu is the default. ``freeze_encoders`` gives the paper's two-phase
+recipe (``pretrain_epochs`` of vanilla training, then only fusion + head under the penalty).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from raybal.balancing.base import BalanceMethod, MethodContext
+from raybal.config import ConfigError, FrozenMap, knob
+from raybal.models.base import ModelOutput, index_features
+
+if TYPE_CHECKING:
+    from raybal.config import RunConfig
+
+
+@dataclass(frozen=True)
+class MuTargetParams:
+    target: FrozenMap = knob({}, ge=0.0, le=1.0, doc="modality -> target utilization fraction (sums to 1)")
+    lambda_max: float = knob(10.0, ge=0.0)
+    lambda_0: float = knob(0.1, ge=0.0)
+    growth: float = knob(1.0, ge=0.0, doc="k in lambda(e) = min(lambda_max, lambda_0 exp(k (e - e_0)))")
+    penalty: Literal["l2", "l1"] = "l2"
+    d_fn: Literal["relu", "softplus"] = "relu"
+    softplus_beta: float = knob(20.0, gt=0.0, doc="sharpness when d_fn = softplus")
+    shuffle: Literal["features", "inputs"] = "features"
+    freeze_encoders: bool = False
+    pretrain_epochs: int = knob(0, ge=0, doc="vanilla epochs before the penalty (and freezing) starts")
+
+    def validate(self, prefix: str) -> None:
+        if not self.target:
+            raise ConfigError(f"{prefix}.target", "required: a table modality -> fraction, e.g. {eo = 0.75, sar = 0.25}")
+        total = sum(self.target.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ConfigError(f"{prefix}.target", f"fractions must sum to 1 (within 1e-6), got {total:.6g}")
+
+
+class MuTarget(BalanceMethod):
+    """Utilization-targeted training toward a target MU vector (Singh et al. 2024)."""
+
+    def __init__(self, params: MuTargetParams, ctx: MethodContext) -> None:
+        super().__init__(params, ctx)
+        self.target = torch.tensor([params.target[m] for m in ctx.modalities])
+        self.gen = torch.Generator().manual_seed(ctx.seed + 7)
+        self.lam = 0.0
+        self._reset_log()
+
+    @classmethod
+    def check_config(cls, cfg: "RunConfig") -> None:
+        super().check_config(cfg)
+        target = cfg.balance.params.target
+        mods = cfg.modalities
+        for m in target:
+            if m not in mods:
+                raise ConfigError(f"balance.target.{m}", f"unknown modality {m!r} (data set has: {', '.join(mods)})")
+        missing = [m for m in mods if m not in target]
+        if missing:
+            raise ConfigError("balance.target", f"missing modality {missing[0]!r} (give a fraction for each of: "
+                              f"{', '.join(mods)})")
+        p = cfg.balance.params
+        if p.freeze_encoders and p.pretrain_epochs >= cfg.train.epochs:
+            raise ConfigError("balance.pretrain_epochs", f"must be < train.epochs = {cfg.train.epochs} "
+                              "(the frozen phase needs epochs)")
+
+    def _reset_log(self) -> None:
+        self.pen_sum = 0.0
+        self.steps = 0
+        self.skipped = 0
+
+    def lambda_at(self, epoch: int) -> float:
+        """lambda(e) = min(lambda_max, lambda_0 exp(k (e - e_0))) from e_0 = pretrain_epochs + 1, else 0."""
+        p = self.params
+        first = p.pretrain_epochs + 1
+        if epoch < first:
+            return 0.0
+        return min(p.lambda_max, p.lambda_0 * math.exp(p.growth * (epoch - first)))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
+        self.lam = self.lambda_at(epoch)
+        self._reset_log()
+        if self.params.freeze_encoders and epoch > self.params.pretrain_epochs:
+            self.ctx.model.freeze_branches()
+
+    def on_train_mode(self, model: Any) -> None:
+        if self.params.freeze_encoders and self.epoch > self.params.pretrain_epochs:
+            model.freeze_branches()
+
+    def batch_utilization(self, out: ModelOutput, y: Tensor, loss: Tensor, x: dict[str, Tensor] | None = None
+                          ) -> tuple[Tensor, Tensor]:
+        """(d, u): the differentiable batch-permutation MU estimate (Sensors 2024, Eq. 3)."""
+        model = self.ctx.model
+        n = len(y)
+        perm = torch.randperm(n, generator=self.gen).to(y.device)
+        losses = []
+        for m in self.ctx.modalities:
+            if self.params.shuffle == "features" or x is None:
+                feats = dict(out.features)
+                feats[m] = index_features(out.features[m], perm)
+                logits = model.fuse(feats).logits
+            else:
+                xs = dict(x)
+                xs[m] = x[m][perm]
+                logits = model(xs).logits
+            losses.append(F.cross_entropy(logits.float(), y))
+        gap = torch.stack(losses) - loss
+        if self.params.d_fn == "relu":
+            d = torch.relu(gap)
+        else:
+            d = F.softplus(gap, beta=self.params.softplus_beta)
+        total = d.sum()
+        u = d / total.clamp_min(1e-12)
+        return d, u
+
+    def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
+        self.steps += 1
+        if self.lam <= 0.0:
+            return None
+        d, u = self.batch_utilization(out, y, loss, x)
+        if float(d.sum()) <= 0.0:
+            self.skipped += 1  # u undefined and the gradient zero: skip (DESIGN.md §2 pitfall)
+            return None
+        t = self.target.to(u.device)
+        pen = (u - t).pow(2).sum() if self.params.penalty == "l2" else (u - t).abs().sum()
+        self.pen_sum += float(pen)
+        return self.lam * pen
+
+    def epoch_log(self) -> dict[str, float]:
+        used = max(self.steps - self.skipped, 1)
+        return {"lambda_mu": self.lam, "mu_penalty": self.pen_sum / used,
+                "mu_skipped": self.skipped / max(self.steps, 1)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "gen" in state:
+            self.gen.set_state(state["gen"])

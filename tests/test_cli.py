@@ -1,0 +1,135 @@
+"""`raybal train` / `raybal robustness` end to end, and bad input -> exit 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from raybal.cli import main
+
+TINY_RUN = """
+[data]
+name = "synthetic_aerial"
+n_train = 256
+n_val = 128
+n_test = 128
+image_size = 16
+
+[model]
+name = "late"
+width = 8
+stages = 3
+
+[balance]
+method = "vanilla"
+
+[train]
+epochs = 2
+batch_size = 32
+mu_repeats = 1
+
+[robustness]
+modalities = ["eo"]
+corruptions = ["gaussian", "blackout"]
+levels = { gaussian = [0.0, 0.12] }
+splits = ["val", "test"]
+"""
+
+
+def run_file(tmp_path: Path, text: str = TINY_RUN, name: str = "run.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_train_writes_every_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "res"
+    assert main(["train", str(run_file(tmp_path)), "--results", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "epoch 2/2" in captured.err and "MU eo" in captured.err
+    assert str(out.resolve()) in captured.out
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 1
+    row = trials.iloc[0]
+    for col in ("trial_id", "status", "error", "config_json", "balance.method", "train.lr", "data.name",
+                "final.val_accuracy", "final.test_accuracy", "final.mu.eo", "final.mu.sar",
+                "robust.val_mean_accuracy", "robust.test_mean_accuracy", "wall_s", "raybal_version"):
+        assert col in trials.columns, col
+    assert row["status"] == "ok" and pd.isna(row["error"])
+    assert row["final.mu.eo"] + row["final.mu.sar"] == pytest.approx(1.0)
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert len(epochs) == 2 * 3 and set(epochs["split"]) == {"train", "val", "test"}
+    assert {"loss", "accuracy", "lambda_mu"} <= set(epochs.columns)
+    assert not epochs.duplicated(["trial_id", "epoch", "split"]).any()
+    util = pd.read_parquet(out / "utilization.parquet")
+    assert {"mu", "cond_util", "learning_speed"} <= set(util.columns)
+    sums = util.groupby(["trial_id", "epoch", "split", "final"])["mu"].sum()
+    assert sums.to_numpy() == pytest.approx(1.0)
+    rob = pd.read_parquet(out / "robustness.parquet")
+    # 2 splits x (2 gaussian levels + 1 blackout) on eo
+    assert len(rob) == 6 and {"accuracy", "mu.eo", "mu.sar"} <= set(rob.columns)
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "ok" and meta["config"]["train"]["epochs"] == 2
+    assert (out / "checkpoints" / "run" / "model.pt").is_file()
+
+    # A second run with the same config into the same dir resumes: nothing recorded twice.
+    assert main(["train", str(run_file(tmp_path)), "--results", str(out), "--quiet"]) == 0
+    assert len(pd.read_parquet(out / "epochs.parquet")) == 6
+    # ... and a different config into it is refused, leaving it intact.
+    assert main(["train", str(run_file(tmp_path)), "--results", str(out), "--set", "train.lr=0.01"]) == 2
+    assert "holds a different run" in capsys.readouterr().err
+    assert len(pd.read_parquet(out / "trials.parquet")) == 1
+
+    # The robustness command sweeps the checkpoint.
+    rob_out = tmp_path / "rob"
+    ckpt = out / "checkpoints" / "run" / "model.pt"
+    assert main(["robustness", str(ckpt), "--results", str(rob_out), "--quiet",
+                 "--set", 'robustness.corruptions=["speckle"]', "--set", "robustness.modalities=[\"sar\"]"]) == 0
+    rob2 = pd.read_parquet(rob_out / "robustness.parquet")
+    assert set(rob2["corruption"]) == {"speckle"} and set(rob2["modality"]) == {"sar"}
+
+
+BAD = [
+    ("[train\nlr = 1", "malformed TOML"),
+    ("[train]\nlearning_rate = 0.1", "train.learning_rate: unknown key"),
+    ("[train]\nlr = -0.1", "train.lr: must be > 0"),
+    ("[train]\nepochs = \"ten\"", "train.epochs: expected an integer"),
+    ("[balance]\nmethod = \"mu_target\"\ntarget = {eo = 1.5, sar = -0.5}", "balance.target.eo: must be <= 1.0"),
+    ("[balance]\nmethod = \"mu_target\"\ntarget = {eo = 0.7, sar = 0.2}", "balance.target: fractions must sum to 1"),
+    ("[balance]\nmethod = \"mu_target\"\ntarget = {eo = 0.75, lidar = 0.25}", "balance.target.lidar: unknown modality"),
+    ("[balance]\nmethod = \"mu_target\"\ntarget = {eo = 1.0}", "balance.target: missing modality 'sar'"),
+    ("[balance]\nmethod = \"mu_target\"", "balance.target: required"),
+    ("[data]\nname = \"mnist\"", "data.name: unknown data set"),
+    ("[data]\nname = \"mavoc_folder\"\nroot = \"/no/such/dir\"", "data.root: folder not found"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD)
+def test_bad_run_file_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            text: str, message: str) -> None:
+    out = tmp_path / "res"
+    code = main(["train", str(run_file(tmp_path, text)), "--results", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("raybal: error:")
+    assert message in err
+    assert not out.exists(), "nothing may be written on bad input"
+
+
+def test_missing_file_and_bad_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(tmp_path / "nope.toml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["train", str(run_file(tmp_path)), "--set", "train.lr=-1", "--results", str(tmp_path / "r")]) == 2
+    assert "train.lr: must be > 0" in capsys.readouterr().err
+    assert main(["robustness", str(tmp_path / "none.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_console_script_help() -> None:
+    out = subprocess.run([sys.executable, "-m", "raybal.cli", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--results" in out.stdout and "--set" in out.stdout

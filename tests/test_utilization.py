@@ -1,0 +1,93 @@
+"""Measurements on constructed models whose answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from raybal.data.base import Split
+from raybal.models.base import FusionModel, ModelOutput
+from raybal.utilization import (
+    LearningSpeedTracker,
+    conditional_utilization,
+    learning_speed,
+    mean_features,
+    measure,
+)
+
+
+class Oracle(FusionModel):
+    """Reads the label from the modalities in ``uses`` (each holds a one-hot copy of it)."""
+
+    def __init__(self, uses: dict[str, float]) -> None:
+        super().__init__(("a", "b"))
+        self.uses = uses
+        self.dummy = nn.Parameter(torch.ones(1))
+
+    def encode(self, x):
+        return {m: x[m] for m in self.modalities}
+
+    def fuse(self, f):
+        logits = sum(w * 8.0 * f[m] for m, w in self.uses.items()) * self.dummy
+        if not self.uses:
+            logits = torch.zeros_like(f["a"]) * self.dummy
+        return ModelOutput(logits, f, None)
+
+    def branch_parameters(self, modality):
+        return []
+
+
+def onehot_split(n: int = 400, classes: int = 5) -> Split:
+    y = torch.arange(n) % classes
+    oh = torch.nn.functional.one_hot(y, classes).float()
+    return Split({"a": oh.clone(), "b": oh.clone()}, y)
+
+
+def test_model_reading_only_a_has_mu_a_one() -> None:
+    res = measure(Oracle({"a": 1.0}), onehot_split(), num_classes=5, task="classification", n_repeats=3)
+    assert res.metric == 1.0
+    assert res.shares["a"] == pytest.approx(1.0)
+    assert res.shares["b"] == pytest.approx(0.0)
+    assert res.raw["b"] == 0.0 and res.raw["a"] > 1.0
+    assert not res.degenerate
+
+
+def test_equal_use_gives_equal_shares() -> None:
+    res = measure(Oracle({"a": 0.5, "b": 0.5}), onehot_split(), num_classes=5, task="classification", n_repeats=3)
+    assert res.shares["a"] == pytest.approx(0.5, abs=0.05)
+    assert sum(res.shares.values()) == pytest.approx(1.0)
+
+
+def test_model_ignoring_inputs_is_flagged_not_divided_by_zero() -> None:
+    res = measure(Oracle({}), onehot_split(), num_classes=5, task="classification")
+    assert res.degenerate
+    assert res.shares == {"a": 0.5, "b": 0.5}
+
+
+def test_mu_is_seeded() -> None:
+    model, sp = Oracle({"a": 0.7, "b": 0.3}), onehot_split()
+    r1 = measure(model, sp, num_classes=5, task="classification", seed=3)
+    r2 = measure(model, sp, num_classes=5, task="classification", seed=3)
+    assert r1.raw == r2.raw
+
+
+def test_conditional_utilization_of_a_one_modality_model() -> None:
+    model, sp = Oracle({"a": 1.0}), onehot_split()
+    cond = conditional_utilization(model, sp, mean_features(model, sp), num_classes=5, task="classification")
+    # Replacing a by its mean leaves chance accuracy (ties -> class 0: 1/5); replacing b changes nothing.
+    assert cond["b"] == pytest.approx(0.0)
+    assert cond["a"] == pytest.approx(0.8)
+
+
+def test_learning_speed_is_grad_over_weight_norm() -> None:
+    p = nn.Parameter(torch.full((4,), 2.0))
+    p.grad = torch.full((4,), 0.5)
+    assert learning_speed([p]) == pytest.approx((4 * 0.25) / (4 * 4.0))
+    tr = LearningSpeedTracker(("a", "b"))
+    tr.update({"a": 1.0, "b": 1.0}, {"a": 0.1, "b": 1.0})
+    assert tr.speeds()["a"] == pytest.approx(1.0) and tr.speeds()["b"] == pytest.approx(0.0)
+    assert tr.imbalance() == pytest.approx(1.0)
+    assert math.isnan(LearningSpeedTracker(("a", "b")).speeds()["a"])
