@@ -145,12 +145,12 @@ class MuTarget(BalanceMethod):
         if self.lam <= 0.0:
             return None
         d, u = self.batch_utilization(out, y, loss, x)
-        if float(d.sum()) <= 0.0:
+        if float(d.detach().sum()) <= 0.0:
             self.skipped += 1  # u undefined and the gradient zero: skip (DESIGN.md §2 pitfall)
             return None
         t = self.target.to(u.device)
         pen = (u - t).pow(2).sum() if self.params.penalty == "l2" else (u - t).abs().sum()
-        self.pen_sum += float(pen)
+        self.pen_sum += float(pen.detach())
         return self.lam * pen
 
     def epoch_log(self) -> dict[str, float]:
