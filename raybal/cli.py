@@ -68,11 +68,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     results = Path(args.results) if args.results else default_results_dir(cfg)
     if cfg.train.workers > 1 or args.address:
-        from raybal.distributed import train_distributed
-
-        result = train_distributed(cfg, results, address=args.address, progress=ProgressPrinter(args.quiet))
-    else:
-        result = train_to_dir(cfg, results, progress=ProgressPrinter(args.quiet))
+        # Ray Train data-parallel training is tracked in its own issue and not built yet.
+        raise UsageError("train.workers > 1 / --address: data-parallel training on Ray Train is not "
+                         "available in this version; use --workers 1 (the default)")
+    result = train_to_dir(cfg, results, progress=ProgressPrinter(args.quiet))
     _print_summary(result, results)
     return 0
 

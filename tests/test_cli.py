@@ -133,3 +133,9 @@ def test_missing_file_and_bad_override(tmp_path: Path, capsys: pytest.CaptureFix
 def test_console_script_help() -> None:
     out = subprocess.run([sys.executable, "-m", "raybal.cli", "train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--results" in out.stdout and "--set" in out.stdout
+
+
+def test_multi_worker_request_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(run_file(tmp_path)), "--workers", "2", "--results", str(tmp_path / "r")]) == 2
+    assert "Ray Train is not available in this version" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

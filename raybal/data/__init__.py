@@ -25,7 +25,7 @@ from raybal.data.synthetic import SyntheticAerialParams, build_synthetic_aerial
 from raybal.registry import Registry
 
 # Bump when a generator's output changes, so stale caches are not reused.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 DATASETS: Registry[Callable[[Any], MultiModalData]] = Registry("data set")
 DATASETS.register("synthetic_aerial", SyntheticAerialParams)(build_synthetic_aerial)

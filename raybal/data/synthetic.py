@@ -48,10 +48,10 @@ class SyntheticAerialParams:
     seed: int = knob(0, ge=0)
     extra_modalities: tuple[str, ...] = ()
     informativeness: FrozenMap = knob({}, ge=0.0, le=4.0)
-    sar_looks: float = knob(1.0, gt=0.0, doc="speckle looks; fewer = noisier SAR")
-    eo_sensor_noise: float = knob(0.02, ge=0.0, le=0.5, doc="std of EO sensor noise in training data")
-    eo_color_jitter: float = knob(0.03, ge=0.0, le=0.5, doc="hue jitter of the class colour")
-    object_scale: tuple[float, ...] = knob((0.2, 0.3), gt=0.0, le=0.6, doc="object radius range / image size")
+    sar_looks: float = knob(2.0, gt=0.0, doc="speckle looks; fewer = noisier SAR")
+    eo_sensor_noise: float = knob(0.1, ge=0.0, le=0.5, doc="std of EO sensor noise in training data")
+    eo_color_jitter: float = knob(0.01, ge=0.0, le=0.5, doc="hue jitter of the class colour")
+    object_scale: tuple[float, ...] = knob((0.28, 0.4), gt=0.0, le=0.6, doc="object radius range / image size")
 
     def modality_names(self) -> tuple[str, ...]:
         return ("eo", "sar", *self.extra_modalities)
