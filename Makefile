@@ -26,7 +26,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check raybal tests benchmarks
+	$(BIN)/ruff check raybal benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py

@@ -17,10 +17,10 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 RUN_SECTIONS = ("data", "model", "balance", "train", "robustness")
 
@@ -315,7 +315,7 @@ class RunConfig:
     def digest(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
-    def replace(self, overrides: Mapping[str, Any]) -> "RunConfig":
+    def replace(self, overrides: Mapping[str, Any]) -> RunConfig:
         """A new validated config with dotted overrides applied."""
         raw = self.to_dict()
         for key, value in overrides.items():

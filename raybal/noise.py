@@ -13,7 +13,7 @@ on the normalised input). Each corruption is a function ``(x, level, generator) 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -13,9 +13,11 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -42,30 +44,32 @@ class ResultsError(ValueError):
     """A results directory that is missing, empty, foreign or unreadable."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it.
 
-
-def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
+    The rename is atomic on POSIX, so a reader sees the old file or the new one, never half.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        df.to_parquet(tmp, index=False)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 def atomic_write_json(obj: Any, path: Path) -> None:
@@ -95,7 +99,7 @@ def _frame(rows: list[dict[str, Any]], table: str) -> pd.DataFrame:
     return df[ordered]
 
 
-def tables_of(results: Iterable["RunResult"]) -> dict[str, pd.DataFrame]:
+def tables_of(results: Iterable[RunResult]) -> dict[str, pd.DataFrame]:
     rows: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
     for r in results:
         rows["trials"].append(r.trial_row())
@@ -115,7 +119,7 @@ def _merge(old: pd.DataFrame | None, new: pd.DataFrame, table: str) -> pd.DataFr
     return pd.concat([keep, new], ignore_index=True)
 
 
-def write_results(results_dir: str | Path, results: Iterable["RunResult"], *, append: bool = True) -> Path:
+def write_results(results_dir: str | Path, results: Iterable[RunResult], *, append: bool = True) -> Path:
     """Write (or merge into) the Parquet tables of ``results_dir``; rows of a re-run trial are replaced."""
     d = Path(results_dir)
     new = tables_of(results)

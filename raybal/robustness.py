@@ -7,7 +7,8 @@ corruption, level), ready for ``robustness.parquet``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from raybal.config import RobustnessConfig
 from raybal.data.base import MultiModalData

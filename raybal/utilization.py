@@ -16,8 +16,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -154,7 +154,7 @@ def _tree_scale(a: object, k: float) -> object:
 
 def _tree_expand(mean: object, like: object) -> object:
     if isinstance(mean, tuple):
-        return tuple(_tree_expand(m, l) for m, l in zip(mean, like))  # type: ignore[arg-type]
+        return tuple(_tree_expand(m, x) for m, x in zip(mean, like))  # type: ignore[arg-type]
     return mean.unsqueeze(0).expand_as(like)  # type: ignore[union-attr]
 
 

@@ -54,7 +54,7 @@ class BalanceMethod:
         self.epoch = 0
 
     @classmethod
-    def check_config(cls, cfg: "RunConfig") -> None:
+    def check_config(cls, cfg: RunConfig) -> None:
         """Checks that span sections (e.g. target modalities vs. the data set's)."""
         from raybal.models import MODELS
 

@@ -74,7 +74,7 @@ class MuTarget(BalanceMethod):
         self._reset_log()
 
     @classmethod
-    def check_config(cls, cfg: "RunConfig") -> None:
+    def check_config(cls, cfg: RunConfig) -> None:
         super().check_config(cfg)
         target = cfg.balance.params.target
         mods = cfg.modalities

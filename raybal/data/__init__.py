@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -73,12 +73,10 @@ def load_data(cfg: DataConfig) -> MultiModalData:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    from raybal.checkpoint import atomic_torch_save
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-        os.close(fd)
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(obj, path)
     except OSError:
         pass  # an unwritable cache only costs regeneration next time
 

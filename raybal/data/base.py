@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -35,7 +36,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, idx: Tensor) -> "Split":
+    def subset(self, idx: Tensor) -> Split:
         return Split({m: t[idx] for m, t in self.x.items()}, self.y[idx])
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
@@ -81,7 +82,7 @@ class MultiModalData:
         }
 
     @classmethod
-    def from_state(cls, st: dict) -> "MultiModalData":
+    def from_state(cls, st: dict) -> MultiModalData:
         sp = {s: Split(dict(v["x"]), v["y"]) for s, v in st["splits"].items()}
         return cls(sp["train"], sp["val"], sp["test"], tuple(st["modalities"]), int(st["num_classes"]),
                    st["task"], tuple(st.get("class_names", ())))

@@ -61,7 +61,7 @@ class LateFusion(FusionModel):
         else:
             # With a hidden layer the share is not additive: use each modality alone (others zeroed).
             mod_logits = {}
-            for i, m in enumerate(self.modalities):
+            for m in self.modalities:
                 zs = [features[k] if k == m else torch.zeros_like(features[k]) for k in self.modalities]
                 mod_logits[m] = self.head(self.fusion(torch.cat(zs, dim=1)))
         return ModelOutput(logits, features, mod_logits)
