@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 Features = dict[str, Any]  # modality -> Tensor or tuple of Tensors (batch first)
@@ -153,10 +152,3 @@ def make_encoder(shape: tuple[int, ...], width: int, stages: int) -> nn.Module:
         return MLPEncoder(shape[0], width)
     raise ValueError(f"unsupported modality shape {shape}")
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def zeros_like_batch(t: Tensor) -> Tensor:
-    return torch.zeros_like(t)
