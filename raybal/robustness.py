@@ -60,9 +60,13 @@ def sweep(model: FusionModel, data: MultiModalData, cfg: RobustnessConfig, *, mu
 
 
 def summarize(rows: list[dict[str, Any]], task: str) -> dict[str, float]:
-    """``robust.<split>_mean_<metric>``: the mean over the grid on each split."""
+    """``robust.<split>_mean_<metric>`` (the mean over the grid on each split) and one column per
+    grid point, ``robust.<split>_<metric>.<modality>.<corruption>.<level>`` (a study objective can
+    name either)."""
     metric = metric_name(task)
     out: dict[str, float] = {}
+    for r in rows:
+        out[f"robust.{r['split']}_{metric}.{r['modality']}.{r['corruption']}.{r['level']:g}"] = r[metric]
     for split in sorted({r["split"] for r in rows}):
         vals = [r[metric] for r in rows if r["split"] == split]
         out[f"robust.{split}_mean_{metric}"] = sum(vals) / len(vals)

@@ -119,6 +119,29 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg[0] if msg else ''}".strip().rstrip(":")
 
 
+def train_step(train_model: torch.nn.Module, method: BalanceMethod, optimizer: torch.optim.Optimizer,
+               xb: dict[str, torch.Tensor], yb: torch.Tensor, autocast: Any, epoch: int) -> tuple[Any, torch.Tensor]:
+    """One optimisation step: forward, the method's extra loss, backward, its gradient hook, update.
+
+    The only training step there is; every balancing method acts through its hooks here.
+    Returns the model output and the (unpenalised) task loss.
+    """
+    method.before_step()
+    with autocast:
+        out = train_model(xb)
+        loss = F.cross_entropy(out.logits.float(), yb)
+        extra = method.extra_loss(xb, out, yb, loss)
+        total = loss + extra if extra is not None else loss
+    if not torch.isfinite(total.detach()):
+        raise NonFiniteLossError(f"non-finite loss {float(total):.4g} at epoch {epoch}")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    method.after_backward(out, yb)
+    optimizer.step()
+    method.after_step()
+    return out, loss
+
+
 def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path | None = None,
         progress: Progress | None = None, dist: DistContext | None = None,
         data: MultiModalData | None = None) -> RunResult:
@@ -183,19 +206,7 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
                                           rank=dist.rank, world=dist.world_size):
             xb = {m: t.to(device, non_blocking=True) for m, t in xb.items()}
             yb = yb.to(device, non_blocking=True)
-            method.before_step()
-            with autocast:
-                out = train_model(xb)
-                loss = F.cross_entropy(out.logits.float(), yb)
-                extra = method.extra_loss(xb, out, yb, loss)
-                total = loss + extra if extra is not None else loss
-            if not torch.isfinite(total.detach()):
-                raise NonFiniteLossError(f"non-finite loss {float(total):.4g} at epoch {epoch}")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            method.after_backward(out, yb)
-            optimizer.step()
-            method.after_step()
+            out, loss = train_step(train_model, method, optimizer, xb, yb, autocast, epoch)
             loss_sum += loss.detach() * len(yb)
             n_seen += len(yb)
             stat, tot = task_metric(out.logits.detach(), yb, ncls, task)
@@ -224,13 +235,13 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
                     "trial_id": trial_id, "epoch": epoch, "split": "val", "modality": m, "mu": val.shares[m],
                     "mu_raw": val.raw[m], "cond_util": None, "learning_speed": mod_logs.get(m, {}).get("learning_speed"),
                     "degenerate": val.degenerate, "final": False})
-        if tc.select == "last" or val.metric > best["value"]:
+        # Ties go to the later epoch (the schedule has gone further); epochs before the method acts are
+        # not candidates (BalanceMethod.selectable).
+        if tc.select == "last" or (method.selectable(epoch) and val.metric >= best["value"]):
             best = {"epoch": epoch, "value": val.metric, "state": copy.deepcopy(model.state_dict())}
         event = {"trial_id": trial_id, "epoch": epoch, "epochs": tc.epochs, "train_loss": train_row["loss"],
                  f"train_{metric}": train_row[metric], f"val_{metric}": val.metric, "val_loss": val.loss,
                  "mu": dict(val.shares) if measure_mu else None, **logs}
-        if progress is not None:
-            progress(event)
         if last_path is not None and (epoch % tc.checkpoint_every == 0 or epoch == tc.epochs):
             atomic_torch_save({
                 "config_digest": config.digest(), "config_json": config.to_json(), "epoch": epoch,
@@ -238,6 +249,8 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "method": method.state_dict(), "epochs": result.epochs, "utilization": result.utilization,
                 "best": best, "wall_s": time.perf_counter() - t0}, last_path)
+        if progress is not None:  # after the checkpoint: a trial stopped on this report keeps its epoch
+            progress(event)
         if dist.report is not None:
             dist.report(event, last_path)
 
@@ -281,6 +294,7 @@ def _finalize(result: RunResult, model: FusionModel, data: MultiModalData, best:
     target = getattr(cfg.balance.params, "target", None)
     if target:
         final["final.mu_target_error"] = max(abs(test.shares[m] - target[m]) for m in target)
+        final["final.val_mu_target_error"] = max(abs(val.shares[m] - target[m]) for m in target)
     if cfg.robustness.enabled:
         def tick(done: int, total: int) -> None:
             if progress is not None:

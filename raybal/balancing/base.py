@@ -84,6 +84,15 @@ class BalanceMethod:
     def after_step(self) -> None:
         pass
 
+    def selectable(self, epoch: int) -> bool:
+        """May the weights after ``epoch`` be picked as the run's model (``train.select = "best_val"``)?
+
+        A method whose effect starts late (a warm-up, a start epoch) says no for the epochs before
+        it acts: with validation accuracy saturated early, best-validation selection would
+        otherwise return the un-balanced model of epoch 1.
+        """
+        return True
+
     def epoch_log(self) -> dict[str, float]:
         """Scalars for ``epochs.parquet`` (e.g. ``lambda_mu``), reset each epoch by the method."""
         return {}

@@ -65,6 +65,9 @@ class GreedyGuided(BalanceMethod):
     def active(self) -> bool:
         return self.epoch >= self.params.start_epoch
 
+    def selectable(self, epoch: int) -> bool:
+        return epoch >= min(self.params.start_epoch, self.ctx.epochs)
+
     def choose(self) -> str | None:
         """The modality to re-balance next (None = normal training)."""
         s = self.tracker.speeds()

@@ -103,6 +103,10 @@ class MuTarget(BalanceMethod):
             return 0.0
         return min(p.lambda_max, p.lambda_0 * math.exp(p.growth * (epoch - first)))
 
+    def selectable(self, epoch: int) -> bool:
+        """Only epochs trained with the penalty weight it keeps to the end (lambda(e) = lambda(E))."""
+        return self.lambda_at(epoch) >= self.lambda_at(self.ctx.epochs)
+
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         self.lam = self.lambda_at(epoch)

@@ -59,6 +59,9 @@ class OGMGE(BalanceMethod):
         p = self.params
         return self.epoch >= p.start_epoch and (p.end_epoch == 0 or self.epoch <= p.end_epoch)
 
+    def selectable(self, epoch: int) -> bool:
+        return epoch >= min(self.params.start_epoch, self.ctx.epochs)
+
     @torch.no_grad()
     def coefficients(self, out: ModelOutput, y: Tensor) -> dict[str, float]:
         """k_k of Eq. 7 for this batch."""

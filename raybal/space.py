@@ -1,0 +1,399 @@
+"""Study files: the ``[study]`` settings and the ``[search]`` space (DESIGN.md §4).
+
+A study file is a run file plus two sections::
+
+    [study]
+    name = "aerial_noise"
+    objective = "robust.val_mean_accuracy"      # or: objectives = {"robust.val_mean_accuracy" = "max", ...}
+    num_samples = 12
+    scheduler = "asha"                           # or "fifo"
+    constraints = ["final.val_accuracy >= 0.9"]
+
+    [search]
+    "balance.target.eo" = {uniform = [0.5, 0.95]}      # M-1 free fractions; the last one is 1 - the rest
+    "balance.lambda_max" = {loguniform = [1.0, 30.0]}
+    "balance.alpha" = {uniform = [0.1, 1.0], when = {"balance.method" = "ogm_ge"}}
+    # "balance.target" = {simplex = ["eo", "sar", "ir"]}  # a target drawn uniformly on the simplex
+
+Everything is checked when the file is loaded, before Ray starts: distribution bounds, that
+each searched key exists for the method it applies to, and that the lowest and highest
+value of every parameter give a valid run config (the run config's own error, prefixed
+with ``search.``). Objectives must be validation metrics: test numbers are reported, never
+optimised.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from raybal.config import (ConfigError, FrozenMap, RunConfig, build, config_from_dict, flatten_dict, knob,
+                           load_toml, set_dotted)
+
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "simplex")
+SIMPLEX_PREFIX = "_simplex."
+
+_OBJECTIVE_PATTERNS = (
+    (re.compile(r"^final\.val_(accuracy|miou|loss)$"), None),
+    (re.compile(r"^final\.val_mu_target_error$"), "min"),
+    (re.compile(r"^robust\.val_mean_(accuracy|miou)$"), "max"),
+    (re.compile(r"^robust\.val_(accuracy|miou)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+\.[0-9.]+$"), "max"),
+)
+OBJECTIVE_HELP = ("final.val_accuracy (final.val_miou), final.val_loss, robust.val_mean_accuracy, "
+                  "robust.val_accuracy.<modality>.<corruption>.<level>, final.val_mu_target_error")
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_.@:-]+)\s*(>=|<=|==|>|<)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    mode: Literal["max", "min"]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    metric: str
+    op: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str, key: str = "constraint") -> Constraint:
+        m = _CONSTRAINT.match(text)
+        if not m:
+            raise ConfigError(key, f"cannot parse {text!r}; write e.g. \"final.val_accuracy >= 0.9\"")
+        return cls(m.group(1), m.group(2), float(m.group(3)))
+
+    def holds(self, value: Any) -> bool:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            return False
+        return not math.isnan(v) and _OPS[self.op](v, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    name: str = "study"
+    objective: str | None = None
+    mode: Literal["max", "min"] | None = None
+    objectives: FrozenMap = knob({}, doc="metric -> 'max' | 'min' for a multi-objective study")
+    num_samples: int = knob(8, ge=1)
+    max_concurrent: int = knob(0, ge=0, doc="0 = as many trials as the CPUs (GPUs) allow")
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = knob(1, ge=1, doc="ASHA: epochs every trial runs before it can be stopped")
+    reduction_factor: int = knob(2, ge=2, doc="ASHA: keep 1/reduction_factor of trials per rung")
+    seed: int = knob(0, ge=0, doc="seeds the Optuna sampler")
+    constraints: tuple[str, ...] = ()
+    cpus_per_trial: int = knob(1, ge=1, doc="CPU threads per one-worker trial")
+
+    def validate(self, prefix: str) -> None:
+        if self.objective and self.objectives:
+            raise ConfigError(f"{prefix}.objectives", "give either objective (+ mode) or objectives, not both")
+        for i, c in enumerate(self.constraints):
+            Constraint.parse(c, f"{prefix}.constraints[{i}]")
+        for metric, mode in self.objectives.items():
+            if mode not in ("max", "min"):
+                raise ConfigError(f"{prefix}.objectives.{metric}", f"mode must be 'max' or 'min', got {mode!r}")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter."""
+
+    key: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] = ()
+    log: bool = False
+    when: FrozenMap = field(default_factory=FrozenMap)
+
+    def corners(self) -> list[Any]:
+        if self.kind == "choice":
+            return list(self.choices)
+        if self.kind == "simplex":
+            return [0.0, 1.0]
+        return [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    params: tuple[Param, ...]
+    complement: FrozenMap = field(default_factory=FrozenMap)  # target key -> the modality set to 1 - the rest
+    modalities: tuple[str, ...] = ()
+
+    def sample(self, trial: Any, base: Mapping[str, Any]) -> dict[str, Any]:
+        """Draw one point with an Optuna trial (define-by-run): returns dotted key -> value."""
+        values: dict[str, Any] = {}
+        for p in self._ordered():
+            if not self._applies(p, values, base):
+                continue
+            if p.kind == "uniform":
+                values[p.key] = trial.suggest_float(p.key, p.low, p.high)
+            elif p.kind == "loguniform":
+                values[p.key] = trial.suggest_float(p.key, p.low, p.high, log=True)
+            elif p.kind == "int":
+                values[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log)
+            elif p.kind == "choice":
+                values[p.key] = trial.suggest_categorical(p.key, list(p.choices))
+            else:  # simplex: stick-breaking with Beta(1, K-1) marginals = uniform on the simplex
+                mods, rest = list(p.choices), 1.0
+                for i, m in enumerate(mods[:-1]):
+                    z = trial.suggest_float(f"{SIMPLEX_PREFIX}{p.key}.{i}", 0.0, 1.0)
+                    x = rest * (1.0 - z ** (1.0 / (len(mods) - 1 - i)))
+                    values[f"{p.key}.{m}"] = x
+                    rest -= x
+                values[f"{p.key}.{mods[-1]}"] = max(rest, 0.0)
+        return values
+
+    def _ordered(self) -> list[Param]:
+        return [p for p in self.params if not p.when] + [p for p in self.params if p.when]
+
+    @staticmethod
+    def _applies(p: Param, values: Mapping[str, Any], base: Mapping[str, Any]) -> bool:
+        return all(values.get(k, base.get(k)) == v for k, v in p.when.items())
+
+    def apply(self, base_raw: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+        """The run file (nested dict) of one trial: the base with the sampled values set."""
+        import copy
+
+        from raybal.balancing import METHODS
+
+        raw = copy.deepcopy(dict(base_raw))
+        values = {k: v for k, v in values.items() if not k.startswith(SIMPLEX_PREFIX)}
+        method = values.get("balance.method")
+        if method is not None and method != raw.get("balance", {}).get("method", "vanilla"):
+            known = set()
+            if method in METHODS:
+                params_cls = METHODS.get(method).params
+                known = {f for f in getattr(params_cls, "__dataclass_fields__", {})}
+            raw["balance"] = {k: v for k, v in raw.get("balance", {}).items() if k in known}
+            raw["balance"]["method"] = method
+        for key, value in values.items():
+            if key != "balance.method":
+                set_dotted(raw, key, value)
+        for tkey, last in self.complement.items():
+            section, name = tkey.split(".", 1)
+            target = raw.get(section, {}).get(name)
+            if isinstance(target, dict) and any(f"{tkey}.{m}" in values for m in target if m != last):
+                target[last] = max(0.0, 1.0 - sum(v for m, v in target.items() if m != last))
+                # the complement of the free fractions keeps the sum exactly 1
+        return raw
+
+    def trial_config(self, base_raw: Mapping[str, Any], values: Mapping[str, Any]) -> RunConfig:
+        return config_from_dict(self.apply(base_raw, values))
+
+
+@dataclass(frozen=True)
+class Study:
+    """A parsed, validated study file."""
+
+    settings: StudySettings
+    base_raw: dict[str, Any]
+    base: RunConfig
+    space: SearchSpace
+    objectives: tuple[Objective, ...]
+    constraints: tuple[Constraint, ...]
+    source: str = ""
+
+    @property
+    def base_flat(self) -> dict[str, Any]:
+        return flatten_dict(self.base.to_dict())
+
+
+def _parse_dist(key: str, spec: Any, modalities: tuple[str, ...]) -> Param:
+    k = f"search.{key}"
+    if spec == "simplex":
+        spec = {"simplex": list(modalities)}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(k, f"expected a table such as {{uniform = [low, high]}}, got {spec!r}")
+    kinds = [d for d in DISTRIBUTIONS if d in spec]
+    unknown = [x for x in spec if x not in DISTRIBUTIONS and x not in ("when", "log")]
+    if unknown:
+        raise ConfigError(f"{k}.{unknown[0]}", f"unknown distribution (use one of: {', '.join(DISTRIBUTIONS)})")
+    if len(kinds) != 1:
+        raise ConfigError(k, f"give exactly one distribution of: {', '.join(DISTRIBUTIONS)}")
+    kind = kinds[0]
+    arg = spec[kind]
+    when = spec.get("when", {})
+    if not isinstance(when, Mapping):
+        raise ConfigError(f"{k}.when", "must be a table of dotted key -> value")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{k}.log", "must be true or false")
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise ConfigError(f"{k}.choice", "must be a non-empty list of values")
+        return Param(key, kind, choices=tuple(arg), when=FrozenMap(when))
+    if kind == "simplex":
+        if not isinstance(arg, list) or len(arg) < 2 or not all(isinstance(m, str) for m in arg):
+            raise ConfigError(f"{k}.simplex", "must list at least two modality names")
+        for i, m in enumerate(arg):
+            if m not in modalities:
+                raise ConfigError(f"{k}.simplex[{i}]", f"unknown modality {m!r} (data set has: {', '.join(modalities)})")
+        if sorted(arg) != sorted(modalities):
+            raise ConfigError(f"{k}.simplex", f"must list every modality once: {', '.join(modalities)}")
+        return Param(key, kind, choices=tuple(arg), when=FrozenMap(when))
+    if (not isinstance(arg, list) or len(arg) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
+        raise ConfigError(f"{k}.{kind}", "must be [low, high] (two numbers)")
+    low, high = float(arg[0]), float(arg[1])
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ConfigError(f"{k}.{kind}", "bounds must be finite")
+    if low > high:
+        raise ConfigError(f"{k}.{kind}", f"low {arg[0]} > high {arg[1]}")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{k}.{kind}", f"low must be > 0 for a log scale, got {arg[0]}")
+    if kind == "int":
+        if not all(isinstance(v, int) for v in arg):
+            raise ConfigError(f"{k}.int", "bounds must be integers")
+        if log and low <= 0:
+            raise ConfigError(f"{k}.int", "low must be > 0 with log = true")
+    return Param(key, kind, low, high, log=log, when=FrozenMap(when))
+
+
+def _leaves(node: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Flatten ``[search]``: quoted dotted keys and nested tables both reach a distribution table."""
+    out: list[tuple[str, Any]] = []
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and not any(d in v for d in DISTRIBUTIONS) and "when" not in v:
+            out.extend(_leaves(v, f"{key}."))
+        else:
+            out.append((key, v))
+    return out
+
+
+def parse_space(raw_search: Any, base: RunConfig) -> SearchSpace:
+    if not isinstance(raw_search, Mapping) or not raw_search:
+        raise ConfigError("search", "must be a table with at least one parameter, e.g. "
+                          "\"train.lr\" = {loguniform = [1e-4, 1e-2]}")
+    mods = base.modalities
+    params = tuple(_parse_dist(k, v, mods) for k, v in _leaves(raw_search))
+    keys = {p.key for p in params}
+    for p in params:
+        for wk in p.when:
+            if wk == p.key:
+                raise ConfigError(f"search.{p.key}.when", "a parameter cannot depend on itself")
+    # Free target fractions: M-1 modalities searched, the last one is the complement.
+    complement: dict[str, str] = {}
+    by_target: dict[str, list[Param]] = {}
+    for p in params:
+        head, _, mod = p.key.rpartition(".")
+        if head.endswith("balance.target") and p.kind in ("uniform", "loguniform") and head == "balance.target":
+            by_target.setdefault(head, []).append(p)
+        elif p.kind == "simplex" and p.key != "balance.target":
+            raise ConfigError(f"search.{p.key}", "a simplex is for balance.target")
+    for head, ps in by_target.items():
+        if f"{head}" in keys:
+            raise ConfigError(f"search.{head}", "search the target either as a simplex or as free fractions")
+        free = [p.key.rpartition(".")[2] for p in ps]
+        for p, m in zip(ps, free, strict=True):
+            if m not in mods:
+                raise ConfigError(f"search.{p.key}", f"unknown modality {m!r} (data set has: {', '.join(mods)})")
+        rest = [m for m in mods if m not in free]
+        if len(rest) != 1:
+            raise ConfigError(f"search.{ps[0].key}", f"search M-1 = {len(mods) - 1} target fractions (the last is "
+                              "1 - the others) or the whole target as {simplex = [...]}")
+        high_sum = sum(p.high or 0.0 for p in ps)
+        if high_sum > 1.0 + 1e-9:
+            raise ConfigError(f"search.{ps[0].key}", f"the free fractions' highs sum to {high_sum:g} > 1; "
+                              "narrow them or search the target as a simplex")
+        complement[head] = rest[0]
+    return SearchSpace(params, FrozenMap(complement), mods)
+
+
+def _objectives(s: StudySettings, base: RunConfig) -> tuple[Objective, ...]:
+    metric = "accuracy" if base.data.params.task == "classification" else "miou"
+    pairs = list(s.objectives.items()) if s.objectives else [(s.objective or f"final.val_{metric}", s.mode)]
+    out = []
+    for name, mode in pairs:
+        key = "study.objectives" if s.objectives else "study.objective"
+        if ".test" in name or "test_" in name:
+            raise ConfigError(key, f"{name!r} is a test metric: test numbers are reported, never optimised "
+                              f"(use the val one, e.g. {name.replace('test', 'val')})")
+        match = next((default for pat, default in _OBJECTIVE_PATTERNS if pat.match(name)), "none")
+        if match == "none":
+            raise ConfigError(key, f"unknown objective {name!r} (known: {OBJECTIVE_HELP})")
+        if name.startswith("robust.") and not base.robustness.enabled:
+            raise ConfigError(key, f"{name!r} needs a [robustness] section with splits including \"val\"")
+        if name.startswith("robust.") and "val" not in base.robustness.splits:
+            raise ConfigError("robustness.splits", f"objective {name!r} needs \"val\" in robustness.splits")
+        if name == "final.val_mu_target_error" and base.balance.method != "mu_target":
+            raise ConfigError(key, "final.val_mu_target_error needs balance.method = \"mu_target\"")
+        mode = mode or match or ("min" if name.endswith("loss") else "max")
+        out.append(Objective(name, mode))
+    return tuple(out)
+
+
+def study_from_dict(raw: Mapping[str, Any], source: str = "") -> Study:
+    """Validate a parsed study file; every problem is a :class:`ConfigError` naming its key."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("", "a study file must be a TOML table")
+    if "study" not in raw:
+        raise ConfigError("study", "missing section: a study file needs [study] and [search] "
+                          "(a file without them is a run file: use `raybal train`)")
+    if "search" not in raw:
+        raise ConfigError("search", "missing section: list the parameters to search")
+    base_raw = {k: v for k, v in raw.items() if k not in ("study", "search")}
+    base = config_from_dict(base_raw)
+    if not isinstance(raw["study"], Mapping):
+        raise ConfigError("study", "must be a table")
+    settings = build(StudySettings, raw["study"], "study")
+    space = parse_space(raw["search"], base)
+    objectives = _objectives(settings, base)
+    constraints = tuple(Constraint.parse(c, f"study.constraints[{i}]") for i, c in enumerate(settings.constraints))
+    _probe(space, base_raw, base)
+    return Study(settings, dict(base_raw), base, space, objectives, constraints, source)
+
+
+def _probe(space: SearchSpace, base_raw: Mapping[str, Any], base: RunConfig) -> None:
+    """Build the run config at the low and the high corner of every parameter (per method choice)."""
+    base_flat = flatten_dict(base.to_dict())
+    choice_sets: list[dict[str, Any]] = [{}]
+    for p in space.params:
+        if p.kind == "choice" and not p.when:
+            choice_sets = [{**c, p.key: v} for c in choice_sets for v in p.choices][:64]
+    for fixed in choice_sets:
+        for corner in (0, 1):
+            values = dict(fixed)
+            for p in space._ordered():
+                if p.key in values or not SearchSpace._applies(p, values, base_flat):
+                    continue
+                if p.kind == "simplex":
+                    n = len(p.choices)
+                    for i, m in enumerate(p.choices):
+                        values[f"{p.key}.{m}"] = 1.0 / n
+                    continue
+                c = p.corners()
+                values[p.key] = c[0] if corner == 0 or len(c) == 1 else c[-1]
+                if p.kind == "int":
+                    values[p.key] = int(values[p.key])
+            try:
+                space.trial_config(base_raw, values)
+            except ConfigError as exc:
+                shown = ", ".join(f"{k} = {v!r}" for k, v in values.items())
+                raise ConfigError(f"search.{exc.key}" if exc.key else "search",
+                                  f"{exc.message} (at the search point {shown})") from None
+
+
+def load_study(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Study:
+    p = Path(path)
+    raw = load_toml(p)
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    return study_from_dict(raw, source=p.read_text())
+
+
+def is_study_file(raw: Mapping[str, Any]) -> bool:
+    return "study" in raw or "search" in raw

@@ -1,0 +1,379 @@
+"""Studies on Ray Tune + Optuna (DESIGN.md §4, §6): ``raybal study run`` / ``study resume``.
+
+Ray is touched here only. Each trial is a Tune *function trainable* that builds its run
+config from the study's base run file plus the values Optuna drew (define-by-run, so
+conditional parameters work) and calls :func:`raybal.train.fit` in the trial process: no
+Train worker group for one-worker trials (that costs ~10 s per trial). Every epoch is
+reported to Tune (ASHA stops trials on the per-epoch validation metric, ``time_attr =
+epoch``); the last report carries the final metrics the objectives name.
+
+Results: each trial writes its :class:`RunResult` next to its checkpoints
+(``checkpoints/<trial_id>/result.pkl``) and the driver, the only writer of the Parquet
+tables, merges it when Tune reports the trial finished, stopped or failed. A trial stopped by
+ASHA is recorded from its last checkpoint (``status = stopped``), one that raised with its
+error line (``status = failed``). The driver also reconciles on every start and at the end,
+so a driver killed between a trial's end and the merge loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from raybal.config import ConfigError
+from raybal.results import (ResultsError, Results, atomic_write_bytes, atomic_write_json, check_writable, environment,
+                            load_results, write_results)
+from raybal.space import Study, load_study, study_from_dict
+from raybal.train import RunResult, failed_result, fit
+
+TUNE_DIR = "tune"
+RESULT_FILE = "result.pkl"
+
+
+def _status_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- trial side
+
+
+class TrialFn:
+    """The Tune function trainable (a picklable callable: the same object on restore)."""
+
+    def __init__(self, study: Study, results_dir: Path) -> None:
+        self.study = study
+        self.results_dir = results_dir
+        self.__name__ = "raybal_trial"
+
+    def __call__(self, params: dict[str, Any]) -> None:
+        from ray import tune
+
+        tid = tune.get_context().get_trial_id()
+        values = {k: v for k, v in params.items()}
+        cfg = self.study.space.trial_config(self.study.base_raw, values)
+        threads = self.study.settings.cpus_per_trial
+        if cfg.train.num_threads == 0:
+            cfg = cfg.replace({"train.num_threads": threads})
+        ckdir = self.results_dir / "checkpoints" / tid
+        objectives = [o.metric for o in self.study.objectives]
+        target = getattr(cfg.balance.params, "target", None)
+        metric = "accuracy" if cfg.data.params.task == "classification" else "miou"
+        pending: dict[str, Any] = {}
+
+        def epoch_report(event: dict[str, Any]) -> dict[str, Any]:
+            rep = {"epoch": event["epoch"], f"val_{metric}": event[f"val_{metric}"], "val_loss": event["val_loss"]}
+            for m, share in (event.get("mu") or {}).items():
+                rep[f"mu.{m}"] = share
+            for name in objectives:  # per-epoch value where one exists, else NaN until the final report
+                if name == f"final.val_{metric}":
+                    rep[name] = event[f"val_{metric}"]
+                elif name == "final.val_loss":
+                    rep[name] = event["val_loss"]
+                elif name == "final.val_mu_target_error" and target and event.get("mu"):
+                    rep[name] = max(abs(event["mu"][m] - target[m]) for m in target)
+                else:
+                    rep[name] = math.nan
+            return rep
+
+        def progress(event: dict[str, Any]) -> None:
+            if "epoch" not in event:
+                return
+            if event["epoch"] < event["epochs"]:
+                tune.report(epoch_report(event))
+            else:  # the last epoch is reported once, with the final metrics
+                pending.update(epoch_report(event))
+
+        t0 = time.perf_counter()
+        try:
+            result = fit(cfg, trial_id=tid, checkpoint_dir=ckdir, progress=progress)
+        except Exception as exc:
+            failed = failed_result(cfg, tid, exc, time.perf_counter() - t0)
+            atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(failed))
+            raise
+        atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(result))
+        final = {k: v for k, v in result.final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tune.report({**pending, **final, "epoch": cfg.train.epochs, "done_ok": 1})
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+class _DefineByRun:
+    """Optuna's define-by-run space (picklable: the searcher is saved with the experiment)."""
+
+    def __init__(self, study: Study, base_flat: dict[str, Any]) -> None:
+        self.space, self.base_flat = study.space, base_flat
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        return self.space.sample(trial, self.base_flat)
+
+
+def _stopped_result(study: Study, tid: str, params: dict[str, Any], ckdir: Path, status: str,
+                    error: str | None) -> RunResult:
+    """A trial that ended without its own record: rebuild it from its last checkpoint."""
+    from raybal.checkpoint import load_checkpoint
+
+    try:
+        cfg = study.space.trial_config(study.base_raw, params)
+    except ConfigError:
+        cfg = study.base
+    r = RunResult(trial_id=tid, config=cfg, status=status, error=error)
+    last = ckdir / "last.pt"
+    if last.is_file():
+        try:
+            st = load_checkpoint(last)
+            r.epochs, r.utilization = st["epochs"], st["utilization"]
+            r.wall_s = float(st.get("wall_s", 0.0))
+        except Exception:  # a checkpoint torn by a killed process: the config row still counts
+            pass
+    return r
+
+
+class Recorder:
+    """Tune callback on the driver: progress lines and the Parquet tables as trials end."""
+
+    def __init__(self, study: Study, results_dir: Path, quiet: bool = False) -> None:
+        self.study = study
+        self.results_dir = results_dir
+        self.quiet = quiet
+        self.recorded: set[str] = set()
+
+    def setup(self, **info: Any) -> None:
+        self.recorded = set()
+        try:
+            t = load_results(self.results_dir).trials
+            self.recorded = set(t.loc[t["status"].isin(["ok", "failed", "stopped"]), "trial_id"].astype(str))
+        except ResultsError:
+            pass
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if self.quiet or "epoch" not in result:
+            return
+        metric = next((k for k in result if k.startswith("val_") and k != "val_loss"), None)
+        mus = " ".join(f"{k[3:]} {v:.2f}" for k, v in result.items() if k.startswith("mu."))
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        epochs = self.study.base.train.epochs
+        _status_line(f"[{done}/{self.study.settings.num_samples} done] trial {trial.trial_id} epoch "
+                     f"{result['epoch']}/{epochs}  {metric} {result.get(metric, float('nan')):.3f}"
+                     + (f"  MU {mus}" if mus else ""))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.record(trial.trial_id, trial.config, ended="complete")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.record(trial.trial_id, trial.config, ended="error", error=_tune_error(trial))
+
+    def record(self, tid: str, params: dict[str, Any], ended: str, error: str | None = None) -> RunResult:
+        ckdir = self.results_dir / "checkpoints" / tid
+        path = ckdir / RESULT_FILE
+        if path.is_file():
+            result: RunResult = pickle.loads(path.read_bytes())
+        elif ended == "complete":
+            result = _stopped_result(self.study, tid, params, ckdir, "stopped", None)
+        else:
+            result = _stopped_result(self.study, tid, params, ckdir, "failed", error or "trial process died")
+        write_results(self.results_dir, [result])
+        self.recorded.add(tid)
+        if not self.quiet:
+            what = {"ok": "finished", "stopped": "stopped early (ASHA)", "failed": f"FAILED: {result.error}"}
+            _status_line(f"trial {tid} {what.get(result.status, result.status)}")
+        return result
+
+
+def _tune_error(trial: Any) -> str:
+    try:
+        msg = trial.get_error()
+    except Exception:  # the error file is gone or unreadable: still record the failure
+        msg = None
+    lines = [ln for ln in str(msg or "").strip().splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else "trial process died"
+
+
+def _make_callback(recorder: Recorder) -> Any:
+    from ray.tune import Callback
+
+    class _RecorderCallback(Callback):
+        def __init__(self, rec: Recorder) -> None:
+            self.rec = rec
+
+        def setup(self, **info: Any) -> None:
+            self.rec.setup(**info)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+            self.rec.on_trial_result(iteration, trials, trial, result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+            self.rec.on_trial_complete(iteration, trials, trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+            self.rec.on_trial_error(iteration, trials, trial)
+
+    return _RecorderCallback(recorder)
+
+
+def study_meta(study: Study, status: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    s = study.settings
+    return {
+        "kind": "study", "name": s.name, "status": status, "study_file": study.source,
+        "objectives": [{"metric": o.metric, "mode": o.mode} for o in study.objectives],
+        "constraints": [str(c) for c in study.constraints], "num_samples": s.num_samples, "seed": s.seed,
+        "scheduler": s.scheduler, "base_config": study.base.to_dict(), "versions": environment(),
+        "best": {"metric": study.objectives[0].metric, "mode": study.objectives[0].mode,
+                 "constraints": [str(c) for c in study.constraints],
+                 "selection": "validation metrics; test numbers are reported, never optimised"},
+        **(extra or {}),
+    }
+
+
+def _prepare(results_dir: Path, study: Study, resume: bool) -> None:
+    check_writable(results_dir)
+    if (results_dir / "run.json").is_file():
+        raise ResultsError(f"{results_dir} holds a single run's results; pick another --results for a study")
+    meta_path = results_dir / "study.json"
+    if resume:
+        if not meta_path.is_file() or not (results_dir / TUNE_DIR).is_dir():
+            raise ResultsError(f"{results_dir} holds no study to resume (no study.json / {TUNE_DIR}/)")
+        return
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        same = old.get("study_file") == study.source
+        raise ResultsError(f"{results_dir} already holds {'this' if same else 'a different'} study"
+                           + (f"; continue it with `raybal study resume {results_dir}`" if same
+                              else "; pick another --results"))
+
+
+def _init_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start a local Ray; returns whether this call started it."""
+    import logging
+
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
+    if address:
+        ray.init(address=address, **kw)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=True, **kw)
+    return True
+
+
+def _concurrency(study: Study) -> int:
+    import ray
+
+    s = study.settings
+    cpus = int(ray.available_resources().get("CPU", 1))
+    n = max(cpus // s.cpus_per_trial, 1)
+    if study.base.train.use_gpu:
+        n = min(n, max(int(ray.available_resources().get("GPU", 0)), 1))
+    if s.max_concurrent:
+        n = min(n, s.max_concurrent)
+    return max(min(n, s.num_samples), 1)
+
+
+def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = study.settings
+    resources = {"cpu": s.cpus_per_trial, **({"gpu": 1} if study.base.train.use_gpu else {})}
+    trainable = tune.with_resources(TrialFn(study, results_dir), resources)
+    path = str(results_dir / TUNE_DIR)
+    if restore:
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                  restart_errored=False)
+    metric = "accuracy" if study.base.data.params.task == "classification" else "miou"
+    base_flat = study.base_flat
+    metrics = [o.metric for o in study.objectives]
+    modes = [o.mode for o in study.objectives]
+    searcher = OptunaSearch(space=_DefineByRun(study, base_flat),
+                            metric=metrics if len(metrics) > 1 else metrics[0],
+                            mode=modes if len(modes) > 1 else modes[0], seed=s.seed)
+    scheduler = (ASHAScheduler(time_attr="epoch", metric=f"val_{metric}", mode="max", max_t=study.base.train.epochs,
+                               grace_period=min(s.grace_period, study.base.train.epochs),
+                               reduction_factor=s.reduction_factor)
+                 if s.scheduler == "asha" else FIFOScheduler())
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
+                                    max_concurrent_trials=_concurrency(study)),
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(results_dir), verbose=0,
+                                  callbacks=[_make_callback(recorder)],
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+
+
+def run_study(study: Study | str | Path, results_dir: str | Path | None = None, *, address: str | None = None,
+              resume: bool = False, quiet: bool = False) -> Results:
+    """Run (or with ``resume=True`` continue) a study; returns its results directory's tables."""
+    if not isinstance(study, Study):
+        study = load_study(study)
+    d = Path(results_dir or Path("results") / study.settings.name).resolve()
+    _prepare(d, study, resume)
+    atomic_write_json(study_meta(study, "running"), d / "study.json")
+    recorder = Recorder(study, d, quiet=quiet)
+    started = _init_ray(address)
+    t0 = time.perf_counter()
+    status = "interrupted"
+    try:
+        tuner = _tuner(study, d, recorder, restore=resume)
+        grid = tuner.fit()
+        reconcile(study, d, recorder, grid)
+        results = load_results(d)
+        n = len(results.trials)
+        status = "finished" if n >= study.settings.num_samples else "interrupted"
+    finally:
+        meta = study_meta(study, status, {"wall_s": time.perf_counter() - t0})
+        atomic_write_json(meta, d / "study.json")
+        if started:
+            import ray
+
+            ray.shutdown()
+    return load_results(d)
+
+
+def reconcile(study: Study, d: Path, recorder: Recorder, grid: Any = None) -> None:
+    """Record every ended trial that the tables do not hold yet (e.g. after a driver crash)."""
+    recorder.setup()
+    ended: dict[str, tuple[dict[str, Any], str, str | None]] = {}
+    if grid is not None:
+        for r in grid:
+            tid = (r.metrics or {}).get("trial_id")
+            if tid:
+                ended[str(tid)] = (dict(r.config or {}), "error" if r.error else "complete",
+                                   str(r.error).strip().splitlines()[-1][:500] if r.error else None)
+    ck = d / "checkpoints"
+    for sub in sorted(ck.iterdir()) if ck.is_dir() else []:
+        if (sub / RESULT_FILE).is_file() and sub.name not in ended:
+            ended[sub.name] = ({}, "complete", None)
+    for tid, (params, how, err) in ended.items():
+        if tid not in recorder.recorded:
+            recorder.record(tid, params, how, err)
+
+
+def resume_study(results_dir: str | Path, *, address: str | None = None, quiet: bool = False) -> Results:
+    """Continue an interrupted study from its results directory (the study file stored in study.json)."""
+    import tomllib
+
+    d = Path(results_dir).resolve()
+    meta_path = d / "study.json"
+    if not meta_path.is_file():
+        raise ResultsError(f"{d} holds no study to resume (no study.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        source = meta["study_file"]
+    except (json.JSONDecodeError, KeyError):
+        raise ResultsError(f"{meta_path}: not a raybal study record") from None
+    study = study_from_dict(tomllib.loads(source), source=source)
+    return run_study(study, d, address=address, resume=True, quiet=quiet)
