@@ -13,9 +13,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-## The main job on its embedded default: local, synthetic data.
+## The main job on its embedded default: a small study on a local Ray, synthetic data, then `raybal best`.
+## Run again, it resumes the study in $(RESULTS) (nothing is re-run) and prints the best trial.
 quickstart: $(STAMP)
-	$(BIN)/raybal train studies/quickstart.toml --results $(RESULTS)
+	if [ -f $(RESULTS)/study.json ]; then $(BIN)/raybal study resume $(RESULTS); \
+	else $(BIN)/raybal study run studies/quickstart.toml --results $(RESULTS); fi
+	$(BIN)/raybal best $(RESULTS)
 
 ## The test suite CI runs (slow tests excluded; see test-all).
 test: $(STAMP)
@@ -28,8 +31,9 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check raybal benchmarks
 
+## Smoke-run every benchmark (--quick); see README "Benchmarks" for the full runs.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_train.py
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -7,6 +7,8 @@ Python API (mirrors the CLI)::
     result = raybal.fit(cfg)                      # pure PyTorch, no Ray
     raybal.write_results("results/run", [result]) # tidy Parquet (DESIGN.md §4)
     tables = raybal.load_results("results/run")
+    raybal.run_study("studies/quickstart.toml", "results/quickstart")  # Ray Tune + Optuna
+    raybal.best_target("results/quickstart")       # {"eo": 0.71, "sar": 0.29}
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ _LAZY = {
     "ConfigError": ("raybal.config", "ConfigError"),
     "load_results": ("raybal.results", "load_results"),
     "write_results": ("raybal.results", "write_results"),
+    "run_study": ("raybal.study", "run_study"),
+    "resume_study": ("raybal.study", "resume_study"),
+    "load_study": ("raybal.space", "load_study"),
+    "best_target": ("raybal.best", "best_target"),
+    "best_trial": ("raybal.best", "best_trial"),
 }
 
 

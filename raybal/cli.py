@@ -134,6 +134,52 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_run(args: argparse.Namespace) -> int:
+    from raybal.space import load_study
+    from raybal.study import run_study
+
+    study = load_study(args.study, _overrides(args.set))
+    results = Path(args.results) if args.results else Path("results") / study.settings.name
+    res = run_study(study, results, address=args.address, quiet=args.quiet)
+    return _study_summary(res)
+
+
+def cmd_study_resume(args: argparse.Namespace) -> int:
+    from raybal.study import resume_study
+
+    return _study_summary(resume_study(args.results, address=args.address, quiet=args.quiet))
+
+
+def _study_summary(res: Any) -> int:
+    from raybal.best import best_trial, format_best, searched_columns
+    from raybal.results import ResultsError
+
+    t = res.trials
+    objectives = [o["metric"] for o in res.meta.get("objectives", [])]
+    cols = ["trial_id", "status"] + [c for c in objectives if c in t] + searched_columns(t, res.meta)
+    cols += [c for c in t.columns if c.startswith("final.mu.")] + ["wall_s"]
+    print(f"study {res.meta.get('name')}: {len(t)} trials ({', '.join(f'{n} {s}' for s, n in t['status'].value_counts().items())}), "
+          f"status {res.meta.get('status')}")
+    print(t[list(dict.fromkeys(c for c in cols if c in t))].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    try:
+        print()
+        print(format_best(best_trial(res.path)))
+    except ResultsError as exc:
+        print(f"no best trial: {exc}")
+    print(f"\nresults: {res.path}  (trials/epochs/utilization/robustness .parquet, study.json)")
+    return 0 if res.meta.get("status") == "finished" else EXIT_FAILED
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    import json
+
+    from raybal.best import best_trial, format_best
+
+    b = best_trial(args.results, args.metric, args.mode, args.constraint, top=args.top)
+    print(json.dumps(b.to_json(), indent=2) if args.json else format_best(b))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from raybal.balancing import METHODS
     from raybal.data import DATASETS
@@ -183,6 +229,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. --set 'robustness.corruptions=[\"gaussian\",\"speckle\"]'")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_robustness)
+
+    st = sub.add_parser("study", help="hyperparameter / target-utilization studies on Ray Tune + Optuna",
+                        description="Run or resume a study: Optuna proposes trials from [search], Ray Tune runs them "
+                                    "(ASHA stops weak ones early) and every finished trial lands in the Parquet "
+                                    "tables at once.")
+    ssub = st.add_subparsers(dest="study_command", required=True, metavar="SUBCOMMAND")
+    sr = ssub.add_parser("run", help="run a study file",
+                         description="Run a study file (a run file plus [study] and [search]). Without --address "
+                                     "a local Ray is started on this machine and stopped at the end.")
+    sr.add_argument("study", help="study file (TOML)")
+    sr.add_argument("--results", help="results directory (default: results/<study.name>)")
+    sr.add_argument("--address", help="join a running Ray cluster, e.g. auto")
+    sr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a value of the file, e.g. --set study.num_samples=4")
+    sr.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    sr.set_defaults(func=cmd_study_run)
+    sm = ssub.add_parser("resume", help="continue an interrupted study",
+                         description="Continue a study stopped by Ctrl-C or a crash: finished trials are kept, "
+                                     "unfinished ones resume from their last checkpoint, none runs twice.")
+    sm.add_argument("results", help="the study's results directory")
+    sm.add_argument("--address", help="join a running Ray cluster, e.g. auto")
+    sm.add_argument("--quiet", action="store_true")
+    sm.set_defaults(func=cmd_study_resume)
+
+    b = sub.add_parser("best", help="the best trial's target utilization and hyperparameters",
+                       description="Pick the best trial of a results directory (status ok, constraints met) by a "
+                                   "validation metric; print its target, achieved MU, searched values, the "
+                                   "runners-up and, for multi-objective studies, the Pareto set.")
+    b.add_argument("results", help="a results directory written by raybal study run or raybal train")
+    b.add_argument("--metric", help="a trials.parquet column (default: the study's objective)")
+    b.add_argument("--mode", choices=["max", "min"], help="default: the study's, else min for loss/error metrics")
+    b.add_argument("--constraint", action="append", default=[], metavar="EXPR",
+                   help="e.g. 'final.val_accuracy >= 0.9' (repeatable; added to the study's own)")
+    b.add_argument("--top", type=int, default=5, help="runners-up to show")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=cmd_best)
 
     i = sub.add_parser("info", help="list the registered data sets, models, methods and corruptions")
     i.set_defaults(func=cmd_info)

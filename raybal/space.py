@@ -12,7 +12,8 @@ A study file is a run file plus two sections::
     [search]
     "balance.target.eo" = {uniform = [0.5, 0.95]}      # M-1 free fractions; the last one is 1 - the rest
     "balance.lambda_max" = {loguniform = [1.0, 30.0]}
-    "balance.alpha" = {uniform = [0.1, 1.0], when = {"balance.method" = "ogm_ge"}}
+    "balance.alpha" = [{uniform = [0.1, 1.0], when = {"balance.method" = "ogm_ge"}},
+                       {loguniform = [0.001, 0.1], when = {"balance.method" = "greedy_guided"}}]
     # "balance.target" = {simplex = ["eo", "sar", "ir"]}  # a target drawn uniformly on the simplex
 
 Everything is checked when the file is loaded, before Ray starts: distribution bounds, that
@@ -24,6 +25,7 @@ optimised.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import re
@@ -36,7 +38,7 @@ from raybal.config import (ConfigError, FrozenMap, RunConfig, build, config_from
                            load_toml, set_dotted)
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "simplex")
-SIMPLEX_PREFIX = "_simplex."
+INTERNAL_PREFIX = "_"  # Optuna-only names (simplex draws, alternatives): not config keys
 
 _OBJECTIVE_PATTERNS = (
     (re.compile(r"^final\.val_(accuracy|miou|loss)$"), None),
@@ -93,6 +95,7 @@ class StudySettings:
     grace_period: int = knob(1, ge=1, doc="ASHA: epochs every trial runs before it can be stopped")
     reduction_factor: int = knob(2, ge=2, doc="ASHA: keep 1/reduction_factor of trials per rung")
     seed: int = knob(0, ge=0, doc="seeds the Optuna sampler")
+    startup_trials: int = knob(0, ge=0, doc="random trials before TPE models the results (0 = num_samples // 3, 2..10)")
     constraints: tuple[str, ...] = ()
     cpus_per_trial: int = knob(1, ge=1, doc="CPU threads per one-worker trial")
 
@@ -117,6 +120,11 @@ class Param:
     choices: tuple[Any, ...] = ()
     log: bool = False
     when: FrozenMap = field(default_factory=FrozenMap)
+    name: str = ""  # the Optuna parameter name (differs from key for the 2nd+ alternative of one key)
+
+    @property
+    def optuna_name(self) -> str:
+        return self.name or self.key
 
     def corners(self) -> list[Any]:
         if self.kind == "choice":
@@ -138,23 +146,36 @@ class SearchSpace:
         for p in self._ordered():
             if not self._applies(p, values, base):
                 continue
+            n = p.optuna_name
             if p.kind == "uniform":
-                values[p.key] = trial.suggest_float(p.key, p.low, p.high)
+                values[p.key] = trial.suggest_float(n, p.low, p.high)
             elif p.kind == "loguniform":
-                values[p.key] = trial.suggest_float(p.key, p.low, p.high, log=True)
+                values[p.key] = trial.suggest_float(n, p.low, p.high, log=True)
             elif p.kind == "int":
-                values[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log)
+                values[p.key] = trial.suggest_int(n, int(p.low), int(p.high), log=p.log)
             elif p.kind == "choice":
-                values[p.key] = trial.suggest_categorical(p.key, list(p.choices))
+                values[p.key] = trial.suggest_categorical(n, list(p.choices))
             else:  # simplex: stick-breaking with Beta(1, K-1) marginals = uniform on the simplex
                 mods, rest = list(p.choices), 1.0
                 for i, m in enumerate(mods[:-1]):
-                    z = trial.suggest_float(f"{SIMPLEX_PREFIX}{p.key}.{i}", 0.0, 1.0)
+                    z = trial.suggest_float(f"_simplex.{p.key}.{i}", 0.0, 1.0)
                     x = rest * (1.0 - z ** (1.0 / (len(mods) - 1 - i)))
                     values[f"{p.key}.{m}"] = x
                     rest -= x
                 values[f"{p.key}.{mods[-1]}"] = max(rest, 0.0)
         return values
+
+    def columns(self) -> list[str]:
+        """The ``trials.parquet`` columns the search sets (a target's complement included)."""
+        out: list[str] = []
+        for p in self.params:
+            if p.kind == "simplex":
+                out += [f"{p.key}.{m}" for m in p.choices]
+            else:
+                out.append(p.key)
+        for tkey, last in self.complement.items():
+            out.append(f"{tkey}.{last}")
+        return out
 
     def _ordered(self) -> list[Param]:
         return [p for p in self.params if not p.when] + [p for p in self.params if p.when]
@@ -170,7 +191,7 @@ class SearchSpace:
         from raybal.balancing import METHODS
 
         raw = copy.deepcopy(dict(base_raw))
-        values = {k: v for k, v in values.items() if not k.startswith(SIMPLEX_PREFIX)}
+        values = {k: v for k, v in values.items() if not k.startswith(INTERNAL_PREFIX)}
         method = values.get("balance.method")
         if method is not None and method != raw.get("balance", {}).get("method", "vanilla"):
             known = set()
@@ -205,6 +226,15 @@ class Study:
     objectives: tuple[Objective, ...]
     constraints: tuple[Constraint, ...]
     source: str = ""
+
+    def sampler(self) -> Any:
+        """Optuna's TPE (single- and multi-objective), seeded; after ``startup_trials`` random
+        points it draws from a model of the results so far."""
+        import optuna
+
+        s = self.settings
+        startup = s.startup_trials or min(10, max(2, s.num_samples // 3))
+        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
 
     @property
     def base_flat(self) -> dict[str, Any]:
@@ -263,11 +293,15 @@ def _parse_dist(key: str, spec: Any, modalities: tuple[str, ...]) -> Param:
 
 
 def _leaves(node: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Flatten ``[search]``: quoted dotted keys and nested tables both reach a distribution table."""
+    """Flatten ``[search]``: quoted dotted keys and nested tables both reach a distribution table
+    (or a list of alternative tables, each with its own ``when``)."""
     out: list[tuple[str, Any]] = []
     for k, v in node.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and not any(d in v for d in DISTRIBUTIONS) and "when" not in v:
+        nested = isinstance(v, Mapping) and v and all(
+            isinstance(x, Mapping) or (isinstance(x, list) and x and all(isinstance(y, Mapping) for y in x))
+            for x in v.values())
+        if nested and not any(d in v for d in DISTRIBUTIONS) and "when" not in v:
             out.extend(_leaves(v, f"{key}."))
         else:
             out.append((key, v))
@@ -279,7 +313,19 @@ def parse_space(raw_search: Any, base: RunConfig) -> SearchSpace:
         raise ConfigError("search", "must be a table with at least one parameter, e.g. "
                           "\"train.lr\" = {loguniform = [1e-4, 1e-2]}")
     mods = base.modalities
-    params = tuple(_parse_dist(k, v, mods) for k, v in _leaves(raw_search))
+    plist: list[Param] = []
+    for k, v in _leaves(raw_search):
+        if isinstance(v, list):  # alternatives for one key, each under its own condition
+            if not v:
+                raise ConfigError(f"search.{k}", "an empty list of alternatives")
+            for i, spec in enumerate(v):
+                p = _parse_dist(k, spec, mods)
+                if not p.when:
+                    raise ConfigError(f"search.{k}[{i}]", "each alternative needs its own `when` condition")
+                plist.append(dataclasses.replace(p, name=k if i == 0 else f"_alt{i}.{k}"))
+        else:
+            plist.append(_parse_dist(k, v, mods))
+    params = tuple(plist)
     keys = {p.key for p in params}
     for p in params:
         for wk in p.when:

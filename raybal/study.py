@@ -57,9 +57,10 @@ class TrialFn:
         tid = tune.get_context().get_trial_id()
         values = {k: v for k, v in params.items()}
         cfg = self.study.space.trial_config(self.study.base_raw, values)
-        threads = self.study.settings.cpus_per_trial
-        if cfg.train.num_threads == 0:
-            cfg = cfg.replace({"train.num_threads": threads})
+        if cfg.train.num_threads == 0:  # the trial's CPU share, without changing the recorded config
+            import torch
+
+            torch.set_num_threads(self.study.settings.cpus_per_trial)
         ckdir = self.results_dir / "checkpoints" / tid
         objectives = [o.metric for o in self.study.objectives]
         target = getattr(cfg.balance.params, "target", None)
@@ -223,7 +224,7 @@ def study_meta(study: Study, status: str, extra: dict[str, Any] | None = None) -
         "kind": "study", "name": s.name, "status": status, "study_file": study.source,
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in study.objectives],
         "constraints": [str(c) for c in study.constraints], "num_samples": s.num_samples, "seed": s.seed,
-        "scheduler": s.scheduler, "base_config": study.base.to_dict(), "versions": environment(),
+        "scheduler": s.scheduler, "base_config": study.base.to_dict(), "searched": study.space.columns(), "versions": environment(),
         "best": {"metric": study.objectives[0].metric, "mode": study.objectives[0].mode,
                  "constraints": [str(c) for c in study.constraints],
                  "selection": "validation metrics; test numbers are reported, never optimised"},
@@ -256,8 +257,10 @@ def _init_ray(address: str | None) -> bool:
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
         return False
     kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
@@ -299,7 +302,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
     modes = [o.mode for o in study.objectives]
     searcher = OptunaSearch(space=_DefineByRun(study, base_flat),
                             metric=metrics if len(metrics) > 1 else metrics[0],
-                            mode=modes if len(modes) > 1 else modes[0], seed=s.seed)
+                            mode=modes if len(modes) > 1 else modes[0], sampler=study.sampler())
     scheduler = (ASHAScheduler(time_attr="epoch", metric=f"val_{metric}", mode="max", max_t=study.base.train.epochs,
                                grace_period=min(s.grace_period, study.base.train.epochs),
                                reduction_factor=s.reduction_factor)

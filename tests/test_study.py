@@ -1,0 +1,137 @@
+"""Real tiny studies on a local Ray: Tune + Optuna + ASHA, ``raybal best``, interrupt and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from raybal.cli import main
+
+STUDY = """
+[data]
+n_train = 256
+n_val = 128
+n_test = 128
+image_size = 16
+[model]
+width = 8
+stages = 3
+[balance]
+method = "mu_target"
+target = {{eo = 0.75, sar = 0.25}}
+[train]
+epochs = {epochs}
+batch_size = 32
+mu_repeats = 1
+[robustness]
+modalities = ["eo"]
+corruptions = ["gaussian"]
+levels = {{gaussian = [0.0, 0.12]}}
+splits = ["val", "test"]
+[study]
+name = "tiny"
+objective = "final.val_accuracy"
+num_samples = {n}
+scheduler = "asha"
+grace_period = 1
+reduction_factor = 2
+seed = 0
+startup_trials = 2
+constraints = ["final.val_accuracy >= 0.2"]
+[search]
+"balance.target.eo" = {{uniform = [0.5, 0.95]}}
+"train.lr" = {{loguniform = [1e-5, 1e-2]}}
+"""
+
+
+def write_study(tmp_path: Path, n: int = 6, epochs: int = 4) -> Path:
+    p = tmp_path / "tiny.toml"
+    p.write_text(STUDY.format(n=n, epochs=epochs))
+    return p
+
+
+def test_tiny_study_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "res"
+    rc = main(["study", "run", str(write_study(tmp_path)), "--results", str(out)])
+    assert rc == 0
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 6 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"ok", "stopped"} and (trials["status"] == "ok").any()
+    assert (trials["status"] == "stopped").any(), "ASHA stopped no trial (lr spans 1e-5..1e-2)"
+    # every trial carries its config; searched values differ between trials and the target sums to 1
+    assert trials["balance.target.eo"].nunique() == 6
+    assert ((trials["balance.target.eo"] + trials["balance.target.sar"]) - 1).abs().max() < 1e-9
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert not epochs.duplicated(["trial_id", "epoch", "split"]).any()
+    per_trial = epochs[epochs["split"] == "val"].groupby("trial_id")["epoch"].max()
+    ok = trials.set_index("trial_id")["status"]
+    assert (per_trial[ok[ok == "ok"].index] == 4).all() and (per_trial[ok[ok == "stopped"].index] < 4).all()
+    rob = pd.read_parquet(out / "robustness.parquet")
+    assert set(rob["trial_id"]) == set(ok[ok == "ok"].index)
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["status"] == "finished" and meta["best"]["metric"] == "final.val_accuracy"
+    assert "trial" in capsys.readouterr().err  # live progress lines
+
+    capsys.readouterr()
+    assert main(["best", str(out), "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    cand = trials[(trials["status"] == "ok") & (trials["final.val_accuracy"] >= 0.2)]
+    assert best["trial_id"] in set(cand["trial_id"])
+    assert best["value"] == pytest.approx(cand["final.val_accuracy"].max())
+    assert set(best["target"]) == {"eo", "sar"} and abs(sum(best["target"].values()) - 1) < 1e-9
+    # a stricter constraint from the command line changes the candidate set, never picks a failed/stopped trial
+    capsys.readouterr()
+    assert main(["best", str(out), "--json", "--metric", "final.val_loss"]) == 0
+    low = json.loads(capsys.readouterr().out)
+    assert low["mode"] == "min" and low["value"] == pytest.approx(cand["final.val_loss"].min())
+    assert main(["best", str(out), "--constraint", "final.val_accuracy >= 2"]) == 2
+
+
+def test_best_on_empty_or_foreign_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["best", str(tmp_path / "nope")]) == 2
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("hi")
+    assert main(["best", str(tmp_path / "foreign")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("raybal: error:") for line in err)
+
+
+def test_interrupted_study_resumes_without_repeats(tmp_path: Path) -> None:
+    study, out = write_study(tmp_path, n=5, epochs=3), tmp_path / "res"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "raybal.cli", "study", "run", str(study), "--results", str(out),
+                             "--set", "study.max_concurrent=1", "--set", "study.scheduler=\"fifo\""],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        p = out / "trials.parquet"
+        if p.is_file() and len(pd.read_parquet(p)) >= 2:
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("no trial finished in time: " + (proc.stderr.read() if proc.stderr else ""))
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    proc.wait(timeout=120)
+    before = pd.read_parquet(out / "trials.parquet")
+    assert 2 <= len(before) < 5, "the study was not interrupted mid-way"
+    assert json.loads((out / "study.json").read_text())["status"] == "interrupted"
+
+    assert main(["study", "resume", str(out), "--quiet"]) == 0
+    after = pd.read_parquet(out / "trials.parquet")
+    assert len(after) == 5 and after["trial_id"].is_unique
+    assert set(before["trial_id"]) <= set(after["trial_id"])  # nothing lost
+    assert (after["status"] == "ok").all()
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert not epochs.duplicated(["trial_id", "epoch", "split"]).any()
+    assert (epochs[epochs["split"] == "val"].groupby("trial_id").size() == 3).all()
+    # the study's directory is not reused for a different study or a run
+    assert main(["study", "run", str(study), "--results", str(out)]) == 2
