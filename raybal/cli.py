@@ -180,6 +180,17 @@ def cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from raybal.report import make_report
+
+    figures = make_report(args.results, args.out)
+    for f in figures:
+        print(f"{f.name:20s} {f.path if f.path else 'skipped: ' + (f.note or '')}")
+    out = next((f.path.parent for f in figures if f.path), Path(args.out) if args.out else Path(args.results) / "report")
+    print(f"report: {(out / 'index.html').resolve()}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from raybal.balancing import METHODS
     from raybal.data import DATASETS
@@ -265,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--top", type=int, default=5, help="runners-up to show")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_best)
+
+    rp = sub.add_parser("report", help="the standard figures (PNG) and an index.html over a results directory",
+                        description="Plot MU over epochs (target band), accuracy vs noise per corrupted modality, "
+                                    "achieved vs target utilization, the search (objective vs each parameter, "
+                                    "Pareto front) and Wu et al.'s imbalance curves, from the Parquet tables only. "
+                                    "Figures the tables cannot support are skipped with a note.")
+    rp.add_argument("results", help="a results directory (raybal train or raybal study run)")
+    rp.add_argument("--out", help="output directory (default: RESULTS/report)")
+    rp.set_defaults(func=cmd_report)
 
     i = sub.add_parser("info", help="list the registered data sets, models, methods and corruptions")
     i.set_defaults(func=cmd_info)

@@ -34,8 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from raybal.config import (ConfigError, FrozenMap, RunConfig, build, config_from_dict, flatten_dict, knob,
-                           load_toml, set_dotted)
+from raybal.config import (
+    ConfigError,
+    FrozenMap,
+    RunConfig,
+    build,
+    config_from_dict,
+    flatten_dict,
+    knob,
+    load_toml,
+    set_dotted,
+)
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "simplex")
 INTERNAL_PREFIX = "_"  # Optuna-only names (simplex draws, alternatives): not config keys
@@ -418,7 +427,7 @@ def _probe(space: SearchSpace, base_raw: Mapping[str, Any], base: RunConfig) -> 
                     continue
                 if p.kind == "simplex":
                     n = len(p.choices)
-                    for i, m in enumerate(p.choices):
+                    for m in p.choices:
                         values[f"{p.key}.{m}"] = 1.0 / n
                     continue
                 c = p.corners()

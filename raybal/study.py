@@ -27,8 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from raybal.config import ConfigError
-from raybal.results import (ResultsError, Results, atomic_write_bytes, atomic_write_json, check_writable, environment,
-                            load_results, write_results)
+from raybal.results import (
+    Results,
+    ResultsError,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_writable,
+    environment,
+    load_results,
+    write_results,
+)
 from raybal.space import Study, load_study, study_from_dict
 from raybal.train import RunResult, failed_result, fit
 
@@ -310,7 +318,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
-                                    max_concurrent_trials=_concurrency(study)),
+                                    max_concurrent_trials=_concurrency(study), reuse_actors=True),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(results_dir), verbose=0,
                                   callbacks=[_make_callback(recorder)],
                                   failure_config=tune.FailureConfig(max_failures=0)),

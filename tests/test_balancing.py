@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from raybal.balancing import METHODS
 from raybal.balancing.base import MethodContext
 from raybal.config import ConfigError, config_from_dict
 from raybal.data import load_data
 from raybal.train import build_for, fit
-
-from conftest import tiny_config
 
 METHOD_OVERRIDES = {
     "vanilla": {},

@@ -8,13 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_config
 from PIL import Image
 
 from raybal.config import ConfigError, config_from_dict
 from raybal.data import DATASETS, load_data
 from raybal.data.base import DataError
-
-from conftest import tiny_config
 
 
 def test_registry_lists_every_data_set() -> None:

@@ -1,0 +1,138 @@
+"""Study overhead and search efficiency (issue 5).
+
+1. Per-trial overhead: N one-worker trials run one at a time through ``raybal.run_study``
+   (Tune + Optuna + the Parquet recorder) against the same N ``fit()`` calls in this process.
+   overhead per trial = (study wall - Ray start-up - sum of the trials' own fit time) / N,
+   with Ray's start-up reported apart. Target: < 2 s per one-worker trial.
+2. Search efficiency on the ``aerial_noise`` objective (mean validation accuracy under EO
+   noise): an exhaustive grid over the EO target (lambda_max fixed) against ASHA + Optuna
+   over the target and lambda_max. Reported: the best validation objective of each, the
+   test robust accuracy of the trial each would pick, and the compute the study used as a
+   fraction of the grid's (epochs trained).
+
+    python benchmarks/bench_study.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _grid import run_grid  # noqa: E402
+
+from raybal.space import study_from_dict  # noqa: E402
+from raybal.study import run_study  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def overhead(out: Path, n: int, quick: bool) -> pd.DataFrame:
+    import ray
+    import torch
+
+    from raybal.train import fit
+
+    raw = tomllib.loads((ROOT / "studies" / "quickstart.toml").read_text())
+    raw["data"].update({"n_train": 600 if quick else 1500, "n_val": 200, "n_test": 200})
+    raw["train"]["epochs"] = 3
+    raw["study"].update({"num_samples": n, "max_concurrent": 1, "scheduler": "fifo", "constraints": []})
+    raw["search"] = {"balance.target.eo": {"uniform": [0.5, 0.95]}}
+    raw["balance"] = {"method": "mu_target", "target": {"eo": 0.75, "sar": 0.25}}
+    study = study_from_dict(raw)
+    t = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, logging_level="WARNING")
+    t_init = time.perf_counter() - t
+    t = time.perf_counter()
+    res = run_study(study, out / "overhead", quiet=True)
+    t_study = time.perf_counter() - t
+    ray.shutdown()
+    trials = res.trials
+    torch.set_num_threads(1)  # what a one-worker trial gets (cpus_per_trial = 1)
+    t_fit = []
+    for _, row in trials.iterrows():
+        cfg = study.space.trial_config(study.base_raw, {"balance.target.eo": row["balance.target.eo"]})
+        t0 = time.perf_counter()
+        fit(cfg)
+        t_fit.append(time.perf_counter() - t0)
+    in_trial = float(trials["wall_s"].sum())
+    return pd.DataFrame([
+        {"measure": "ray.init (local, once per study)", "seconds": t_init},
+        {"measure": f"study wall, {n} trials one at a time", "seconds": t_study},
+        {"measure": "sum of fit() inside the trials", "seconds": in_trial},
+        {"measure": "sum of the same fit() alone in-process", "seconds": float(np.sum(t_fit))},
+        {"measure": "overhead per trial (study wall - fit in trials) / N", "seconds": (t_study - in_trial) / n},
+        {"measure": "overhead per trial vs fit() alone", "seconds": (t_study - float(np.sum(t_fit))) / n},
+    ])
+
+
+def efficiency(out: Path, quick: bool, grid_points: int, samples: int) -> pd.DataFrame:
+    raw = tomllib.loads((ROOT / "studies" / "aerial_noise.toml").read_text())
+    size = {"n_train": 800, "n_val": 300, "n_test": 300} if quick else {"n_train": 2000, "n_val": 500, "n_test": 1000}
+    raw["data"].update(size)
+    raw["train"]["epochs"] = 3 if quick else 6
+    raw["study"].update({"num_samples": samples, "grace_period": 2, "name": "bench_aerial_noise"})
+    study = study_from_dict(raw)
+    targets = np.linspace(0.4, 0.95, grid_points)
+    grid = {f"grid-eo{t:.3f}": study.space.trial_config(study.base_raw, {"balance.target.eo": float(t),
+                                                                        "balance.lambda_max": 10.0})
+            for t in targets}
+    t0 = time.perf_counter()
+    g = run_grid(grid, out / "grid")
+    t_grid = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = run_study(study, out / "study", quiet=True)
+    t_study = time.perf_counter() - t0
+    s = res.trials
+    obj = study.objectives[0].metric
+    ok = s[s["status"] == "ok"]
+    epochs_study = res.epochs[res.epochs["split"] == "val"].groupby("trial_id").size().sum()
+    epochs_grid = len(grid) * study.base.train.epochs
+    gb, sb = g.loc[g[obj].idxmax()], ok.loc[ok[obj].idxmax()]
+    return pd.DataFrame([
+        {"search": f"exhaustive grid ({len(grid)} EO targets, lambda_max 10)", "best_target_eo": gb["balance.target.eo"],
+         "val_objective": gb[obj], "test_robust_acc": gb["robust.test_mean_accuracy"], "epochs_trained": epochs_grid,
+         "wall_s": t_grid, "compute_vs_grid": 1.0},
+        {"search": f"ASHA + Optuna ({samples} trials, target + lambda_max)", "best_target_eo": sb["balance.target.eo"],
+         "val_objective": sb[obj], "test_robust_acc": sb["robust.test_mean_accuracy"], "epochs_trained": epochs_study,
+         "wall_s": t_study, "compute_vs_grid": epochs_study / epochs_grid},
+    ])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--trials", type=int, default=6, help="trials for the overhead measurement")
+    ap.add_argument("--grid-points", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=10, help="study trials for the efficiency comparison")
+    ap.add_argument("--out", default="benchmarks/out/study")
+    ap.add_argument("--skip-efficiency", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)  # the benchmark's own scratch directory: studies start fresh
+    out.mkdir(parents=True)
+    n = 3 if args.quick else args.trials
+    ov = overhead(out, n, args.quick)
+    pd.set_option("display.width", 200)
+    print("\nPer-trial overhead (one-worker trials run fit() in the Tune trial process)")
+    print(ov.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    ov.to_parquet(out / "overhead.parquet")
+    if not args.skip_efficiency:
+        eff = efficiency(out, args.quick, 3 if args.quick else args.grid_points, 4 if args.quick else args.samples)
+        print("\nSearch efficiency on the aerial_noise objective (robust.val_mean_accuracy)")
+        print(eff.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        eff.to_parquet(out / "efficiency.parquet")
+    print(f"tables written under {out}")
+
+
+if __name__ == "__main__":
+    main()

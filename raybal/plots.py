@@ -1,0 +1,201 @@
+"""Standard figures over the Parquet tables (DESIGN.md §4): ``raybal report`` and the notebooks.
+
+Every function takes a :class:`raybal.results.Results` (or the tables it holds) and returns a
+matplotlib Figure, or raises :class:`NoData` with a one-line reason when the tables lack what
+the figure needs (a single run has no search; a study without ``mu_target`` has no targets).
+Colours come from seaborn's colour-blind-safe palette.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from raybal.results import Results
+
+PALETTE = "colorblind"
+BAND = 0.05
+
+
+class NoData(Exception):
+    """The tables do not hold what this figure needs (a note, not an error)."""
+
+
+def _style() -> None:
+    sns.set_theme(style="whitegrid", palette=PALETTE, context="notebook")
+
+
+def trial_labels(trials: pd.DataFrame) -> pd.Series:
+    """A short label per trial: the method, with the target for mu_target (e.g. 'mu_target eo=0.75')."""
+    def one(r: pd.Series) -> str:
+        method = r.get("balance.method", "run")
+        cols = sorted(c for c in r.index if c.startswith("balance.target.") and pd.notna(r[c]))
+        if method == "mu_target" and cols:
+            return f"mu_target {cols[0].rsplit('.', 1)[1]}={float(r[cols[0]]):.2f}"
+        return str(method)
+    return trials.set_index("trial_id").apply(one, axis=1) if not trials.empty else pd.Series(dtype=str)
+
+
+def metric_of(res: Results) -> str:
+    return "miou" if "miou" in res.epochs.columns or "final.val_miou" in res.trials.columns else "accuracy"
+
+
+def mu_over_epochs(res: Results, split: str = "val") -> plt.Figure:
+    """1. MU share per modality over epochs, one line per trial; each target as a ±0.05 band."""
+    u = res.utilization
+    if u.empty or "mu" not in u:
+        raise NoData("utilization.parquet is empty")
+    u = u[(u["split"] == split) & (~u.get("final", pd.Series(False, index=u.index)).astype(bool))]
+    if u.empty:
+        raise NoData(f"no per-epoch MU on the {split} split")
+    _style()
+    labels = trial_labels(res.trials)
+    u = u.assign(run=u["trial_id"].map(labels).fillna(u["trial_id"]) + " · " + u["trial_id"].astype(str).str[:8])
+    mods = list(dict.fromkeys(u["modality"]))
+    fig, axes = plt.subplots(1, len(mods), figsize=(5.5 * len(mods), 4.2), sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], mods, strict=True):
+        col = f"balance.target.{m}"
+        if col in res.trials:
+            for t in sorted(res.trials[col].dropna().unique()):
+                ax.axhspan(t - BAND, t + BAND, color="0.5", alpha=0.12, lw=0)
+                ax.axhline(t, color="0.4", lw=0.8, ls=":")
+        sns.lineplot(data=u[u["modality"] == m], x="epoch", y="mu", hue="run", marker="o", ax=ax,
+                     legend=ax is axes[0][-1], palette=PALETTE)
+        ax.set(title=f"{m}", xlabel="epoch", ylabel="MU share (fraction of total)", ylim=(-0.02, 1.02))
+    if axes[0][-1].get_legend() is not None:
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8, title="trial")
+    fig.suptitle(f"Modality utilization over training ({split} split; grey band = target ±{BAND})")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_noise(res: Results, split: str | None = None) -> plt.Figure:
+    """2. Accuracy vs corruption level per corrupted modality, one curve per method / target (mean ± sd)."""
+    r = res.robustness
+    if r.empty:
+        raise NoData("robustness.parquet is empty (no [robustness] sweep was run)")
+    split = split or ("test" if (r["split"] == "test").any() else str(r["split"].iloc[0]))
+    metric = metric_of(res)
+    r = r[r["split"] == split]
+    labels = trial_labels(res.trials)
+    r = r.assign(method=r["trial_id"].map(labels).fillna(r["trial_id"]), panel=r["modality"] + " · " + r["corruption"])
+    _style()
+    panels = list(dict.fromkeys(r["panel"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    order = sorted(r["method"].unique())
+    for ax, p in zip(axes[0], panels, strict=True):
+        sns.lineplot(data=r[r["panel"] == p], x="level", y=metric, hue="method", hue_order=order, marker="o",
+                     errorbar="sd", ax=ax, legend=ax is axes[0][-1], palette=PALETTE)
+        corruption = p.split(" · ")[1]
+        unit = "noise variance" if corruption == "gaussian" else "level"
+        ax.set(title=p, xlabel=f"{corruption} {unit}", ylabel=f"{split} {metric}")
+    if axes[0][-1].get_legend() is not None:
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8, title="method")
+    fig.suptitle(f"Robustness: {split} {metric} under corruption of one modality (mean ± sd over trials)")
+    fig.tight_layout()
+    return fig
+
+
+def achieved_vs_target(res: Results) -> plt.Figure:
+    """3. Achieved test MU share vs the target, per modality, with the identity line and a ±0.10 band."""
+    t = res.trials
+    t = t[t["status"] == "ok"] if "status" in t else t
+    mods = [c.split(".", 2)[2] for c in t.columns if c.startswith("balance.target.")]
+    rows = [{"modality": m, "target": r[f"balance.target.{m}"], "achieved": r.get(f"final.mu.{m}")}
+            for m in mods for _, r in t.iterrows() if pd.notna(r[f"balance.target.{m}"])]
+    df = pd.DataFrame(rows).dropna() if rows else pd.DataFrame()
+    if df.empty:
+        raise NoData("no finished trial with a target utilization (balance.method = mu_target)")
+    _style()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    x = np.linspace(0, 1, 2)
+    ax.fill_between(x, x - 0.10, x + 0.10, color="0.5", alpha=0.15, lw=0, label="±0.10")
+    ax.plot(x, x, color="0.3", lw=1, ls="--", label="achieved = target")
+    sns.scatterplot(data=df, x="target", y="achieved", hue="modality", style="modality", s=60, ax=ax, palette=PALETTE)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="target utilization (fraction)", ylabel="achieved test MU share",
+           title="Achieved vs target utilization")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def search(res: Results, objective: str | None = None) -> plt.Figure:
+    """4. The objective vs each searched parameter; the Pareto front for multi-objective studies."""
+    from raybal.best import pareto_front, searched_columns
+
+    t = res.trials
+    objectives = res.meta.get("objectives", [])
+    objective = objective or (objectives[0]["metric"] if objectives else None)
+    params = [c for c in searched_columns(t, res.meta) if c in t and pd.api.types.is_numeric_dtype(t[c])
+              or (c in t and c.endswith(".method"))]
+    targets = [c for c in params if c.startswith("balance.target.")]
+    params = [c for c in params if c not in targets[1:]] if len(targets) == 2 else params  # M = 2: one is 1 - other
+    if res.kind != "study" or not objective or objective not in t or not params:
+        raise NoData("not a study with searched parameters (a single run has no search)")
+    ok = t[t["status"] == "ok"]
+    multi = len(objectives) > 1
+    n = len(params) + (1 if multi else 0)
+    _style()
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.2), squeeze=False)
+    for ax, p in zip(axes[0], params, strict=False):
+        sns.scatterplot(data=ok, x=p, y=objective, hue="balance.method" if "balance.method" in ok else None,
+                        ax=ax, s=55, palette=PALETTE, legend=ax is axes[0][0])
+        if p.endswith("lambda_max") or (ok[p].dtype.kind == "f" and ok[p].min() > 0 and ok[p].max() / ok[p].min() > 50):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set(xlabel=p, ylabel=objective, title=f"{objective} vs {p.rsplit('.', 1)[-1]}")
+    if multi:
+        ax = axes[0][-1]
+        (m1, d1), (m2, d2) = [(o["metric"], o["mode"]) for o in objectives[:2]]
+        sns.scatterplot(data=ok, x=m1, y=m2, ax=ax, color="0.6", s=40, label="trials")
+        front = pareto_front(ok, [(m1, d1), (m2, d2)]).sort_values(m1)
+        ax.plot(front[m1], front[m2], "o-", color=sns.color_palette(PALETTE)[3], label="Pareto front")
+        ax.set(xlabel=f"{m1} ({d1})", ylabel=f"{m2} ({d2})", title="Pareto front")
+        ax.legend(fontsize=8)
+    stopped = int((t["status"] == "stopped").sum())
+    fig.suptitle(f"Search: {len(ok)} finished trials" + (f" ({stopped} stopped early, not shown)" if stopped else ""))
+    fig.tight_layout()
+    return fig
+
+
+def greedy(res: Results) -> plt.Figure:
+    """5. Wu et al.: learning-speed imbalance over training and the final conditional utilization imbalance."""
+    e, t = res.epochs, res.trials
+    if "speed_imbalance" not in e or e["speed_imbalance"].dropna().empty:
+        raise NoData("no greedy_guided / greedy_random trial (no learning-speed records)")
+    labels = trial_labels(t)
+    tr = e[(e["split"] == "train") & e["speed_imbalance"].notna()]
+    tr = tr.assign(run=tr["trial_id"].map(labels).fillna(tr["trial_id"]) + " · " + tr["trial_id"].astype(str).str[:8])
+    mods = [c.split(".", 2)[2] for c in t.columns if c.startswith("final.cond_util.")]
+    _style()
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
+    sns.lineplot(data=tr, x="epoch", y="speed_imbalance", hue="run", marker="o", ax=axes[0], palette=PALETTE)
+    axes[0].axhline(0, color="0.4", lw=0.8)
+    axes[0].set(xlabel="epoch", ylabel="d = s_0 - s_1 (log10 speed ratio)",
+                title="Conditional learning-speed imbalance (Wu 2022)")
+    axes[0].legend(fontsize=7, title="trial")
+    if len(mods) >= 2:
+        d = t.assign(method=t["trial_id"].map(labels),
+                     d_util=(t[f"final.cond_util.{mods[0]}"] - t[f"final.cond_util.{mods[1]}"]).abs())
+        sns.barplot(data=d, x="method", y="d_util", errorbar="sd", ax=axes[1], palette=PALETTE, hue="method",
+                    legend=False)
+        axes[1].set(xlabel="method", ylabel=f"|u({mods[0]}|{mods[1]}) - u({mods[1]}|{mods[0]})|",
+                    title="Conditional utilization imbalance (test)")
+        axes[1].tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return fig
+
+
+FIGURES: dict[str, tuple[Any, str]] = {
+    "mu_over_epochs": (mu_over_epochs, "MU per modality over epochs, target ±0.05 as a band"),
+    "accuracy_vs_noise": (accuracy_vs_noise, "accuracy vs noise level per corrupted modality"),
+    "achieved_vs_target": (achieved_vs_target, "achieved vs target utilization, identity line and ±0.10 band"),
+    "search": (search, "the objective vs each searched parameter; Pareto front for multi-objective studies"),
+    "greedy": (greedy, "learning-speed and conditional utilization imbalance (Wu et al. 2022)"),
+}

@@ -1,0 +1,112 @@
+"""``raybal report`` and the notebooks against a small real results directory (a tiny study)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from PIL import Image
+
+from raybal.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = """
+[data]
+n_train = 256
+n_val = 128
+n_test = 128
+image_size = 16
+[model]
+name = "mmtm"
+width = 8
+stages = 3
+fuse_after = [1, 2]
+[balance]
+method = "vanilla"
+[train]
+epochs = 3
+batch_size = 32
+mu_repeats = 1
+[robustness]
+modalities = ["eo", "sar"]
+corruptions = ["gaussian", "blackout"]
+levels = {gaussian = [0.0, 0.06, 0.12]}
+splits = ["val", "test"]
+measure_mu = true
+[study]
+name = "tiny_report"
+objectives = {"final.val_accuracy" = "max", "robust.val_mean_accuracy" = "max"}
+num_samples = 6
+scheduler = "fifo"
+seed = 1
+startup_trials = 6
+[search]
+"balance.method" = {choice = ["vanilla", "mu_target", "greedy_guided"]}
+"balance.target.eo" = {uniform = [0.5, 0.9], when = {"balance.method" = "mu_target"}}
+"balance.window" = {int = [1, 5], when = {"balance.method" = "greedy_guided"}}
+"train.lr" = {loguniform = [1e-3, 5e-3]}
+"""
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import tomllib
+
+    from raybal.space import study_from_dict
+    from raybal.study import run_study
+
+    study = study_from_dict(tomllib.loads(STUDY), source=STUDY)
+    # Make sure every method is drawn at least once: the 6 trials cover the choice with seed 1.
+    out = tmp_path_factory.mktemp("report") / "res"
+    res = run_study(study, out, quiet=True)
+    methods = set(res.trials["balance.method"])
+    assert {"mu_target", "greedy_guided"} <= methods, f"seed 1 drew only {methods}"
+    return out
+
+
+def test_report_writes_every_figure(study_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = study_dir / "rep"
+    assert main(["report", str(study_dir), "--out", str(out)]) == 0
+    expected = ["mu_over_epochs", "accuracy_vs_noise", "achieved_vs_target", "search", "greedy"]
+    html = (out / "index.html").read_text()
+    for name in expected:
+        png = out / f"{name}.png"
+        assert png.is_file(), f"{name}.png missing: {capsys.readouterr().out}"
+        with Image.open(png) as im:
+            im.verify()
+        with Image.open(png) as im:
+            w, h = im.size
+            assert im.format == "PNG" and w >= 400 and h >= 300 and w * h < 6000 * 3000
+        assert f"src='{name}.png'" in html
+    assert "<table" in html and "skipped" not in html
+    assert not list(out.glob(".*.tmp"))  # no temporary leftovers
+
+
+def test_report_on_a_single_run_skips_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import tiny_config
+
+    from raybal.runner import train_to_dir
+
+    train_to_dir(tiny_config(), tmp_path / "run")
+    assert main(["report", str(tmp_path / "run")]) == 0
+    text = capsys.readouterr().out
+    assert (tmp_path / "run" / "report" / "mu_over_epochs.png").is_file()
+    assert "search               skipped: not a study" in text
+    assert "skipped" in (tmp_path / "run" / "report" / "index.html").read_text()
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")))
+def test_notebook_runs(name: str, study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks with outputs cleared"
+    monkeypatch.setenv("RAYBAL_RESULTS", str(study_dir))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    assert os.environ["RAYBAL_RESULTS"] == str(study_dir)
