@@ -68,11 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["train.use_gpu"] = True
     cfg = load_config(args.config, overrides)
     results = Path(args.results) if args.results else default_results_dir(cfg)
-    if cfg.train.workers > 1 or args.address:
-        # Ray Train data-parallel training is tracked in its own issue and not built yet.
-        raise UsageError("train.workers > 1 / --address: data-parallel training on Ray Train is not "
-                         "available in this version; use --workers 1 (the default)")
-    result = train_to_dir(cfg, results, progress=ProgressPrinter(args.quiet))
+    result = train_to_dir(cfg, results, progress=ProgressPrinter(args.quiet), address=args.address, quiet=args.quiet)
     _print_summary(result, results)
     return 0
 

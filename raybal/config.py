@@ -248,14 +248,16 @@ class TrainConfig:
     """``[train]``: the optimisation loop shared by every method."""
 
     epochs: int = knob(8, ge=1)
-    batch_size: int = knob(64, ge=2)
+    batch_size: int = knob(64, ge=2, doc="the global batch: each of train.workers ranks takes batch_size / workers")
     lr: float = knob(2e-3, gt=0.0)
     weight_decay: float = knob(1e-4, ge=0.0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     seed: int = knob(0, ge=0)
-    workers: int = knob(1, ge=1)
+    workers: int = knob(1, ge=1, doc="data-parallel workers on Ray Train (1 = plain fit(), no Ray)")
     use_gpu: bool = False
+    max_failures: int = knob(2, ge=0, doc="Ray Train: worker-group restarts (from the last epoch checkpoint)")
+    cpus_per_worker: int = knob(1, ge=1, doc="Ray Train: CPUs (torch threads) per worker")
     precision: Literal["fp32", "bf16"] = "fp32"
     select: Literal["best_val", "last"] = "best_val"
     mu_repeats: int = knob(3, ge=1, doc="shuffles averaged per permutation-MU estimate")
@@ -451,6 +453,10 @@ def _cross_validate(cfg: RunConfig) -> None:
                           f"of data set {cfg.data.name!r}")
     method_cls = METHODS.get(cfg.balance.method).obj
     method_cls.check_config(cfg)
+    tc = cfg.train
+    if tc.batch_size % tc.workers:
+        raise ConfigError("train.batch_size", f"the global batch {tc.batch_size} must be divisible by "
+                          f"train.workers = {tc.workers}")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -49,13 +49,25 @@ def run_meta(cfg: RunConfig, status: str, extra: dict[str, Any] | None = None) -
     }
 
 
-def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress | None = None) -> RunResult:
-    """Run ``fit`` and record it; a failure is recorded as ``status = failed`` and re-raised."""
+def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress | None = None,
+                 address: str | None = None, quiet: bool = False) -> RunResult:
+    """Run ``fit`` and record it; a failure is recorded as ``status = failed`` and re-raised.
+
+    ``train.workers > 1`` or an ``address`` runs it data-parallel on Ray Train
+    (:mod:`raybal.distributed`); otherwise plain ``fit()`` in this process, no Ray at all.
+    """
     d = prepare_dir(results_dir, cfg)
     atomic_write_json(run_meta(cfg, "running"), d / "run.json")
     t0 = time.perf_counter()
     try:
-        result = fit(cfg, trial_id=RUN_TRIAL_ID, checkpoint_dir=d / "checkpoints" / RUN_TRIAL_ID, progress=progress)
+        ckdir = d / "checkpoints" / RUN_TRIAL_ID
+        if cfg.train.workers > 1 or address:
+            from raybal.distributed import fit_distributed
+
+            result = fit_distributed(cfg, trial_id=RUN_TRIAL_ID, checkpoint_dir=ckdir, storage_path=d / "ray",
+                                     address=address, quiet=quiet)
+        else:
+            result = fit(cfg, trial_id=RUN_TRIAL_ID, checkpoint_dir=ckdir, progress=progress)
     except KeyboardInterrupt:
         atomic_write_json(run_meta(cfg, "interrupted"), d / "run.json")
         raise

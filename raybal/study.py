@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import sys
 import time
@@ -258,25 +257,12 @@ def _prepare(results_dir: Path, study: Study, resume: bool) -> None:
 
 
 def _init_ray(address: str | None) -> bool:
-    """Connect to ``address`` or start a local Ray; returns whether this call started it."""
-    import logging
-
-    import ray
-
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     import optuna
 
+    from raybal.distributed import init_ray
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if ray.is_initialized():
-        return False
-    kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
-    if address:
-        ray.init(address=address, **kw)
-    else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=True, **kw)
-    return True
+    return init_ray(address)
 
 
 def _concurrency(study: Study) -> int:

@@ -48,7 +48,8 @@ class DistContext:
     device: torch.device | None = None
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
     all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None
-    report: Callable[[dict[str, Any], Path | None], None] | None = None
+    report: Callable[[dict[str, Any] | None, Path | None], None] | None = None
+    shard_log: Callable[[int, torch.Tensor], None] | None = None  # (epoch, this rank's sample indices)
 
     @property
     def is_main(self) -> bool:
@@ -164,8 +165,9 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
     train_model: torch.nn.Module = dist.wrap_model(model) if dist.wrap_model else model
 
     per_rank = len(data.train) // dist.world_size
-    drop_last = per_rank >= tc.batch_size
-    steps = max(per_rank // tc.batch_size if drop_last else 1, 1)
+    bs = tc.batch_size // dist.world_size  # train.batch_size is the global batch
+    drop_last = per_rank >= bs
+    steps = max(per_rank // bs if drop_last else 1, 1)
     method_cls = METHODS.get(config.balance.method).obj
     method: BalanceMethod = method_cls(config.balance.params, MethodContext(
         model=model, modalities=data.modalities, epochs=tc.epochs, steps_per_epoch=steps, seed=tc.seed,
@@ -202,8 +204,10 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
         n_seen = 0
         stat_acc: torch.Tensor | None = None
         tot_acc = torch.tensor(0)
-        for xb, yb in data.train.batches(tc.batch_size, shuffle=True, generator=g, drop_last=drop_last,
-                                          rank=dist.rank, world=dist.world_size):
+        order = data.train.shard_order(shuffle=True, generator=g, rank=dist.rank, world=dist.world_size)
+        if dist.shard_log is not None:
+            dist.shard_log(epoch, order)
+        for xb, yb in data.train.batches(bs, order=order, drop_last=drop_last):
             xb = {m: t.to(device, non_blocking=True) for m, t in xb.items()}
             yb = yb.to(device, non_blocking=True)
             out, loss = train_step(train_model, method, optimizer, xb, yb, autocast, epoch)
@@ -215,6 +219,8 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
         if scheduler is not None:
             scheduler.step()
         if not dist.is_main:
+            if dist.report is not None:  # Ray Train's report is a barrier: every rank calls it each epoch
+                dist.report(None, None)
             continue
 
         logs = method.epoch_log()

@@ -136,6 +136,12 @@ class MuTarget(BalanceMethod):
                 logits = model(xs).logits
             losses.append(F.cross_entropy(logits.float(), y))
         gap = torch.stack(losses) - loss
+        if self.ctx.world_size > 1:
+            # Data-parallel: average the gaps over ranks (equal shards, so this is the global batch's
+            # estimate) with an autograd-aware all-reduce: every rank sees the same u and penalty.
+            from torch.distributed.nn.functional import all_reduce
+
+            gap = all_reduce(gap) / self.ctx.world_size
         if self.params.d_fn == "relu":
             d = torch.relu(gap)
         else:

@@ -39,14 +39,23 @@ class Split:
     def subset(self, idx: Tensor) -> Split:
         return Split({m: t[idx] for m, t in self.x.items()}, self.y[idx])
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-                drop_last: bool = False, rank: int = 0, world: int = 1) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
-        """Mini-batches; with ``world > 1`` each rank takes a disjoint, equal-sized shard."""
+    def shard_order(self, *, shuffle: bool = False, generator: torch.Generator | None = None, rank: int = 0,
+                    world: int = 1) -> Tensor:
+        """This rank's sample indices for one epoch: one global permutation, cut into ``world``
+        disjoint, equal-sized contiguous shards (the remainder is dropped so ranks stay in step)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         if world > 1:
             per = n // world
             order = order[rank * per:(rank + 1) * per]
+        return order
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                drop_last: bool = False, rank: int = 0, world: int = 1,
+                order: Tensor | None = None) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """Mini-batches; with ``world > 1`` each rank takes a disjoint, equal-sized shard."""
+        if order is None:
+            order = self.shard_order(shuffle=shuffle, generator=generator, rank=rank, world=world)
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
         for s in range(0, stop, batch_size):
             idx = order[s:s + batch_size]

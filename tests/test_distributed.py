@@ -1,0 +1,129 @@
+"""Data-parallel training on Ray Train: a real two-node local cluster, and a worker killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+RUN = """
+[data]
+n_train = 1000
+n_val = 300
+n_test = 300
+image_size = 16
+[model]
+width = 8
+stages = 3
+[balance]
+method = "{method}"
+{balance}
+[train]
+epochs = {epochs}
+batch_size = 32
+mu_repeats = 1
+seed = 3
+"""
+
+
+def write_run(tmp_path: Path, epochs: int = 3, method: str = "vanilla", balance: str = "") -> Path:
+    p = tmp_path / f"run-{method}.toml"
+    p.write_text(RUN.format(epochs=epochs, method=method, balance=balance))
+    return p
+
+
+def check_tables(d: Path, epochs: int) -> pd.DataFrame:
+    e = pd.read_parquet(d / "epochs.parquet")
+    assert not e.duplicated(["trial_id", "epoch", "split"]).any()
+    assert len(e) == 3 * epochs and set(e["split"]) == {"train", "val", "test"}
+    u = pd.read_parquet(d / "utilization.parquet")
+    assert set(u["modality"]) == {"eo", "sar"} and u["mu"].between(0, 1).all()
+    t = pd.read_parquet(d / "trials.parquet")
+    assert len(t) == 1 and t.loc[0, "status"] == "ok"
+    return t
+
+
+def test_two_workers_on_a_two_node_cluster(tmp_path: Path) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from raybal.config import load_config
+    from raybal.runner import train_to_dir
+
+    run = write_run(tmp_path)
+    one = train_to_dir(load_config(run), tmp_path / "one", quiet=True)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2  # 1 CPU each: one worker per node
+        two = train_to_dir(load_config(run, {"train.workers": 2}), tmp_path / "two", address=cluster.address,
+                           quiet=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    check_tables(tmp_path / "two", 3)
+    shards = [json.loads((tmp_path / "two" / "checkpoints" / "run" / "shards" / f"rank{r}.json").read_text())
+              for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 500
+    assert not set(shards[0]) & set(shards[1]) and len(set(shards[0]) | set(shards[1])) == 1000
+    acc1, acc2 = one.final["final.test_accuracy"], two.final["final.test_accuracy"]
+    assert acc1 > 0.9 and abs(acc1 - acc2) <= 0.02, (acc1, acc2)
+    assert two.config.train.workers == 2 and one.config.train.workers == 1
+
+
+@pytest.mark.parametrize("method, balance", [
+    ("mu_target", "target = {eo = 0.7, sar = 0.3}\nlambda_0 = 1.0"),
+    ("ogm_ge", ""),
+])
+def test_balancing_methods_under_ddp(tmp_path: Path, method: str, balance: str) -> None:
+    from raybal.config import load_config
+    from raybal.runner import train_to_dir
+
+    cfg = load_config(write_run(tmp_path, epochs=2, method=method, balance=balance), {"train.workers": 2})
+    res = train_to_dir(cfg, tmp_path / "res", quiet=True)
+    check_tables(tmp_path / "res", 2)
+    e = pd.read_parquet(tmp_path / "res" / "epochs.parquet")
+    train = e[e["split"] == "train"]
+    if method == "mu_target":
+        assert (train["lambda_mu"] > 0).all() and train["mu_penalty"].notna().all()
+    else:
+        assert train.filter(like="ogm_coef").notna().all().all()
+    assert res.final["final.test_accuracy"] > 0.5
+
+
+def test_killed_worker_is_replaced_and_run_completes(tmp_path: Path) -> None:
+    run, out = write_run(tmp_path, epochs=6), tmp_path / "res"
+    proc = subprocess.Popen([sys.executable, "-m", "raybal.cli", "train", str(run), "--workers", "2", "--results",
+                             str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ck = out / "checkpoints" / "run"
+    victim = None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        last = ck / "last.pt"
+        pidfile = ck / "workers" / "rank1.pid"
+        if last.is_file() and pidfile.is_file():
+            import torch
+
+            try:
+                epoch = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+            except Exception:
+                epoch = 0
+            if epoch >= 2:
+                victim = int(pidfile.read_text())
+                os.kill(victim, signal.SIGKILL)
+                break
+        time.sleep(0.3)
+    assert victim is not None, "never reached epoch 2: " + (proc.stdout.read() if proc.stdout else "")
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    check_tables(out, 6)
+    # the replacement worker is a new process, and training did not start over
+    assert int((ck / "workers" / "rank1.pid").read_text()) != victim
