@@ -336,6 +336,9 @@ def parse_space(raw_search: Any, base: RunConfig) -> SearchSpace:
             plist.append(_parse_dist(k, v, mods))
     params = tuple(plist)
     keys = {p.key for p in params}
+    for k in ("train.workers", "train.use_gpu", "train.cpus_per_worker"):
+        if k in keys:
+            raise ConfigError(f"search.{k}", "cannot be searched: a study plans its resources from the base file")
     for p in params:
         for wk in p.when:
             if wk == p.key:

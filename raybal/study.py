@@ -99,14 +99,23 @@ class TrialFn:
 
         t0 = time.perf_counter()
         try:
-            result = fit(cfg, trial_id=tid, checkpoint_dir=ckdir, progress=progress)
+            if cfg.train.workers > 1:
+                # A multi-worker trial launches its own TorchTrainer (Ray is already connected here). It
+                # reports to Tune once, at the end: ASHA cannot stop it early.
+                from raybal.distributed import fit_distributed
+
+                result = fit_distributed(cfg, trial_id=tid, checkpoint_dir=ckdir,
+                                         storage_path=self.results_dir / "ray", quiet=True)
+            else:
+                result = fit(cfg, trial_id=tid, checkpoint_dir=ckdir, progress=progress)
         except Exception as exc:
             failed = failed_result(cfg, tid, exc, time.perf_counter() - t0)
             atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(failed))
             raise
         atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(result))
         final = {k: v for k, v in result.final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        tune.report({**pending, **final, "epoch": cfg.train.epochs, "done_ok": 1})
+        last = {f"val_{metric}": final.get(f"final.val_{metric}"), "val_loss": final.get("final.val_loss")}
+        tune.report({**last, **pending, **final, "epoch": cfg.train.epochs, "done_ok": 1})
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -268,11 +277,12 @@ def _init_ray(address: str | None) -> bool:
 def _concurrency(study: Study) -> int:
     import ray
 
-    s = study.settings
+    s, tc = study.settings, study.base.train
     cpus = int(ray.available_resources().get("CPU", 1))
-    n = max(cpus // s.cpus_per_trial, 1)
-    if study.base.train.use_gpu:
-        n = min(n, max(int(ray.available_resources().get("GPU", 0)), 1))
+    per_trial = tc.workers * tc.cpus_per_worker if tc.workers > 1 else s.cpus_per_trial
+    n = max(cpus // per_trial, 1)  # never more trials than their workers can get CPUs for: no deadlock
+    if tc.use_gpu:
+        n = min(n, max(int(ray.available_resources().get("GPU", 0)) // max(tc.workers, 1), 1))
     if s.max_concurrent:
         n = min(n, s.max_concurrent)
     return max(min(n, s.num_samples), 1)
@@ -284,7 +294,12 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
     from ray.tune.search.optuna import OptunaSearch
 
     s = study.settings
-    resources = {"cpu": s.cpus_per_trial, **({"gpu": 1} if study.base.train.use_gpu else {})}
+    if study.base.train.workers > 1:
+        # The trial function only waits on its TorchTrainer, which asks for the workers' CPUs itself; the
+        # function holds no CPU (a bundle must not be empty: 1 MiB of Ray's logical memory resource).
+        resources: dict[str, float] = {"cpu": 0, "memory": 2**20}
+    else:
+        resources = {"cpu": s.cpus_per_trial, **({"gpu": 1} if study.base.train.use_gpu else {})}
     trainable = tune.with_resources(TrialFn(study, results_dir), resources)
     path = str(results_dir / TUNE_DIR)
     if restore:

@@ -127,3 +127,17 @@ def test_killed_worker_is_replaced_and_run_completes(tmp_path: Path) -> None:
     check_tables(out, 6)
     # the replacement worker is a new process, and training did not start over
     assert int((ck / "workers" / "rank1.pid").read_text()) != victim
+
+
+def test_multi_worker_trials_in_a_study(tmp_path: Path) -> None:
+    from raybal.cli import main
+
+    study = tmp_path / "s.toml"
+    study.write_text(RUN.format(epochs=2, method="vanilla", balance="").replace("n_train = 1000", "n_train = 256")
+                     + "workers = 2\n[study]\nobjective = \"final.val_accuracy\"\nnum_samples = 1\n"
+                       "[search]\n\"train.lr\" = {loguniform = [1e-3, 1e-2]}\n")
+    assert main(["study", "run", str(study), "--results", str(tmp_path / "res"), "--quiet"]) == 0
+    t = pd.read_parquet(tmp_path / "res" / "trials.parquet")
+    assert len(t) == 1 and t.loc[0, "status"] == "ok" and t.loc[0, "train.workers"] == 2
+    shards = list((tmp_path / "res" / "checkpoints" / t.loc[0, "trial_id"] / "shards").glob("rank*.json"))
+    assert len(shards) == 2  # the trial really ran two Ray Train workers
