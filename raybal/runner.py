@@ -56,6 +56,9 @@ def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress 
     ``train.workers > 1`` or an ``address`` runs it data-parallel on Ray Train
     (:mod:`raybal.distributed`); otherwise plain ``fit()`` in this process, no Ray at all.
     """
+    from raybal.data import load_data
+
+    data = load_data(cfg.data)  # bad data (missing file, unpaired chip, ...) fails here: nothing written yet
     d = prepare_dir(results_dir, cfg)
     atomic_write_json(run_meta(cfg, "running"), d / "run.json")
     t0 = time.perf_counter()
@@ -67,7 +70,7 @@ def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress 
             result = fit_distributed(cfg, trial_id=RUN_TRIAL_ID, checkpoint_dir=ckdir, storage_path=d / "ray",
                                      address=address, quiet=quiet)
         else:
-            result = fit(cfg, trial_id=RUN_TRIAL_ID, checkpoint_dir=ckdir, progress=progress)
+            result = fit(cfg, trial_id=RUN_TRIAL_ID, checkpoint_dir=ckdir, progress=progress, data=data)
     except KeyboardInterrupt:
         atomic_write_json(run_meta(cfg, "interrupted"), d / "run.json")
         raise

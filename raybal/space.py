@@ -107,6 +107,7 @@ class StudySettings:
     startup_trials: int = knob(0, ge=0, doc="random trials before TPE models the results (0 = num_samples // 3, 2..10)")
     constraints: tuple[str, ...] = ()
     cpus_per_trial: int = knob(1, ge=1, doc="CPU threads per one-worker trial")
+    trial_retries: int = knob(1, ge=0, doc="restarts of a trial whose process died or raised (from its last epoch)")
 
     def validate(self, prefix: str) -> None:
         if self.objective and self.objectives:
@@ -216,7 +217,9 @@ class SearchSpace:
             section, name = tkey.split(".", 1)
             target = raw.get(section, {}).get(name)
             if isinstance(target, dict) and any(f"{tkey}.{m}" in values for m in target if m != last):
-                target[last] = max(0.0, 1.0 - sum(v for m, v in target.items() if m != last))
+                others = [v for m, v in target.items() if m != last]
+                if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in others):
+                    target[last] = max(0.0, 1.0 - sum(others))  # else the config check names the bad value
                 # the complement of the free fractions keeps the sum exactly 1
         return raw
 

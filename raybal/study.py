@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import sys
 import time
@@ -47,6 +48,43 @@ def _status_line(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+# ----------------------------------------------------------------------------- trial slots
+#
+# Tune snapshots its experiment state every second or so; a driver killed between snapshots
+# forgets the trials it started since, and the restored study would start as many again (a
+# re-drawn point, a new id): one trial too many. So every trial first claims one of the
+# study's num_samples slots (an O_EXCL file holding its id, on the results directory's
+# storage). A trial that finds no free slot is skipped: it trains nothing and is not recorded.
+# On resume, slots of trials that never finished are released.
+
+SKIPPED = "SKIPPED"
+
+
+def claim_slot(results_dir: Path, tid: str, n: int) -> bool:
+    sd = results_dir / "slots"
+    sd.mkdir(parents=True, exist_ok=True)
+    for f in sd.iterdir():
+        if f.read_text() == tid:
+            return True  # a restarted trial keeps its slot
+    for k in range(n):
+        try:
+            fd = os.open(sd / f"{k:05d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(tid)
+        return True
+    return False
+
+
+def release_unfinished_slots(results_dir: Path) -> None:
+    sd = results_dir / "slots"
+    for f in sd.iterdir() if sd.is_dir() else []:
+        tid = f.read_text()
+        if not (results_dir / "checkpoints" / tid / RESULT_FILE).is_file():
+            f.unlink(missing_ok=True)
+
+
 # ----------------------------------------------------------------------------- trial side
 
 
@@ -64,6 +102,13 @@ class TrialFn:
         tid = tune.get_context().get_trial_id()
         values = {k: v for k, v in params.items()}
         cfg = self.study.space.trial_config(self.study.base_raw, values)
+        metric = "accuracy" if cfg.data.params.task == "classification" else "miou"
+        if not claim_slot(self.results_dir, tid, self.study.settings.num_samples):
+            atomic_write_bytes(self.results_dir / "checkpoints" / tid / SKIPPED, b"")
+            nan = {o.metric: math.nan for o in self.study.objectives}
+            tune.report({**nan, f"val_{metric}": math.nan, "val_loss": math.nan, "epoch": cfg.train.epochs,
+                         "skipped": 1})
+            return
         if cfg.train.num_threads == 0:  # the trial's CPU share, without changing the recorded config
             import torch
 
@@ -71,7 +116,6 @@ class TrialFn:
         ckdir = self.results_dir / "checkpoints" / tid
         objectives = [o.metric for o in self.study.objectives]
         target = getattr(cfg.balance.params, "target", None)
-        metric = "accuracy" if cfg.data.params.task == "classification" else "miou"
         pending: dict[str, Any] = {}
 
         def epoch_report(event: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +154,8 @@ class TrialFn:
                 result = fit(cfg, trial_id=tid, checkpoint_dir=ckdir, progress=progress)
         except Exception as exc:
             failed = failed_result(cfg, tid, exc, time.perf_counter() - t0)
+            done = _stopped_result(self.study, tid, values, ckdir, "failed", failed.error)
+            failed.epochs, failed.utilization = done.epochs, done.utilization  # the epochs it did finish
             atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(failed))
             raise
         atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(result))
@@ -186,9 +232,13 @@ class Recorder:
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.record(trial.trial_id, trial.config, ended="error", error=_tune_error(trial))
 
-    def record(self, tid: str, params: dict[str, Any], ended: str, error: str | None = None) -> RunResult:
+    def record(self, tid: str, params: dict[str, Any], ended: str, error: str | None = None) -> RunResult | None:
         ckdir = self.results_dir / "checkpoints" / tid
         path = ckdir / RESULT_FILE
+        if (ckdir / SKIPPED).is_file():
+            if not self.quiet:
+                _status_line(f"trial {tid} skipped: the study already holds {self.study.settings.num_samples} trials")
+            return None
         if path.is_file():
             result: RunResult = pickle.loads(path.read_bytes())
         elif ended == "complete":
@@ -256,6 +306,7 @@ def _prepare(results_dir: Path, study: Study, resume: bool) -> None:
     if resume:
         if not meta_path.is_file() or not (results_dir / TUNE_DIR).is_dir():
             raise ResultsError(f"{results_dir} holds no study to resume (no study.json / {TUNE_DIR}/)")
+        release_unfinished_slots(results_dir)
         return
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
@@ -267,6 +318,11 @@ def _prepare(results_dir: Path, study: Study, resume: bool) -> None:
 
 def _init_ray(address: str | None) -> bool:
     import optuna
+
+    # Snapshot Tune's experiment state at least every second (default: every 10 s or more). A driver
+    # killed between snapshots would otherwise forget trials it had already started, and the resumed
+    # study would start others in their place: one trial more than num_samples.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
     from raybal.distributed import init_ray
 
@@ -322,7 +378,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
                                     max_concurrent_trials=_concurrency(study), reuse_actors=True),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(results_dir), verbose=0,
                                   callbacks=[_make_callback(recorder)],
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  failure_config=tune.FailureConfig(max_failures=s.trial_retries)),
     )
 
 
@@ -331,7 +387,10 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
     """Run (or with ``resume=True`` continue) a study; returns its results directory's tables."""
     if not isinstance(study, Study):
         study = load_study(study)
+    from raybal.data import load_data
+
     d = Path(results_dir or Path("results") / study.settings.name).resolve()
+    load_data(study.base.data)  # bad data fails before anything is written (and warms the cache for trials)
     _prepare(d, study, resume)
     atomic_write_json(study_meta(study, "running"), d / "study.json")
     recorder = Recorder(study, d, quiet=quiet)
@@ -380,12 +439,15 @@ def resume_study(results_dir: str | Path, *, address: str | None = None, quiet: 
 
     d = Path(results_dir).resolve()
     meta_path = d / "study.json"
-    if not meta_path.is_file():
-        raise ResultsError(f"{d} holds no study to resume (no study.json)")
+    if not meta_path.is_file() or not (d / TUNE_DIR).is_dir():
+        raise ResultsError(f"{d} holds no study to resume (no study.json and {TUNE_DIR}/ state)")
     try:
         meta = json.loads(meta_path.read_text())
         source = meta["study_file"]
     except (json.JSONDecodeError, KeyError):
         raise ResultsError(f"{meta_path}: not a raybal study record") from None
-    study = study_from_dict(tomllib.loads(source), source=source)
+    try:
+        study = study_from_dict(tomllib.loads(source), source=source)
+    except (ConfigError, tomllib.TOMLDecodeError) as exc:
+        raise ResultsError(f"{meta_path}: the stored study file is not valid ({exc})") from None
     return run_study(study, d, address=address, resume=True, quiet=quiet)

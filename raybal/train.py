@@ -27,6 +27,7 @@ from raybal.checkpoint import atomic_torch_save, load_checkpoint
 from raybal.config import ConfigError, RunConfig
 from raybal.data import load_data
 from raybal.data.base import MultiModalData
+from raybal.faults import maybe_inject
 from raybal.models import build_model
 from raybal.models.base import FusionModel
 from raybal.robustness import metric_name, summarize, sweep
@@ -218,6 +219,7 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
             tot_acc = tot_acc + tot
         if scheduler is not None:
             scheduler.step()
+        maybe_inject(config, epoch)  # no-op unless RAYBAL_FAULT is set (reliability tests)
         if not dist.is_main:
             if dist.report is not None:  # Ray Train's report is a barrier: every rank calls it each epoch
                 dist.report(None, None)

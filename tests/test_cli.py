@@ -135,7 +135,8 @@ def test_console_script_help() -> None:
     assert out.returncode == 0 and "--results" in out.stdout and "--set" in out.stdout
 
 
-def test_multi_worker_request_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", str(run_file(tmp_path)), "--workers", "2", "--results", str(tmp_path / "r")]) == 2
-    assert "Ray Train is not available in this version" in capsys.readouterr().err
+def test_worker_count_must_divide_the_global_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(run_file(tmp_path)), "--workers", "3", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("raybal: error: train.batch_size: the global batch") and "train.workers = 3" in err
     assert not (tmp_path / "r").exists()

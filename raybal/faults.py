@@ -1,0 +1,39 @@
+"""Fault injection for the reliability tests (``tests/reliability``): off unless ``RAYBAL_FAULT`` is set.
+
+``RAYBAL_FAULT="<kind>:<epoch>[:<condition>]"`` raises at the end of training epoch
+``<epoch>`` of every run whose config meets ``<condition>`` (a constraint on a dotted config
+key, e.g. ``train.batch_size == 16``). Kinds: ``oom`` (``torch.OutOfMemoryError``, what a GPU
+that runs out of memory raises) and ``error`` (a ``RuntimeError``). The variable reaches Ray
+trial and Train worker processes through the environment of a local Ray started by raybal.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from raybal.config import RunConfig
+
+ENV = "RAYBAL_FAULT"
+
+
+def maybe_inject(config: RunConfig, epoch: int) -> None:
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    kind, _, rest = spec.partition(":")
+    at, _, condition = rest.partition(":")
+    if not at.isdigit() or int(at) != epoch:
+        return
+    if condition:
+        from raybal.space import Constraint
+
+        c = Constraint.parse(condition, ENV)
+        if not c.holds(config.flatten().get(c.metric)):
+            return
+    if kind == "oom":
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {ENV} at epoch {epoch})")
+    raise RuntimeError(f"injected fault ({ENV}) at epoch {epoch}")

@@ -1,0 +1,191 @@
+"""Bad input: exit code 2, one line naming what is wrong, and nothing written (issue 7)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from raybal.cli import main
+
+TINY = """
+[data]
+n_train = 64
+n_val = 32
+n_test = 32
+image_size = 16
+[model]
+width = 8
+stages = 3
+[train]
+epochs = 1
+"""
+STUDY_TAIL = """
+[study]
+objective = "final.val_accuracy"
+num_samples = 2
+[search]
+"train.lr" = {loguniform = [1e-3, 1e-2]}
+"""
+
+
+def png(path: Path, mode: str = "RGB", value: int = 50) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3) if mode == "RGB" else (8, 8), value, dtype=np.uint8), mode).save(path)
+
+
+def mavoc(root: Path) -> None:
+    for c in ("0", "1"):
+        for i in range(3):
+            png(root / "EO" / c / f"EO_{c}{i}.png", "RGB")
+            png(root / "SAR" / c / f"SAR_{c}{i}.png", "L")
+
+
+def manifest(root: Path, drop: str | None = None, bad_row: int | None = None) -> Path:
+    rows = [{"label": i % 2, "eo": np.zeros((3, 8, 8)).tolist(), "sar": np.zeros((1, 8, 8)).tolist()}
+            for i in range(10)]
+    if bad_row is not None:
+        rows[bad_row]["sar"] = np.zeros((1, 4, 4)).tolist()
+    df = pd.DataFrame(rows)
+    if drop:
+        df = df.drop(columns=[drop])
+    root.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(root / "m.parquet")
+    return root / "m.parquet"
+
+
+def data_case(kind: str, tmp: Path) -> str:
+    """A [data] section (TOML) for one bad-data case, building the files it needs."""
+    d = tmp / "data"
+    if kind == "missing_path":
+        return f'[data]\nname = "mavoc_folder"\nroot = "{d / "nope"}"\n'
+    if kind == "empty_folder":
+        (d / "EO").mkdir(parents=True)
+        (d / "SAR").mkdir()
+    else:
+        mavoc(d) if kind in ("unpaired", "not_image") else None
+    if kind == "unpaired":
+        (d / "SAR" / "1" / "SAR_12.png").unlink()
+    if kind == "not_image":
+        (d / "SAR" / "1" / "SAR_12.png").write_text("not an image")
+    if kind in ("empty_folder", "unpaired", "not_image"):
+        return f'[data]\nname = "mavoc_folder"\nroot = "{d}"\nimage_size = 8\n'
+    path = manifest(d, drop="sar" if kind == "manifest_column" else None,
+                    bad_row=3 if kind == "manifest_shape" else None)
+    return f'[data]\nname = "manifest"\npath = "{path}"\nimage_size = 8\n'
+
+
+RUN_CASES = [  # (id, run file text or a data-case kind, what the one line must contain)
+    ("malformed_toml", "[train\nepochs = 2", "malformed TOML"),
+    ("unknown_section", TINY + "[trian]\nepochs = 2\n", "trian: unknown section"),
+    ("unknown_key", TINY.replace("epochs = 1", "epochs = 1\nepoch = 2"), "train.epoch: unknown key"),
+    ("wrong_type", TINY.replace("epochs = 1", 'epochs = "two"'), "train.epochs:"),
+    ("out_of_range", TINY.replace("epochs = 1", "epochs = 1\nlr = -1.0"), "train.lr: must be > 0"),
+    ("target_sum", TINY + '[balance]\nmethod = "mu_target"\ntarget = {eo = 0.5, sar = 0.6}\n',
+     "balance.target: fractions must sum to 1"),
+    ("target_modality", TINY + '[balance]\nmethod = "mu_target"\ntarget = {eo = 0.5, nir = 0.5}\n',
+     "balance.target.nir: unknown modality"),
+    ("unknown_dataset", TINY.replace("[data]", '[data]\nname = "imagenet"'), "data.name: unknown"),
+    ("unknown_model", TINY.replace("[model]", '[model]\nname = "resnet"'), "model.name: unknown"),
+    ("unknown_method", TINY + '[balance]\nmethod = "magic"\n', "balance.method: unknown"),
+    ("unknown_corruption", TINY + '[robustness]\ncorruptions = ["fog"]\n', "robustness.corruptions[0]: unknown"),
+    ("missing_path", "data:missing_path", "data.root: folder not found"),
+    ("empty_folder", "data:empty_folder", "empty folder"),
+    ("unpaired", "data:unpaired", "unpaired chip"),
+    ("not_image", "data:not_image", "not an image"),
+    ("manifest_column", "data:manifest_column", "missing column 'sar'"),
+    ("manifest_shape", "data:manifest_shape", "differs"),
+]
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1, err
+    assert err[0].startswith("raybal: error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize("case, text, expect", RUN_CASES, ids=[c[0] for c in RUN_CASES])
+def test_bad_run_input(case: str, text: str, expect: str, tmp_path: Path,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    if text.startswith("data:"):
+        text = data_case(text[5:], tmp_path) + "[model]\nwidth = 8\nstages = 3\n[train]\nepochs = 1\n"
+    run = tmp_path / "run.toml"
+    run.write_text(text)
+    out = tmp_path / "results"
+    assert main(["train", str(run), "--results", str(out)]) == 2
+    assert expect in one_error_line(capsys)
+    assert not out.exists(), "bad input must not write anything"
+    # the same run file as a study base is refused the same way, before Ray starts
+    study = tmp_path / "study.toml"
+    study.write_text(text + STUDY_TAIL if case != "malformed_toml" else text)
+    assert main(["study", "run", str(study), "--results", str(out)]) == 2
+    assert expect in one_error_line(capsys)
+    assert not out.exists()
+
+
+SEARCH_CASES = [
+    ('"train.lr" = {uniform = [0.1, 0.01]}', "search.train.lr.uniform: low 0.1 > high 0.01"),
+    ('"train.lr" = {gaussian = [0, 1]}', "unknown distribution"),
+    ('"train.lrate" = {uniform = [0.1, 0.2]}', "search.train.lrate: unknown key"),
+    ('"balance.method" = {choice = ["vanilla", "magic"]}', "search.balance.method: unknown"),
+]
+
+
+@pytest.mark.parametrize("search, expect", SEARCH_CASES)
+def test_bad_search_space(search: str, expect: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = tmp_path / "study.toml"
+    study.write_text(TINY + '[study]\nobjective = "final.val_accuracy"\n[search]\n' + search + "\n")
+    assert main(["study", "run", str(study), "--results", str(tmp_path / "res")]) == 2
+    assert expect in one_error_line(capsys)
+    assert not (tmp_path / "res").exists()
+
+
+def test_results_dir_of_another_study_or_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "res"
+    d.mkdir()
+    (d / "study.json").write_text(json.dumps({"kind": "study", "study_file": "[study]\nname = 'other'\n"}))
+    (d / "trials.parquet").write_bytes(b"")  # a file that is there must stay untouched
+    before = sorted(p.name for p in d.iterdir())
+    study = tmp_path / "s.toml"
+    study.write_text(TINY + STUDY_TAIL)
+    assert main(["study", "run", str(study), "--results", str(d)]) == 2
+    assert "a different study" in one_error_line(capsys)
+    assert main(["study", "resume", str(d)]) == 2  # no tune/ state: nothing to resume
+    assert "no study to resume" in one_error_line(capsys)
+    assert main(["train", str(tmp_path / "s.toml"), "--results", str(d)]) == 2  # a run into a study's dir
+    one_error_line(capsys)
+    assert sorted(p.name for p in d.iterdir()) == before and (d / "trials.parquet").read_bytes() == b""
+
+
+def test_best_on_empty_and_foreign_dirs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "trials.parquet").write_text("not parquet")
+    for d in ("empty", "foreign", "missing"):
+        assert main(["best", str(tmp_path / d)]) == 2
+        one_error_line(capsys)
+
+
+def test_unwritable_results_dir_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    run = tmp_path / "run.toml"
+    run.write_text(TINY)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # a results path under a regular file cannot be created, even by root
+    assert main(["train", str(run), "--results", str(blocker / "res")]) == 2
+    assert "not writable" in one_error_line(capsys)
+    if os.geteuid() != 0:  # a read-only directory (root ignores permissions)
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            assert main(["train", str(run), "--results", str(ro)]) == 2
+            assert "not writable" in one_error_line(capsys)
+        finally:
+            ro.chmod(0o700)

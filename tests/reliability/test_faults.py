@@ -1,0 +1,186 @@
+"""Fault injection: a killed Ray Train worker, failing trials, a killed driver, a lost node (issue 7).
+
+Each test checks what survived and that nothing was lost: every epoch exactly once, every
+trial exactly once, the Parquet tables readable at every moment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from raybal.cli import main
+
+BASE = """
+[data]
+n_train = {n}
+n_val = 128
+n_test = 128
+image_size = 16
+[model]
+width = 8
+stages = 3
+[train]
+epochs = {epochs}
+batch_size = 32
+mu_repeats = 1
+optimizer = "sgd"
+lr = 0.05
+"""
+
+
+def study_file(tmp: Path, n_samples: int, epochs: int = 3, search: str = '"train.lr" = {uniform = [0.02, 0.08]}',
+               extra: str = "", n: int = 256) -> Path:
+    p = tmp / "study.toml"
+    p.write_text(BASE.format(n=n, epochs=epochs) + f"[study]\nobjective = \"final.val_accuracy\"\nnum_samples = "
+                 f"{n_samples}\nscheduler = \"fifo\"\nseed = 0\n{extra}[search]\n{search}\n")
+    return p
+
+
+def assert_complete(out: Path, n_trials: int, epochs: int, statuses: set[str] = frozenset({"ok"})) -> pd.DataFrame:
+    t = pd.read_parquet(out / "trials.parquet")
+    assert len(t) == n_trials and t["trial_id"].is_unique, t[["trial_id", "status"]]
+    assert set(t["status"]) <= set(statuses), t[["trial_id", "status", "error"]]
+    e = pd.read_parquet(out / "epochs.parquet")
+    assert not e.duplicated(["trial_id", "epoch", "split"]).any()
+    ok = t.loc[t["status"] == "ok", "trial_id"]
+    assert (e[e["trial_id"].isin(ok) & (e["split"] == "val")].groupby("trial_id").size() == epochs).all()
+    return t
+
+
+class Reader(threading.Thread):
+    """Polls every table of a results directory while it is written; records any broken read."""
+
+    def __init__(self, d: Path) -> None:
+        super().__init__(daemon=True)
+        self.d, self.stop, self.reads, self.errors = d, threading.Event(), 0, []
+
+    def run(self) -> None:
+        import json
+
+        while not self.stop.is_set():
+            for name in ("trials", "epochs", "utilization", "robustness"):
+                p = self.d / f"{name}.parquet"
+                try:
+                    pd.read_parquet(p)
+                    self.reads += 1
+                except FileNotFoundError:
+                    pass
+                except Exception as exc:  # a torn or half-written file
+                    self.errors.append(f"{p.name}: {exc!r}")
+            try:
+                json.loads((self.d / "study.json").read_text())
+            except FileNotFoundError:
+                pass
+            except Exception as exc:
+                self.errors.append(f"study.json: {exc!r}")
+            time.sleep(0.05)
+
+
+def wait_for_trials(out: Path, n: int, proc: subprocess.Popen | None = None, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        p = out / "trials.parquet"
+        if p.is_file() and len(pd.read_parquet(p)) >= n:
+            return
+        if proc is not None and proc.poll() is not None:
+            pytest.fail("the study ended before it could be interrupted")
+        time.sleep(0.3)
+    pytest.fail(f"fewer than {n} trials recorded in {timeout}s")
+
+
+def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # lr 1e12 makes SGD diverge (the NaN guard stops the trial); batch 16 gets a simulated CUDA OOM in epoch 2.
+    monkeypatch.setenv("RAYBAL_FAULT", "oom:2:train.batch_size == 16")
+    search = '"train.lr" = {choice = [0.05, 1e12]}\n"train.batch_size" = {choice = [16, 32]}'
+    out = tmp_path / "res"
+    study = study_file(tmp_path, 8, epochs=2, search=search, extra="trial_retries = 0\nstartup_trials = 8\n")
+    assert main(["study", "run", str(study), "--results", str(out), "--quiet"]) == 0
+    t = assert_complete(out, 8, 2, {"ok", "failed"})
+    for _, r in t.iterrows():
+        if r["train.lr"] > 1:  # diverges in epoch 1, before the injected OOM
+            assert r["status"] == "failed" and "NonFiniteLossError" in r["error"], r["error"]
+        elif r["train.batch_size"] == 16:
+            assert r["status"] == "failed" and "OutOfMemoryError" in r["error"], r["error"]
+        else:
+            assert r["status"] == "ok"
+        assert r["status"] == "ok" or "\n" not in r["error"]
+    assert (t["status"] == "ok").any() and (t["status"] == "failed").sum() >= 2
+    oom = t[(t["train.batch_size"] == 16) & (t["train.lr"] < 1)]
+    if len(oom):  # an OOM in epoch 2 keeps epoch 1, which it finished
+        e = pd.read_parquet(out / "epochs.parquet")
+        assert set(e.loc[e["trial_id"].isin(oom["trial_id"]), "epoch"]) == {1}
+    capsys.readouterr()
+    assert main(["best", str(out), "--json"]) == 0
+    import json
+
+    best = json.loads(capsys.readouterr().out)
+    assert t.set_index("trial_id").loc[best["trial_id"], "status"] == "ok"
+
+
+def test_killed_driver_then_resume(tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    study = study_file(tmp_path, 6, extra="max_concurrent = 1\n")
+    reader = Reader(out)
+    reader.start()
+    proc = subprocess.Popen([sys.executable, "-m", "raybal.cli", "study", "run", str(study), "--results", str(out),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_trials(out, 2, proc)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only; its local Ray goes down with it
+        proc.wait(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # Ray helper processes left behind by the killed driver
+        except ProcessLookupError:
+            pass
+    before = pd.read_parquet(out / "trials.parquet")
+    assert 2 <= len(before) < 6
+    assert main(["study", "resume", str(out), "--quiet"]) == 0
+    reader.stop.set()
+    reader.join(timeout=10)
+    t = assert_complete(out, 6, 3)
+    assert set(before["trial_id"]) <= set(t["trial_id"])
+    assert not reader.errors and reader.reads > 20, (reader.errors, reader.reads)
+
+
+def test_lost_node_mid_study(tmp_path: Path) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1)
+    out = tmp_path / "res"
+    study = study_file(tmp_path, 4, epochs=4, n=512, extra="max_concurrent = 2\ntrial_retries = 2\n")
+    removed = threading.Event()
+
+    def remove_worker_node() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            ck = out / "checkpoints"
+            running = [d for d in ck.iterdir() if (d / "last.pt").is_file()] if ck.is_dir() else []
+            if len(running) >= 2:  # both nodes are training a trial
+                cluster.remove_node(worker)
+                removed.set()
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=remove_worker_node, daemon=True)
+    killer.start()
+    try:
+        rc = main(["study", "run", str(study), "--results", str(out), "--quiet", "--address", cluster.address])
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert removed.is_set(), "the worker node was never removed"
+    assert rc == 0
+    assert_complete(out, 4, 4)
