@@ -58,6 +58,9 @@ class MuTargetParams:
     def validate(self, prefix: str) -> None:
         if not self.target:
             raise ConfigError(f"{prefix}.target", "required: a table modality -> fraction, e.g. {eo = 0.75, sar = 0.25}")
+        for m, v in self.target.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{prefix}.target.{m}", f"expected a fraction (a number), got {v!r}")
         total = sum(self.target.values())
         if abs(total - 1.0) > 1e-6:
             raise ConfigError(f"{prefix}.target", f"fractions must sum to 1 (within 1e-6), got {total:.6g}")
