@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import platform
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -44,6 +45,10 @@ class ResultsError(ValueError):
     """A results directory that is missing, empty, foreign or unreadable."""
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it.
@@ -56,6 +61,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files: give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -76,16 +82,29 @@ def atomic_write_json(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+MIN_FREE_MB = 64  # below this a run would die on its first checkpoint: refuse before training
+
+
 def check_writable(results_dir: str | Path) -> Path:
-    """Fail early (before any training) when results cannot be written there."""
+    """Fail early (before any training) when results cannot be written there: not creatable,
+    read-only, or a disk with less than ``$RAYBAL_MIN_FREE_MB`` (default 64) MB free."""
     d = Path(results_dir)
     try:
         d.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=d, prefix=".write-probe-")
-        os.close(fd)
-        os.unlink(probe)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     except OSError as exc:
         raise ResultsError(f"results directory {d} is not writable ({exc.strerror or exc})") from None
+    need = float(os.environ.get("RAYBAL_MIN_FREE_MB", MIN_FREE_MB))
+    free = shutil.disk_usage(d).free / 2**20
+    if free < need:
+        raise ResultsError(f"results directory {d}: only {free:.0f} MB free on its disk (need {need:.0f} MB; "
+                           "set RAYBAL_MIN_FREE_MB to change)")
     return d
 
 
@@ -125,7 +144,7 @@ def write_results(results_dir: str | Path, results: Iterable[RunResult], *, appe
     new = tables_of(results)
     for table, df in new.items():
         path = d / f"{table}.parquet"
-        old = pd.read_parquet(path) if append and path.is_file() else None
+        old = read_table(path) if append and path.is_file() else None
         merged = _merge(old, df, table)
         if merged.empty and not path.is_file() and table == "robustness":
             continue  # no sweep was run: no robustness table
@@ -165,6 +184,17 @@ class Results:
         return str(self.meta.get("kind", "run"))
 
 
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read one Parquet table through a single open file handle.
+
+    A table is replaced by an atomic rename while a study runs. ``pd.read_parquet(path)`` may
+    open the path twice (footer, then pages) and so mix the old file's footer with the new
+    file's pages; one handle pins one version of the file.
+    """
+    with open(path, "rb") as fh:
+        return pd.read_parquet(fh)
+
+
 def load_results(results_dir: str | Path) -> Results:
     """Read a results directory written by ``raybal train`` or ``raybal study run``."""
     d = Path(results_dir)
@@ -184,7 +214,7 @@ def load_results(results_dir: str | Path) -> Results:
     for t in TABLES:
         p = d / f"{t}.parquet"
         try:
-            frames[t] = pd.read_parquet(p) if p.is_file() else _frame([], t)
+            frames[t] = read_table(p) if p.is_file() else _frame([], t)
         except Exception as exc:
             raise ResultsError(f"{p}: unreadable Parquet ({exc.__class__.__name__})") from None
     return Results(d, frames["trials"], frames["epochs"], frames["utilization"], frames["robustness"], meta)

@@ -10,6 +10,7 @@ that checkpoint with no epoch recorded twice.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 import traceback
@@ -160,6 +161,8 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
     seed_everything(tc.seed)
     data = data or load_data(config.data)
     device = resolve_device(config, dist)
+    if device.type == "cuda":  # pinned host memory: the per-batch .to(device, non_blocking=True) is async
+        data = dataclasses.replace(data, train=data.train.pinned())
     model = build_for(config, data).to(device)
     task, ncls = data.task, data.num_classes
     metric = metric_name(task)

@@ -36,6 +36,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    def pinned(self) -> Split:
+        """The same split in page-locked memory (fast, asynchronous host-to-GPU copies)."""
+        return Split({m: t.pin_memory() for m, t in self.x.items()}, self.y.pin_memory())
+
     def subset(self, idx: Tensor) -> Split:
         return Split({m: t[idx] for m, t in self.x.items()}, self.y[idx])
 

@@ -189,3 +189,18 @@ def test_unwritable_results_dir_fails_before_training(tmp_path: Path, capsys: py
             assert "not writable" in one_error_line(capsys)
         finally:
             ro.chmod(0o700)
+
+
+def test_full_disk_fails_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))  # 1 MB free
+    run = tmp_path / "run.toml"
+    run.write_text(TINY)
+    assert main(["train", str(run), "--results", str(tmp_path / "res")]) == 2
+    line = one_error_line(capsys)
+    assert "only 1 MB free" in line and "RAYBAL_MIN_FREE_MB" in line
+    assert not any((tmp_path / "res").iterdir()), "nothing written but the (empty) directory probe"

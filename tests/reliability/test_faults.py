@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from raybal.cli import main
+from raybal.results import read_table
 
 BASE = """
 [data]
@@ -70,7 +71,7 @@ class Reader(threading.Thread):
             for name in ("trials", "epochs", "utilization", "robustness"):
                 p = self.d / f"{name}.parquet"
                 try:
-                    pd.read_parquet(p)
+                    read_table(p)  # what raybal.load_results (and so the notebooks) use
                     self.reads += 1
                 except FileNotFoundError:
                     pass
