@@ -1,0 +1,164 @@
+"""The study driver's record keeping (used by :mod:`raybal.study`).
+
+* Trial slots: Tune snapshots its experiment state every second or so; a driver killed between
+  snapshots forgets the trials it started since, and the restored study would start as many again
+  (a re-drawn point, a new id): one trial too many. So every trial first claims one of the study's
+  ``num_samples`` slots (an O_EXCL file holding its id, on the results directory's storage). A trial
+  that finds no free slot is skipped: it trains nothing and is not recorded. On resume, slots of
+  trials that never finished are released.
+* :class:`Recorder`: the Tune callback on the driver, the only writer of the Parquet tables. Each
+  trial leaves its :class:`RunResult` in ``checkpoints/<trial_id>/result.pkl``; a trial that ended
+  without one (stopped by ASHA, or its process died) is rebuilt from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+from raybal.config import ConfigError
+from raybal.results import ResultsError, load_results, write_results
+from raybal.space import Study
+from raybal.train import RunResult
+
+RESULT_FILE = "result.pkl"
+SKIPPED = "SKIPPED"
+
+
+def status_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def claim_slot(results_dir: Path, tid: str, n: int) -> bool:
+    sd = results_dir / "slots"
+    sd.mkdir(parents=True, exist_ok=True)
+    for f in sd.iterdir():
+        if f.read_text() == tid:
+            return True  # a restarted trial keeps its slot
+    for k in range(n):
+        try:
+            fd = os.open(sd / f"{k:05d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(tid)
+        return True
+    return False
+
+
+def release_unfinished_slots(results_dir: Path) -> None:
+    sd = results_dir / "slots"
+    for f in sd.iterdir() if sd.is_dir() else []:
+        tid = f.read_text()
+        if not (results_dir / "checkpoints" / tid / RESULT_FILE).is_file():
+            f.unlink(missing_ok=True)
+
+
+def stopped_result(study: Study, tid: str, params: dict[str, Any], ckdir: Path, status: str,
+                    error: str | None) -> RunResult:
+    """A trial that ended without its own record: rebuild it from its last checkpoint."""
+    from raybal.checkpoint import load_checkpoint
+
+    try:
+        cfg = study.space.trial_config(study.base_raw, params)
+    except ConfigError:
+        cfg = study.base
+    r = RunResult(trial_id=tid, config=cfg, status=status, error=error)
+    last = ckdir / "last.pt"
+    if last.is_file():
+        try:
+            st = load_checkpoint(last)
+            r.epochs, r.utilization = st["epochs"], st["utilization"]
+            r.wall_s = float(st.get("wall_s", 0.0))
+        except Exception:  # a checkpoint torn by a killed process: the config row still counts
+            pass
+    return r
+
+
+class Recorder:
+    """Tune callback on the driver: progress lines and the Parquet tables as trials end."""
+
+    def __init__(self, study: Study, results_dir: Path, quiet: bool = False) -> None:
+        self.study = study
+        self.results_dir = results_dir
+        self.quiet = quiet
+        self.recorded: set[str] = set()
+
+    def setup(self, **info: Any) -> None:
+        self.recorded = set()
+        try:
+            t = load_results(self.results_dir).trials
+            self.recorded = set(t.loc[t["status"].isin(["ok", "failed", "stopped"]), "trial_id"].astype(str))
+        except ResultsError:
+            pass
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if self.quiet or "epoch" not in result:
+            return
+        metric = next((k for k in result if k.startswith("val_") and k != "val_loss"), None)
+        mus = " ".join(f"{k[3:]} {v:.2f}" for k, v in result.items() if k.startswith("mu."))
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        epochs = self.study.base.train.epochs
+        status_line(f"[{done}/{self.study.settings.num_samples} done] trial {trial.trial_id} epoch "
+                     f"{result['epoch']}/{epochs}  {metric} {result.get(metric, float('nan')):.3f}"
+                     + (f"  MU {mus}" if mus else ""))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.record(trial.trial_id, trial.config, ended="complete")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.record(trial.trial_id, trial.config, ended="error", error=_tune_error(trial))
+
+    def record(self, tid: str, params: dict[str, Any], ended: str, error: str | None = None) -> RunResult | None:
+        ckdir = self.results_dir / "checkpoints" / tid
+        path = ckdir / RESULT_FILE
+        if (ckdir / SKIPPED).is_file():
+            if not self.quiet:
+                status_line(f"trial {tid} skipped: the study already holds {self.study.settings.num_samples} trials")
+            return None
+        if path.is_file():
+            result: RunResult = pickle.loads(path.read_bytes())
+        elif ended == "complete":
+            result = stopped_result(self.study, tid, params, ckdir, "stopped", None)
+        else:
+            result = stopped_result(self.study, tid, params, ckdir, "failed", error or "trial process died")
+        write_results(self.results_dir, [result])
+        self.recorded.add(tid)
+        if not self.quiet:
+            what = {"ok": "finished", "stopped": "stopped early (ASHA)", "failed": f"FAILED: {result.error}"}
+            status_line(f"trial {tid} {what.get(result.status, result.status)}")
+        return result
+
+
+def _tune_error(trial: Any) -> str:
+    try:
+        msg = trial.get_error()
+    except Exception:  # the error file is gone or unreadable: still record the failure
+        msg = None
+    lines = [ln for ln in str(msg or "").strip().splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else "trial process died"
+
+
+def make_callback(recorder: Recorder) -> Any:
+    from ray.tune import Callback
+
+    class _RecorderCallback(Callback):
+        def __init__(self, rec: Recorder) -> None:
+            self.rec = rec
+
+        def setup(self, **info: Any) -> None:
+            self.rec.setup(**info)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+            self.rec.on_trial_result(iteration, trials, trial, result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+            self.rec.on_trial_complete(iteration, trials, trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+            self.rec.on_trial_error(iteration, trials, trial)
+
+    return _RecorderCallback(recorder)
