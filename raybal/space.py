@@ -359,7 +359,3 @@ def load_study(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
     return study_from_dict(raw, source=p.read_text())
-
-
-def is_study_file(raw: Mapping[str, Any]) -> bool:
-    return "study" in raw or "search" in raw

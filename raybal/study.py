@@ -65,7 +65,7 @@ class TrialFn:
         from ray import tune
 
         tid = tune.get_context().get_trial_id()
-        values = {k: v for k, v in params.items()}
+        values = dict(params)
         cfg = self.study.space.trial_config(self.study.base_raw, values)
         metric = "accuracy" if cfg.data.params.task == "classification" else "miou"
         if not claim_slot(self.results_dir, tid, self.study.settings.num_samples):
