@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from raybal.config import RunConfig, default_config, parse_override
+from raybal.config import RunConfig, parse_override
+from raybal.resolve import default_config
 
 TARGETS = (0.5, 0.6, 0.75, 0.9)
 LEVELS = (0.0, 0.03, 0.06, 0.09, 0.12, 0.15)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from raybal.config import default_config
 from raybal.distributed import fit_distributed, init_ray
+from raybal.resolve import default_config, with_overrides
 from raybal.train import fit
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     torch.set_num_threads(1)
     fit(default_config(**{**size, "train.epochs": 1}))  # warm the data cache and the kernels
     t = time.perf_counter()
-    plain = fit(base.replace({"train.num_threads": 1}))
+    plain = fit(with_overrides(base, {"train.num_threads": 1}))
     t_plain = time.perf_counter() - t
     rows.append({"run": "plain fit(), 1 thread", "workers": 1, "wall_s": t_plain, "train_s": plain.wall_s,
                  "startup_s": 0.0, "test_acc": plain.final["final.test_accuracy"]})
@@ -50,7 +50,7 @@ def main() -> None:
     init_ray(None)
     t_init = time.perf_counter() - t
     for n in (1, 2):
-        cfg = base.replace({"train.workers": n})
+        cfg = with_overrides(base, {"train.workers": n})
         t = time.perf_counter()
         r = fit_distributed(cfg, trial_id=f"bench{n}", checkpoint_dir=out / f"w{n}", storage_path=out / "ray",
                             quiet=True)

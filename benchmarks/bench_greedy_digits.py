@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _grid import mean_sd, run_grid  # noqa: E402
 
-from raybal.config import default_config, parse_override  # noqa: E402
+from raybal.config import parse_override  # noqa: E402
+from raybal.resolve import default_config  # noqa: E402
 from raybal.results import load_results  # noqa: E402
 
 METHODS = ("vanilla", "greedy_guided", "greedy_random")

@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 from raybal.balancing import METHODS, MethodContext
-from raybal.config import default_config
 from raybal.data import load_data
+from raybal.resolve import default_config
 from raybal.train import build_for, seed_everything, train_step
 
 VARIANTS = [  # (name, model, balance overrides, baseline name)

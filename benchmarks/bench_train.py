@@ -2,7 +2,8 @@
 
 Measured side by side in one process on the default model and data:
 
-* training samples/s (vanilla, one epoch after a warm-up epoch);
+* training samples/s (vanilla, one epoch after a warm-up epoch) through ``raybal.train.train_step``,
+  the one step ``fit()`` runs, and through ``fit()`` itself (one epoch, its evaluation and MU included);
 * plain evaluation of the val split (encode + fuse) vs. a permutation-MU evaluation
   (encode once + 1 + M * n_repeats fusion passes), and vs. the naive MU that re-encodes
   the shuffled inputs (what feature shuffling saves).
@@ -19,9 +20,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from raybal.config import default_config
+from raybal.balancing import METHODS, MethodContext
 from raybal.data import load_data
-from raybal.train import build_for
+from raybal.resolve import default_config, with_overrides
+from raybal.train import build_for, fit, train_step
 from raybal.utilization import measure
 
 
@@ -61,23 +63,30 @@ def main() -> None:
     data = load_data(cfg.data)
     model = build_for(cfg, data)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    steps = len(data.train) // cfg.train.batch_size
+    method = METHODS.get("vanilla").obj(None, MethodContext(model=model, modalities=data.modalities, epochs=1,
+                                                            steps_per_epoch=steps, seed=0))
+    no_autocast = torch.autocast("cpu", enabled=False)
 
     def train_epoch() -> None:
         model.train()
         for xb, yb in data.train.batches(cfg.train.batch_size, shuffle=True, drop_last=True):
-            loss = F.cross_entropy(model(xb).logits, yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            train_step(model, method, opt, xb, yb, no_autocast, epoch=1)
 
     t_train = timed(train_epoch, repeats=1)
+    one_epoch = with_overrides(cfg, {"train.epochs": 1, "train.num_threads": args.threads})
+    t0 = time.perf_counter()
+    fit(one_epoch, data=data)
+    t_fit = time.perf_counter() - t0
     r = cfg.train.mu_repeats
     kw = dict(num_classes=data.num_classes, task=data.task)
     t_eval = timed(lambda: measure(model, data.val, modalities=(), **kw))
     t_mu = timed(lambda: measure(model, data.val, n_repeats=r, **kw))
     t_naive = timed(lambda: naive_mu(model, data.val, r))
     rows = [
-        {"measure": "train samples/s", "value": len(data.train) / t_train, "ratio_to_plain_eval": None},
+        {"measure": "train samples/s (train_step)", "value": len(data.train) / t_train, "ratio_to_plain_eval": None},
+        {"measure": "fit() samples/s (1 epoch, eval + MU + final)", "value": len(data.train) / t_fit,
+         "ratio_to_plain_eval": None},
         {"measure": "plain eval (s)", "value": t_eval, "ratio_to_plain_eval": 1.0},
         {"measure": f"MU eval, feature shuffle, {r} repeats (s)", "value": t_mu, "ratio_to_plain_eval": t_mu / t_eval},
         {"measure": f"MU eval, input re-encode, {r} repeats (s)", "value": t_naive,

@@ -15,7 +15,7 @@ import time
 import pandas as pd
 import torch
 
-from raybal.config import default_config
+from raybal.resolve import default_config
 from raybal.train import fit
 
 

@@ -9,19 +9,21 @@ Python API (mirrors the CLI)::
     tables = raybal.load_results("results/run")
     raybal.run_study("studies/quickstart.toml", "results/quickstart")  # Ray Tune + Optuna
     raybal.best_target("results/quickstart")       # {"eo": 0.71, "sar": 0.29}
+
+Names are imported on first use, so ``import raybal`` stays cheap (no torch, no Ray).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from raybal._version import __version__
 
 _LAZY = {
     "fit": ("raybal.train", "fit"),
-    "RunResult": ("raybal.train", "RunResult"),
-    "load_config": ("raybal.config", "load_config"),
-    "default_config": ("raybal.config", "default_config"),
+    "RunResult": ("raybal.records", "RunResult"),
+    "load_config": ("raybal.resolve", "load_config"),
+    "default_config": ("raybal.resolve", "default_config"),
     "ConfigError": ("raybal.config", "ConfigError"),
     "load_results": ("raybal.results", "load_results"),
     "write_results": ("raybal.results", "write_results"),
@@ -30,6 +32,7 @@ _LAZY = {
     "load_study": ("raybal.space", "load_study"),
     "best_target": ("raybal.best", "best_target"),
     "best_trial": ("raybal.best", "best_trial"),
+    "ProgressPrinter": ("raybal.progress", "ProgressPrinter"),
 }
 
 

@@ -16,8 +16,10 @@ from typing import Any
 
 import pandas as pd
 
+from raybal.constraint import Constraint
+from raybal.records import target_columns
 from raybal.results import ResultsError, load_results
-from raybal.space import Constraint
+from raybal.tasks import metric_of_columns
 
 CONFIG_PREFIXES = ("data.", "model.", "balance.", "train.")
 
@@ -88,7 +90,7 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
     if t.empty:
         raise ResultsError(f"{res.path}: no trials recorded yet")
     spec = res.meta.get("best", {})
-    metric = metric or spec.get("metric") or ("final.val_accuracy" if "final.val_accuracy" in t else "final.val_miou")
+    metric = metric or spec.get("metric") or f"final.val_{metric_of_columns(t.columns)}"
     mode = mode or (spec.get("mode") if metric == spec.get("metric") else None) or infer_mode(metric)
     if mode not in ("max", "min"):
         raise ResultsError(f"--mode must be max or min, got {mode!r}")
@@ -109,8 +111,8 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
     ranked = ok.sort_values(metric, ascending=mode == "min", kind="stable")
     row = ranked.iloc[0].to_dict()
     mods = [c.split(".", 2)[2] for c in t.columns if c.startswith("final.mu.")]
-    target = {m: float(row[f"balance.target.{m}"]) for m in mods
-              if f"balance.target.{m}" in row and pd.notna(row[f"balance.target.{m}"])} or None
+    tcols = target_columns(t.columns)
+    target = {m: float(row[tcols[m]]) for m in mods if m in tcols and pd.notna(row[tcols[m]])} or None
     searched = searched_columns(t, res.meta)
     show = ["trial_id", metric] + [c for c in searched if c != metric] + [f"final.mu.{m}" for m in mods]
     show += [c for c in ("final.test_accuracy", "final.test_miou") if c in t.columns]

@@ -1,40 +1,102 @@
-"""Checkpoints: atomic writes, and everything needed to rebuild a trained model.
+"""Checkpoints: the one module that writes and reads them.
 
-A checkpoint carries the whole validated config (as JSON), so ``raybal robustness CKPT``
-rebuilds the data set and the model with no other input.
+Two kinds, both written atomically (:mod:`raybal.fileio`):
+
+* ``last.pt`` — the state of an unfinished run after an epoch (model, optimizer, scheduler,
+  method state, the records so far, the best epoch so far). ``fit`` resumes from it when the
+  config's digest matches; a study's recorder rebuilds a stopped trial's records from it.
+* ``model.pt`` — the selected weights at the end, with the whole validated config (as JSON) and
+  the final metrics, so ``raybal robustness CKPT`` rebuilds the data set and the model with no
+  other input.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from raybal.config import RunConfig, config_from_dict
+from raybal.config import RunConfig
+from raybal.fileio import atomic_torch_save
+from raybal.resolve import config_from_json
+
+LAST = "last.pt"
+SELECTED = "model.pt"
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
-    from raybal.results import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not raybal's; the message names the file."""
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def _load(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
+        raise CheckpointError(f"checkpoint not found: {p}")
     try:
-        return torch.load(p, map_location="cpu", weights_only=False)
+        obj = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ValueError(f"{p}: not a raybal checkpoint ({exc.__class__.__name__})") from None
+        raise CheckpointError(f"{p}: not a raybal checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(obj, dict) or "config_json" not in obj:
+        raise CheckpointError(f"{p}: not a raybal checkpoint (no config_json)")
+    return obj
 
 
-def config_of(ckpt: dict[str, Any]) -> RunConfig:
-    import json
+def save_last(path: Path, *, config: RunConfig, epoch: int, model: dict[str, Any], optimizer: dict[str, Any],
+              scheduler: dict[str, Any] | None, method: dict[str, Any], epochs: list[dict[str, Any]],
+              utilization: list[dict[str, Any]], best: dict[str, Any], wall_s: float) -> None:
+    """The state after ``epoch`` (state dicts, records so far, best so far)."""
+    atomic_torch_save({
+        "kind": "last", "config_digest": config.digest(), "config_json": config.to_json(), "epoch": epoch,
+        "model": model, "optimizer": optimizer, "scheduler": scheduler, "method": method, "epochs": epochs,
+        "utilization": utilization, "best": best, "wall_s": wall_s}, path)
 
-    if "config_json" not in ckpt:
-        raise ValueError("not a raybal checkpoint (no config_json)")
-    return config_from_dict(json.loads(ckpt["config_json"]))
+
+def load_last(path: Path, config: RunConfig) -> dict[str, Any] | None:
+    """The resumable state in ``path`` when it belongs to ``config`` (same digest), else None."""
+    if not path.is_file():
+        return None
+    st = _load(path)
+    return st if st.get("config_digest") == config.digest() else None
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float] | None:
+    """(epoch rows, utilization rows, wall_s) of an unfinished run, or None when unreadable
+    (a checkpoint torn by a killed process)."""
+    try:
+        st = _load(path)
+        return st["epochs"], st["utilization"], float(st.get("wall_s", 0.0))
+    except Exception:
+        return None
+
+
+@dataclass
+class Selected:
+    """A ``model.pt``: the config it was trained with, its weights and what was measured on them."""
+
+    config: RunConfig
+    state: dict[str, Any]
+    epoch: int
+    final: dict[str, Any]
+    trial_id: str
+    path: Path
+
+
+def save_selected(path: Path, *, config: RunConfig, model: dict[str, Any], epoch: int, final: dict[str, Any],
+                  trial_id: str) -> None:
+    atomic_torch_save({"kind": "selected", "config_json": config.to_json(), "model": model, "epoch": epoch,
+                       "final": final, "trial_id": trial_id}, path)
+
+
+def load_selected(path: str | Path) -> Selected:
+    """Read a ``model.pt``; raises :class:`CheckpointError` naming the path, in one line."""
+    st = _load(path)
+    if "model" not in st:
+        raise CheckpointError(f"{path}: not a raybal model checkpoint (no weights)")
+    try:
+        cfg = config_from_json(st["config_json"])
+    except Exception as exc:
+        raise CheckpointError(f"{path}: the stored config is not valid ({exc})") from None
+    return Selected(cfg, st["model"], int(st.get("epoch", 0)), dict(st.get("final", {})),
+                    str(st.get("trial_id", "run")), Path(path))

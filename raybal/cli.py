@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,38 +16,10 @@ EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
 
-class UsageError(Exception):
-    """Bad input detected by the CLI itself."""
+def _progress(quiet: bool, stream: str = "stderr") -> Any:
+    from raybal.progress import ProgressPrinter
 
-
-class ProgressPrinter:
-    """One line per epoch (epoch, loss, accuracy, MU), a counter for sweeps."""
-
-    def __init__(self, quiet: bool = False, stream: Any = None) -> None:
-        self.quiet = quiet
-        self.stream = stream or sys.stderr
-        self.t0 = time.perf_counter()
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def __call__(self, ev: dict[str, Any]) -> None:
-        if self.quiet:
-            return
-        if "robustness" in ev:
-            done, total = ev["robustness"]
-            end = "\n" if done == total or not self.tty else "\r"
-            if self.tty or done == total or done % 10 == 0:
-                print(f"[{ev['trial_id']}] robustness sweep {done}/{total}", end=end, file=self.stream, flush=True)
-            return
-        metric = "accuracy" if "val_accuracy" in ev else "miou"
-        parts = [f"[{ev['trial_id']}] epoch {ev['epoch']}/{ev['epochs']}",
-                 f"loss {ev['train_loss']:.3f}", f"train {metric} {ev[f'train_{metric}']:.3f}",
-                 f"val {metric} {ev[f'val_{metric}']:.3f}"]
-        if ev.get("mu"):
-            parts.append("MU " + " ".join(f"{m} {v:.2f}" for m, v in ev["mu"].items()))
-        if ev.get("lambda_mu") is not None:
-            parts.append(f"lambda {ev['lambda_mu']:.3g}")
-        parts.append(f"{time.perf_counter() - self.t0:.0f}s")
-        print("  ".join(parts), file=self.stream, flush=True)
+    return ProgressPrinter(quiet, stream)
 
 
 def _overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -58,7 +29,7 @@ def _overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from raybal.config import load_config
+    from raybal.resolve import load_config
     from raybal.runner import default_results_dir, train_to_dir
 
     overrides = _overrides(args.set)
@@ -68,14 +39,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["train.use_gpu"] = True
     cfg = load_config(args.config, overrides)
     results = Path(args.results) if args.results else default_results_dir(cfg)
-    result = train_to_dir(cfg, results, progress=ProgressPrinter(args.quiet), address=args.address, quiet=args.quiet)
+    distributed = cfg.train.workers > 1 or args.address
+    # In a Ray Train worker, stdout reaches this console through Ray's log forwarding.
+    progress = _progress(args.quiet, "stdout" if distributed else "stderr")
+    result = train_to_dir(cfg, results, progress=progress, address=args.address, quiet=args.quiet)
     _print_summary(result, results)
     return 0
 
 
 def _print_summary(result: Any, results: Path) -> None:
+    from raybal.tasks import metric_name
+
     f = result.final
-    metric = "accuracy" if "final.test_accuracy" in f else "miou"
+    metric = metric_name(result.config.data.params.task)
     mods = result.config.modalities
     mu = "  ".join(f"{m} {f[f'final.mu.{m}']:.3f} (raw {f[f'final.mu_raw.{m}']:.3f})" for m in mods)
     print(f"done in {result.wall_s:.1f}s: val {metric} {f[f'final.val_{metric}']:.4f}  test {metric} "
@@ -88,44 +64,13 @@ def _print_summary(result: Any, results: Path) -> None:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
+    from raybal.runner import robustness_to_dir
 
-    from raybal.checkpoint import config_of, load_checkpoint
-    from raybal.config import config_from_dict, set_dotted
-    from raybal.data import load_data
-    from raybal.results import atomic_write_json, check_writable, environment, write_results
-    from raybal.robustness import summarize, sweep
-    from raybal.train import RunResult, build_for
-
-    try:
-        ckpt = load_checkpoint(args.checkpoint)
-        cfg = config_of(ckpt)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
-    raw = cfg.to_dict()
-    raw["robustness"]["enabled"] = True
-    for k, v in _overrides(args.set).items():
-        if not k.startswith("robustness."):
-            raise UsageError(f"{k}: only robustness.* keys can be overridden here")
-        set_dotted(raw, k, v)
-    cfg = config_from_dict(raw)
-    trial_id = str(ckpt.get("trial_id", "run"))
-    results = Path(args.results) if args.results else Path("results") / f"robustness-{trial_id}-{cfg.digest()[:8]}"
-    check_writable(results)
-    data = load_data(cfg.data)
-    model = build_for(cfg, data)
-    model.load_state_dict(ckpt["model"])
-    printer = ProgressPrinter(args.quiet)
-    rows = sweep(model, data, cfg.robustness, mu_repeats=cfg.train.mu_repeats,
-                 progress=lambda d, t: printer({"trial_id": trial_id, "robustness": (d, t)}))
-    summary = summarize(rows, data.task)
-    res = RunResult(trial_id=trial_id, config=cfg, robustness=[{"trial_id": trial_id, **r} for r in rows],
-                    final={**ckpt.get("final", {}), **summary}, checkpoint=str(Path(args.checkpoint).resolve()))
-    write_results(results, [res])
-    atomic_write_json({"kind": "robustness", "checkpoint": res.checkpoint, "config": cfg.to_dict(),
-                       "config_digest": cfg.digest(), "versions": environment(), "summary": summary},
-                      results / "run.json")
-    for k, v in summary.items():
-        print(f"{k} {v:.4f}")
+    res, results = robustness_to_dir(args.checkpoint, args.results, _overrides(args.set),
+                                     progress=_progress(args.quiet))
+    for k, v in res.final.items():
+        if k.startswith("robust."):
+            print(f"{k} {v:.4f}")
     print(f"results: {results.resolve()}  (robustness.parquet, trials.parquet, run.json)")
     return 0
 
@@ -201,6 +146,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_set(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from raybal import __version__
 
@@ -218,8 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "config into the same --results resumes from its last checkpoint.")
     t.add_argument("config", help="run file (TOML): [data] [model] [balance] [train] [robustness]")
     t.add_argument("--results", help="results directory (default: results/train-<data>-<method>-<hash>)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=0.003 (repeatable; values read as TOML)")
+    _add_set(t, "override a config value, e.g. --set train.lr=0.003 (repeatable; values read as TOML)")
     t.add_argument("--workers", type=int, help="data-parallel workers on Ray Train (default: train.workers)")
     t.add_argument("--gpu", action="store_true", help="one GPU per worker (sets train.use_gpu)")
     t.add_argument("--address", help="join a running Ray cluster (e.g. auto) instead of training in-process")
@@ -232,8 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "checkpoint's [robustness] section, changed with --set robustness.KEY=VALUE.")
     r.add_argument("checkpoint", help="a model.pt written by raybal train / study")
     r.add_argument("--results", help="output directory (default: results/robustness-<trial>-<hash>)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="e.g. --set 'robustness.corruptions=[\"gaussian\",\"speckle\"]'")
+    _add_set(r, "e.g. --set 'robustness.corruptions=[\"gaussian\",\"speckle\"]'")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_robustness)
 
@@ -248,8 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("study", help="study file (TOML)")
     sr.add_argument("--results", help="results directory (default: results/<study.name>)")
     sr.add_argument("--address", help="join a running Ray cluster, e.g. auto")
-    sr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a value of the file, e.g. --set study.num_samples=4")
+    _add_set(sr, "override a value of the file, e.g. --set study.num_samples=4")
     sr.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     sr.set_defaults(func=cmd_study_run)
     sm = ssub.add_parser("resume", help="continue an interrupted study",
@@ -288,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from raybal.checkpoint import CheckpointError
     from raybal.config import ConfigError
     from raybal.data.base import DataError
     from raybal.results import ResultsError
@@ -296,16 +243,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, DataError, ResultsError, UsageError) as exc:
+    except (ConfigError, DataError, ResultsError, CheckpointError) as exc:
         print(f"raybal: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("raybal: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:  # the run itself failed: recorded in the results, one line here
-        from raybal.train import _one_line
+        from raybal.records import one_line
 
-        print(f"raybal: run failed: {_one_line(exc)}", file=sys.stderr)
+        print(f"raybal: run failed: {one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
 
 

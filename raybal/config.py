@@ -6,6 +6,10 @@ A run file (TOML) has the sections ``[data]``, ``[model]``, ``[balance]``, ``[tr
 dataclass. Every failure is a :class:`ConfigError` that names the dotted key, raised before
 any work starts. The tree is made of frozen dataclasses and :class:`FrozenMap`, so a config
 can be hashed, pickled to Ray workers and stored with every result row and checkpoint.
+
+This module is the bottom layer (DESIGN.md §5.9): it knows no registry. Resolving a run file
+against the registries (which data set / model / method a name means, and the checks that
+span sections) is :mod:`raybal.resolve`, one layer above the registries.
 """
 
 from __future__ import annotations
@@ -71,9 +75,16 @@ class FrozenMap(Mapping[str, Any]):
 
 
 def knob(default: Any, *, ge: float | None = None, gt: float | None = None,
-         le: float | None = None, lt: float | None = None, doc: str = "") -> Any:
-    """A dataclass field with a numeric range checked on load."""
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc}
+         le: float | None = None, lt: float | None = None, doc: str = "", resource: bool = False,
+         fractions: bool = False) -> Any:
+    """A dataclass field with a numeric range checked on load.
+
+    ``resource = True`` marks a knob that says *where* a run executes (workers, GPUs, threads),
+    not *what* it computes: it is left out of :meth:`RunConfig.digest`, so the same run with more
+    workers is the same run. ``fractions = True`` marks a table modality -> fraction that sums to
+    1 (a utilization target): studies search it on the simplex and keep the sum at 1.
+    """
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc, "resource": resource, "fractions": fractions}
     if isinstance(default, (dict, list, tuple, FrozenMap)):
         value = default
         return field(default_factory=lambda: _freeze(value), metadata=meta)
@@ -254,16 +265,16 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     seed: int = knob(0, ge=0)
-    workers: int = knob(1, ge=1, doc="data-parallel workers on Ray Train (1 = plain fit(), no Ray)")
-    use_gpu: bool = False
-    max_failures: int = knob(2, ge=0, doc="Ray Train: worker-group restarts (from the last epoch checkpoint)")
-    cpus_per_worker: int = knob(1, ge=1, doc="Ray Train: CPUs (torch threads) per worker")
+    workers: int = knob(1, ge=1, resource=True, doc="data-parallel workers on Ray Train (1 = plain fit(), no Ray)")
+    use_gpu: bool = knob(False, resource=True)
+    max_failures: int = knob(2, ge=0, resource=True, doc="Ray Train: worker-group restarts (from the last epoch checkpoint)")
+    cpus_per_worker: int = knob(1, ge=1, resource=True, doc="Ray Train: CPUs (torch threads) per worker")
     precision: Literal["fp32", "bf16"] = "fp32"
     select: Literal["best_val", "last"] = "best_val"
     mu_repeats: int = knob(3, ge=1, doc="shuffles averaged per permutation-MU estimate")
     mu_every: int = knob(1, ge=1, doc="measure val MU every N epochs (and always at the end)")
-    num_threads: int = knob(0, ge=0, doc="torch CPU threads; 0 = torch's default")
-    checkpoint_every: int = knob(1, ge=1)
+    num_threads: int = knob(0, ge=0, resource=True, doc="torch CPU threads; 0 = torch's default")
+    checkpoint_every: int = knob(1, ge=1, resource=True)
 
 
 @dataclass(frozen=True)
@@ -273,7 +284,7 @@ class RobustnessConfig:
     enabled: bool = False
     modalities: tuple[str, ...] = ()
     corruptions: tuple[str, ...] = ("gaussian", "blackout")
-    levels: FrozenMap = knob({}, ge=0.0, doc="corruption -> levels; missing ones use raybal.noise.DEFAULT_LEVELS")
+    levels: FrozenMap = knob({}, ge=0.0, doc="corruption -> levels; missing ones use the corruption's registered default levels")
     splits: tuple[Literal["val", "test"], ...] = ("val", "test")
     measure_mu: bool = True
     seed: int = knob(0, ge=0)
@@ -281,7 +292,7 @@ class RobustnessConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The whole tree. Construct it with :func:`load_config` / :func:`config_from_dict`."""
+    """The whole tree. Construct it with :func:`raybal.resolve.load_config` / ``config_from_dict``."""
 
     data: DataConfig
     model: ModelConfig
@@ -315,14 +326,20 @@ class RunConfig:
         return flatten_dict(self.to_dict())
 
     def digest(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """A hash of what the run computes: resource knobs (``knob(resource=True)``) are left out."""
+        d = self.to_dict()
+        d["train"] = {k: v for k, v in d["train"].items() if k not in RESOURCE_KEYS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
-    def replace(self, overrides: Mapping[str, Any]) -> RunConfig:
-        """A new validated config with dotted overrides applied."""
-        raw = self.to_dict()
-        for key, value in overrides.items():
-            set_dotted(raw, key, value)
-        return config_from_dict(raw)
+
+RESOURCE_KEYS = frozenset(f.name for f in fields(TrainConfig) if f.metadata.get("resource"))
+
+
+def fraction_fields(params_cls: type | None) -> tuple[str, ...]:
+    """The knobs of a params dataclass declared with ``knob(fractions=True)``."""
+    if params_cls is None or not dataclasses.is_dataclass(params_cls):
+        return ()
+    return tuple(f.name for f in fields(params_cls) if f.metadata.get("fractions"))
 
 
 def _drop_none(d: Any) -> Any:
@@ -370,95 +387,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parsed
 
 
-# ----------------------------------------------------------------------------- loading
-
-
-def _build_selected(section: str, selector: str, default: str, raw: Mapping[str, Any],
-                    registry: Any, cls: type) -> Any:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(section, f"expected a table, got {raw!r}")
-    raw = dict(raw)
-    name = raw.pop(selector, default)
-    key = f"{section}.{selector}"
-    if not isinstance(name, str):
-        raise ConfigError(key, f"expected a string, got {name!r}")
-    if name not in registry:
-        raise ConfigError(key, f"unknown {registry.kind} {name!r} (known: {', '.join(registry.names())})")
-    extra: dict[str, Any] = {}
-    if section == "data" and "cache_dir" in raw:
-        cache_dir = raw.pop("cache_dir")
-        if not isinstance(cache_dir, str):
-            raise ConfigError("data.cache_dir", f"expected a string, got {cache_dir!r}")
-        extra["cache_dir"] = cache_dir
-    entry = registry.get(name)
-    if entry.params is None:
-        if raw:
-            raise ConfigError(f"{section}.{next(iter(raw))}", f"unknown key ({registry.kind} {name!r} takes no knobs)")
-        params = None
-    else:
-        params = build(entry.params, raw, section)
-    return cls(**{selector: name, "params": params, **extra})
-
-
-def config_from_dict(raw: Mapping[str, Any], *, allow: tuple[str, ...] = ()) -> RunConfig:
-    """Validate a nested dict (a parsed run file) into a :class:`RunConfig`.
-
-    ``allow`` names extra top-level sections the caller handles itself (a study's
-    ``[study]`` and ``[search]``); they are ignored here.
-    """
-    from raybal.balancing import METHODS
-    from raybal.data import DATASETS
-    from raybal.models import MODELS
-
-    if not isinstance(raw, Mapping):
-        raise ConfigError("", "a run file must be a TOML table")
-    for section in raw:
-        if section not in RUN_SECTIONS and section not in allow:
-            hint = " (it belongs in a study file: use `raybal study run`)" if section in ("study", "search") else ""
-            raise ConfigError(section, f"unknown section{hint} (allowed: {', '.join(RUN_SECTIONS)})")
-    data = _build_selected("data", "name", "synthetic_aerial", raw.get("data", {}), DATASETS, DataConfig)
-    model = _build_selected("model", "name", "late", raw.get("model", {}), MODELS, ModelConfig)
-    balance = _build_selected("balance", "method", "vanilla", raw.get("balance", {}), METHODS, BalanceConfig)
-    train = build(TrainConfig, raw.get("train", {}), "train")
-    rob_raw = raw.get("robustness")
-    if rob_raw is not None and isinstance(rob_raw, Mapping) and "enabled" not in rob_raw:
-        rob_raw = {**rob_raw, "enabled": True}
-    robustness = build(RobustnessConfig, rob_raw or {}, "robustness")
-    cfg = RunConfig(data, model, balance, train, robustness)
-    _cross_validate(cfg)
-    return cfg
-
-
-def _cross_validate(cfg: RunConfig) -> None:
-    """Checks that span sections: modality names, task/model fit, method/model fit."""
-    from raybal.balancing import METHODS
-    from raybal.models import MODELS
-    from raybal.noise import CORRUPTIONS
-
-    mods = cfg.modalities
-    for i, m in enumerate(cfg.robustness.modalities):
-        if m not in mods:
-            raise ConfigError(f"robustness.modalities[{i}]", f"unknown modality {m!r} (data set has: {', '.join(mods)})")
-    for i, c in enumerate(cfg.robustness.corruptions):
-        if c not in CORRUPTIONS:
-            raise ConfigError(f"robustness.corruptions[{i}]",
-                              f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
-    for c in cfg.robustness.levels:
-        if c not in CORRUPTIONS:
-            raise ConfigError(f"robustness.levels.{c}", f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
-    model_entry = MODELS.get(cfg.model.name)
-    task = cfg.data.params.task
-    if task not in model_entry.obj.tasks:
-        raise ConfigError("model.name", f"model {cfg.model.name!r} does not support the {task} task "
-                          f"of data set {cfg.data.name!r}")
-    method_cls = METHODS.get(cfg.balance.method).obj
-    method_cls.check_config(cfg)
-    tc = cfg.train
-    if tc.batch_size % tc.workers:
-        raise ConfigError("train.batch_size", f"the global batch {tc.batch_size} must be divisible by "
-                          f"train.workers = {tc.workers}")
-
-
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -469,19 +397,3 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError("", f"{p}: malformed TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError("", f"{p}: not a text file") from None
-
-
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
-    """Load a run file and apply dotted overrides; raises :class:`ConfigError`."""
-    raw = load_toml(path)
-    for key, value in (overrides or {}).items():
-        set_dotted(raw, key, value)
-    return config_from_dict(raw)
-
-
-def default_config(**overrides: Any) -> RunConfig:
-    """The embedded default (synthetic_aerial, late fusion, vanilla), with dotted overrides."""
-    raw: dict[str, Any] = {}
-    for k, v in overrides.items():
-        set_dotted(raw, k.replace("__", "."), v)
-    return config_from_dict(raw)

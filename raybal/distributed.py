@@ -26,15 +26,17 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from raybal.config import RunConfig, config_from_dict
-from raybal.results import atomic_write_bytes
-from raybal.train import DistContext, Progress, RunResult, fit
+from raybal.balancing import METHODS
+from raybal.config import RunConfig
+from raybal.fileio import atomic_write_bytes
+from raybal.records import RunResult
+from raybal.resolve import config_from_json
+from raybal.train import DistContext, Progress, fit
 
 RESULT_FILE = "result.pkl"
 
@@ -70,7 +72,7 @@ def _worker(loop: dict[str, Any]) -> None:
     logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)  # its per-report INFO line is noise
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = config_from_dict(json.loads(loop["config_json"]))
+    cfg = config_from_json(loop["config_json"])
     torch.set_num_threads(cfg.train.cpus_per_worker)
     if cfg.train.use_gpu and torch.cuda.is_available():
         import ray.train.torch
@@ -81,8 +83,6 @@ def _worker(loop: dict[str, Any]) -> None:
         device = torch.device("cpu")
     ckdir = Path(loop["checkpoint_dir"])
     atomic_write_bytes(ckdir / "workers" / f"rank{rank}.pid", str(os.getpid()).encode())  # for fault-injection tests
-
-    from raybal.balancing import METHODS
 
     # Greedy re-balancing steps bypass a gate's parameters: only then must DDP look for unused ones.
     unused = bool(METHODS.get(cfg.balance.method).obj.needs_gates)
@@ -106,11 +106,7 @@ def _worker(loop: dict[str, Any]) -> None:
         if epoch == 1:  # the record a test checks: each rank's samples of the first epoch
             atomic_write_bytes(ckdir / "shards" / f"rank{rank}.json", json.dumps(order.tolist()).encode())
 
-    progress = None
-    if rank == 0 and not loop.get("quiet"):
-        from raybal.cli import ProgressPrinter
-
-        progress = ProgressPrinter(stream=sys.stdout)
+    progress = loop.get("progress") if rank == 0 else None  # handed in by the caller (picklable)
     dist = DistContext(rank=rank, world_size=world, device=device, wrap_model=wrap, all_reduce_mean=all_reduce_mean,
                        report=report, shard_log=shard_log)
     result = fit(cfg, trial_id=loop["trial_id"], checkpoint_dir=ckdir, progress=progress, dist=dist)
@@ -121,7 +117,11 @@ def _worker(loop: dict[str, Any]) -> None:
 def fit_distributed(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path,
                     storage_path: str | Path, address: str | None = None, quiet: bool = False,
                     progress: Progress | None = None) -> RunResult:
-    """Run ``fit`` on ``train.workers`` Ray Train workers; returns rank 0's :class:`RunResult`."""
+    """Run ``fit`` on ``train.workers`` Ray Train workers; returns rank 0's :class:`RunResult`.
+
+    ``progress`` (a picklable callable, e.g. :class:`raybal.progress.ProgressPrinter` on stdout)
+    receives rank 0's per-epoch events inside its worker process.
+    """
     from ray.train import FailureConfig, LoggingConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -134,7 +134,7 @@ def fit_distributed(config: RunConfig, *, trial_id: str = "run", checkpoint_dir:
         trainer = TorchTrainer(
             _worker,
             train_loop_config={"config_json": config.to_json(), "trial_id": trial_id, "checkpoint_dir": str(ckdir),
-                               "quiet": quiet},
+                               "progress": None if quiet else progress},
             torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=tc.use_gpu,
                                          resources_per_worker={"CPU": tc.cpus_per_worker}),

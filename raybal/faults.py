@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from raybal.constraint import Constraint
+
 if TYPE_CHECKING:
     from raybal.config import RunConfig
 
@@ -29,8 +31,6 @@ def maybe_inject(config: RunConfig, epoch: int) -> None:
     if not at.isdigit() or int(at) != epoch:
         return
     if condition:
-        from raybal.space import Constraint
-
         c = Constraint.parse(condition, ENV)
         if not c.holds(config.flatten().get(c.metric)):
             return

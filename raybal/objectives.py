@@ -7,29 +7,25 @@ are reported, never optimised); a constraint is ``<column> <op> <number>`` and i
 
 from __future__ import annotations
 
-import math
-import operator
 import re
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
+from raybal.balancing import METHODS
 from raybal.config import ConfigError, FrozenMap, knob
+from raybal.constraint import Constraint
+from raybal.tasks import metric_name
 
 if TYPE_CHECKING:
     from raybal.config import RunConfig
 
-_OBJECTIVE_PATTERNS = (
-    (re.compile(r"^final\.val_(accuracy|miou|loss)$"), None),
-    (re.compile(r"^final\.val_mu_target_error$"), "min"),
-    (re.compile(r"^robust\.val_mean_(accuracy|miou)$"), "max"),
-    (re.compile(r"^robust\.val_(accuracy|miou)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+\.[0-9.]+$"), "max"),
+# Objectives every run offers, whatever its method: (pattern over {metric}, default mode or None).
+_TASK_OBJECTIVES = (
+    (r"^final\.val_({metric}|loss)$", None),
+    (r"^robust\.val_mean_{metric}$", "max"),
+    (r"^robust\.val_{metric}\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+\.[0-9.]+$", "max"),
 )
-OBJECTIVE_HELP = ("final.val_accuracy (final.val_miou), final.val_loss, robust.val_mean_accuracy, "
-                  "robust.val_accuracy.<modality>.<corruption>.<level>, final.val_mu_target_error")
-_OPS: dict[str, Callable[[Any, Any], bool]] = {
-    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
-_CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_.@:-]+)\s*(>=|<=|==|>|<)\s*([-+0-9.eE]+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -38,28 +34,10 @@ class Objective:
     mode: Literal["max", "min"]
 
 
-@dataclass(frozen=True)
-class Constraint:
-    metric: str
-    op: str
-    value: float
-
-    @classmethod
-    def parse(cls, text: str, key: str = "constraint") -> Constraint:
-        m = _CONSTRAINT.match(text)
-        if not m:
-            raise ConfigError(key, f"cannot parse {text!r}; write e.g. \"final.val_accuracy >= 0.9\"")
-        return cls(m.group(1), m.group(2), float(m.group(3)))
-
-    def holds(self, value: Any) -> bool:
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            return False
-        return not math.isnan(v) and _OPS[self.op](v, self.value)
-
-    def __str__(self) -> str:
-        return f"{self.metric} {self.op} {self.value:g}"
+def objective_help(metric: str, methods: Iterable[str]) -> str:
+    offered = [k for m in methods for k in METHODS.get(m).obj.objectives]
+    return ", ".join([f"final.val_{metric}", "final.val_loss", f"robust.val_mean_{metric}",
+                      f"robust.val_{metric}.<modality>.<corruption>.<level>", *dict.fromkeys(offered)])
 
 
 @dataclass(frozen=True)
@@ -89,9 +67,15 @@ class StudySettings:
                 raise ConfigError(f"{prefix}.objectives.{metric}", f"mode must be 'max' or 'min', got {mode!r}")
 
 
-def resolve_objectives(s: StudySettings, base: RunConfig) -> tuple[Objective, ...]:
-    """The study's objectives with their modes; validation metrics only."""
-    metric = "accuracy" if base.data.params.task == "classification" else "miou"
+def resolve_objectives(s: StudySettings, base: RunConfig, methods: Iterable[str] = ()) -> tuple[Objective, ...]:
+    """The study's objectives with their modes; validation metrics only.
+
+    ``methods`` are the balancing methods the study's trials may use (the base file's and any
+    the search chooses among); a method's own objectives (:attr:`BalanceMethod.objectives`) are
+    allowed when every one of them offers it.
+    """
+    metric = metric_name(base.data.params.task)
+    methods = tuple(dict.fromkeys([base.balance.method, *methods]))
     pairs = list(s.objectives.items()) if s.objectives else [(s.objective or f"final.val_{metric}", s.mode)]
     out = []
     for name, mode in pairs:
@@ -99,15 +83,20 @@ def resolve_objectives(s: StudySettings, base: RunConfig) -> tuple[Objective, ..
         if ".test" in name or "test_" in name:
             raise ConfigError(key, f"{name!r} is a test metric: test numbers are reported, never optimised "
                               f"(use the val one, e.g. {name.replace('test', 'val')})")
-        match = next((default for pat, default in _OBJECTIVE_PATTERNS if pat.match(name)), "none")
-        if match == "none":
-            raise ConfigError(key, f"unknown objective {name!r} (known: {OBJECTIVE_HELP})")
+        default = next((d for pat, d in _TASK_OBJECTIVES if re.match(pat.format(metric=metric), name)), "none")
+        if default == "none":
+            offering = [m for m in METHODS.names() if name in METHODS.get(m).obj.objectives]
+            lacking = [m for m in methods if m not in offering]
+            if not offering:
+                raise ConfigError(key, f"unknown objective {name!r} (known: {objective_help(metric, methods)})")
+            if lacking:
+                raise ConfigError(key, f"{name!r} is offered by balance.method {' / '.join(map(repr, offering))}, "
+                                  f"not by {lacking[0]!r}")
+            default = METHODS.get(offering[0]).obj.objectives[name]
         if name.startswith("robust.") and not base.robustness.enabled:
             raise ConfigError(key, f"{name!r} needs a [robustness] section with splits including \"val\"")
         if name.startswith("robust.") and "val" not in base.robustness.splits:
             raise ConfigError("robustness.splits", f"objective {name!r} needs \"val\" in robustness.splits")
-        if name == "final.val_mu_target_error" and base.balance.method != "mu_target":
-            raise ConfigError(key, "final.val_mu_target_error needs balance.method = \"mu_target\"")
-        mode = mode or match or ("min" if name.endswith("loss") else "max")
+        mode = mode or default or ("min" if name.endswith("loss") else "max")
         out.append(Objective(name, mode))
     return tuple(out)

@@ -2,7 +2,7 @@
 
 Every function takes a :class:`raybal.results.Results` (or the tables it holds) and returns a
 matplotlib Figure, or raises :class:`NoData` with a one-line reason when the tables lack what
-the figure needs (a single run has no search; a study without ``mu_target`` has no targets).
+the figure needs (a single run has no search; a study whose methods have no target has no targets).
 Colours come from seaborn's colour-blind-safe palette.
 """
 
@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from raybal.records import target_columns
 from raybal.results import Results
+from raybal.tasks import metric_of_columns
 
 PALETTE = "colorblind"
 BAND = 0.05
@@ -32,18 +34,21 @@ def _style() -> None:
 
 
 def trial_labels(trials: pd.DataFrame) -> pd.Series:
-    """A short label per trial: the method, with the target for mu_target (e.g. 'mu_target eo=0.75')."""
+    """A short label per trial: the method, with its target when it has one (e.g. "<method> eo=0.75")."""
+    tcols = sorted(target_columns(trials.columns).items())
+
     def one(r: pd.Series) -> str:
-        method = r.get("balance.method", "run")
-        cols = sorted(c for c in r.index if c.startswith("balance.target.") and pd.notna(r[c]))
-        if method == "mu_target" and cols:
-            return f"mu_target {cols[0].rsplit('.', 1)[1]}={float(r[cols[0]]):.2f}"
-        return str(method)
+        method = str(r.get("balance.method", "run"))
+        given = [(m, c) for m, c in tcols if pd.notna(r[c])]
+        if given:
+            m, c = given[0]
+            return f"{method} {m}={float(r[c]):.2f}"
+        return method
     return trials.set_index("trial_id").apply(one, axis=1) if not trials.empty else pd.Series(dtype=str)
 
 
 def metric_of(res: Results) -> str:
-    return "miou" if "miou" in res.epochs.columns or "final.val_miou" in res.trials.columns else "accuracy"
+    return metric_of_columns([*res.epochs.columns, *res.trials.columns])
 
 
 def mu_over_epochs(res: Results, split: str = "val") -> plt.Figure:
@@ -59,9 +64,10 @@ def mu_over_epochs(res: Results, split: str = "val") -> plt.Figure:
     u = u.assign(run=u["trial_id"].map(labels).fillna(u["trial_id"]) + " · " + u["trial_id"].astype(str).str[:8])
     mods = list(dict.fromkeys(u["modality"]))
     fig, axes = plt.subplots(1, len(mods), figsize=(5.5 * len(mods), 4.2), sharey=True, squeeze=False)
+    tcols = target_columns(res.trials.columns)
     for ax, m in zip(axes[0], mods, strict=True):
-        col = f"balance.target.{m}"
-        if col in res.trials:
+        col = tcols.get(m)
+        if col is not None:
             for t in sorted(res.trials[col].dropna().unique()):
                 ax.axhspan(t - BAND, t + BAND, color="0.5", alpha=0.12, lw=0)
                 ax.axhline(t, color="0.4", lw=0.8, ls=":")
@@ -106,12 +112,12 @@ def achieved_vs_target(res: Results) -> plt.Figure:
     """3. Achieved test MU share vs the target, per modality, with the identity line and a ±0.10 band."""
     t = res.trials
     t = t[t["status"] == "ok"] if "status" in t else t
-    mods = [c.split(".", 2)[2] for c in t.columns if c.startswith("balance.target.")]
-    rows = [{"modality": m, "target": r[f"balance.target.{m}"], "achieved": r.get(f"final.mu.{m}")}
-            for m in mods for _, r in t.iterrows() if pd.notna(r[f"balance.target.{m}"])]
+    tcols = target_columns(t.columns)
+    rows = [{"modality": m, "target": r[c], "achieved": r.get(f"final.mu.{m}")}
+            for m, c in tcols.items() for _, r in t.iterrows() if pd.notna(r[c])]
     df = pd.DataFrame(rows).dropna() if rows else pd.DataFrame()
     if df.empty:
-        raise NoData("no finished trial with a target utilization (balance.method = mu_target)")
+        raise NoData("no finished trial with a target utilization (a method with a `target`)")
     _style()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     x = np.linspace(0, 1, 2)
@@ -134,7 +140,7 @@ def search(res: Results, objective: str | None = None) -> plt.Figure:
     objective = objective or (objectives[0]["metric"] if objectives else None)
     params = [c for c in searched_columns(t, res.meta) if c in t and pd.api.types.is_numeric_dtype(t[c])
               or (c in t and c.endswith(".method"))]
-    targets = [c for c in params if c.startswith("balance.target.")]
+    targets = [c for c in params if c in target_columns(t.columns).values()]
     params = [c for c in params if c not in targets[1:]] if len(targets) == 2 else params  # M = 2: one is 1 - other
     if res.kind != "study" or not objective or objective not in t or not params:
         raise NoData("not a study with searched parameters (a single run has no search)")
@@ -168,7 +174,7 @@ def greedy(res: Results) -> plt.Figure:
     """5. Wu et al.: learning-speed imbalance over training and the final conditional utilization imbalance."""
     e, t = res.epochs, res.trials
     if "speed_imbalance" not in e or e["speed_imbalance"].dropna().empty:
-        raise NoData("no greedy_guided / greedy_random trial (no learning-speed records)")
+        raise NoData("no learning-speed records (no trial of a method that tracks conditional learning speed)")
     labels = trial_labels(t)
     tr = e[(e["split"] == "train") & e["speed_imbalance"].notna()]
     tr = tr.assign(run=tr["trial_id"].map(labels).fillna(tr["trial_id"]) + " · " + tr["trial_id"].astype(str).str[:8])

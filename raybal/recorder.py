@@ -19,10 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from raybal import checkpoint
 from raybal.config import ConfigError
+from raybal.records import RunResult
 from raybal.results import ResultsError, load_results, write_results
 from raybal.space import Study
-from raybal.train import RunResult
 
 RESULT_FILE = "result.pkl"
 SKIPPED = "SKIPPED"
@@ -49,6 +50,12 @@ def claim_slot(results_dir: Path, tid: str, n: int) -> bool:
     return False
 
 
+def slot_holders(results_dir: Path) -> set[str]:
+    """Ids of the trials that hold a slot now."""
+    sd = results_dir / "slots"
+    return {f.read_text() for f in sd.iterdir()} if sd.is_dir() else set()
+
+
 def release_unfinished_slots(results_dir: Path) -> None:
     sd = results_dir / "slots"
     for f in sd.iterdir() if sd.is_dir() else []:
@@ -60,21 +67,14 @@ def release_unfinished_slots(results_dir: Path) -> None:
 def stopped_result(study: Study, tid: str, params: dict[str, Any], ckdir: Path, status: str,
                     error: str | None) -> RunResult:
     """A trial that ended without its own record: rebuild it from its last checkpoint."""
-    from raybal.checkpoint import load_checkpoint
-
     try:
         cfg = study.space.trial_config(study.base_raw, params)
     except ConfigError:
         cfg = study.base
     r = RunResult(trial_id=tid, config=cfg, status=status, error=error)
-    last = ckdir / "last.pt"
-    if last.is_file():
-        try:
-            st = load_checkpoint(last)
-            r.epochs, r.utilization = st["epochs"], st["utilization"]
-            r.wall_s = float(st.get("wall_s", 0.0))
-        except Exception:  # a checkpoint torn by a killed process: the config row still counts
-            pass
+    recs = checkpoint.read_records(ckdir / checkpoint.LAST)
+    if recs is not None:  # None: no checkpoint, or one torn by a killed process; the config row still counts
+        r.epochs, r.utilization, r.wall_s = recs
     return r
 
 

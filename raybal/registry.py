@@ -1,18 +1,33 @@
 """Name-keyed registries for data sets, models, balancing methods and corruptions.
 
-Every pluggable concept in raybal is looked up by the name a user writes in a run file.
-An entry optionally declares a *params* dataclass: the keys of its config section other
-than the selector (``name`` / ``method``) are validated against it (see ``raybal.config``).
+Every pluggable concept in raybal is looked up by the name a user writes in a run file. An
+entry registers itself where it is defined, with a decorator::
+
+    @METHODS.register("my_method", MyParams)
+    class MyMethod(BalanceMethod): ...
+
+and its package imports every module inside it (:func:`import_submodules`), so adding an
+entry is one new file (plus its test). Each registry checks what it is given against the
+protocol its kind must follow (a ``check`` function), when registering, not when first used.
+An entry optionally declares a *params* dataclass: the keys of its config section other than
+the selector (``name`` / ``method``) are validated against it (:mod:`raybal.resolve`).
 Registering a name twice is an error, so two modules cannot silently shadow each other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+
+class RegistrationError(TypeError):
+    """An entry that does not provide what its registry's protocol asks for."""
 
 
 @dataclass(frozen=True)
@@ -21,24 +36,38 @@ class Entry(Generic[T]):
     obj: T
     params: type | None
     doc: str
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class Registry(Generic[T]):
-    """A mapping from name to a registered object and its params dataclass."""
+    """A mapping from name to a registered object, its params dataclass and metadata.
 
-    def __init__(self, kind: str) -> None:
+    ``check(name, obj, params)`` raises :class:`RegistrationError` when ``obj`` does not follow
+    the protocol of this kind of entry.
+    """
+
+    def __init__(self, kind: str, check: Callable[[str, Any, type | None], None] | None = None) -> None:
         self.kind = kind
+        self._check = check
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, params: type | None = None) -> Callable[[T], T]:
+    def register(self, name: str, params: type | None = None, **meta: Any) -> Callable[[T], T]:
         def deco(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if params is not None and not dataclasses.is_dataclass(params):
+                raise RegistrationError(f"{self.kind} {name!r}: params must be a dataclass, got {params!r}")
+            if self._check is not None:
+                self._check(name, obj, params)
             doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
-            self._entries[name] = Entry(name, obj, params, doc[0] if doc else "")
+            self._entries[name] = Entry(name, obj, params, doc[0] if doc else "", dict(meta))
             return obj
 
         return deco
+
+    def unregister(self, name: str) -> None:
+        """Remove an entry (tests that register a throwaway entry clean up with this)."""
+        self._entries.pop(name, None)
 
     def get(self, name: str) -> Entry[T]:
         try:
@@ -61,3 +90,18 @@ class Registry(Generic[T]):
 
     def describe(self) -> list[tuple[str, str]]:
         return [(n, self._entries[n].doc) for n in self.names()]
+
+
+def require(kind: str, name: str, obj: Any, members: Iterable[str]) -> None:
+    """Raise :class:`RegistrationError` naming the first of ``members`` that ``obj`` lacks."""
+    for m in members:
+        if not hasattr(obj, m):
+            raise RegistrationError(f"{kind} {name!r}: {getattr(obj, '__name__', obj)!s} must provide `{m}`")
+
+
+def import_submodules(package: str, path: Iterable[str], skip: Iterable[str] = ("base",)) -> None:
+    """Import every module of a package so the entries defined in them register themselves."""
+    skipped = set(skip)
+    for info in sorted(pkgutil.iter_modules(list(path)), key=lambda i: i.name):
+        if info.name not in skipped and not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

@@ -1,10 +1,11 @@
-"""Results as data: the tidy Parquet tables of DESIGN.md §4 and their atomic writing.
+"""Results as files: the tidy Parquet tables of DESIGN.md §4, written atomically and read back.
 
 A results directory holds ``trials.parquet`` (one row per trial), ``epochs.parquet``,
 ``utilization.parquet``, ``robustness.parquet`` (long format, seaborn-ready) and ``run.json``
-or ``study.json``. Every file is written under a temporary name and renamed into place, so a
-reader never sees half a file; appending a trial rewrites each table whole (rows of the same
-trial are replaced, never duplicated).
+or ``study.json``. The rows and their columns are :mod:`raybal.records`' business; this module
+only writes and reads files. Every file is written under a temporary name and renamed into
+place, so a reader never sees half a file; appending a trial rewrites each table whole (rows of
+the same trial are replaced, never duplicated).
 """
 
 from __future__ import annotations
@@ -14,72 +15,25 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
-if TYPE_CHECKING:
-    from raybal.train import RunResult
-
-TABLES = ("trials", "epochs", "utilization", "robustness")
-KEYS = {
-    "trials": ["trial_id"],
-    "epochs": ["trial_id", "epoch", "split"],
-    "utilization": ["trial_id", "epoch", "split", "modality", "final"],
-    "robustness": ["trial_id", "split", "modality", "corruption", "level"],
-}
-# Columns every table has even when no row fills them (nullable), so readers can rely on them.
-REQUIRED = {
-    "trials": ["trial_id", "status", "error", "config_json", "wall_s", "raybal_version"],
-    "epochs": ["trial_id", "epoch", "split", "loss", "lambda_mu"],
-    "utilization": ["trial_id", "epoch", "split", "modality", "mu", "cond_util", "learning_speed"],
-    "robustness": ["trial_id", "split", "modality", "corruption", "level"],
-}
+from raybal._version import __version__
+from raybal.fileio import atomic_path
+from raybal.records import TABLES, RunResult, frame, tables_of
 
 
 class ResultsError(ValueError):
     """A results directory that is missing, empty, foreign or unreadable."""
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it.
-
-    The rename is atomic on POSIX, so a reader sees the old file or the new one, never half.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files: give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
-
-
-def atomic_write_json(obj: Any, path: Path) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 MIN_FREE_MB = 64  # below this a run would die on its first checkpoint: refuse before training
@@ -108,26 +62,6 @@ def check_writable(results_dir: str | Path) -> Path:
     return d
 
 
-def _frame(rows: list[dict[str, Any]], table: str) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
-    for col in REQUIRED[table]:
-        if col not in df.columns:
-            df[col] = None
-    first = [c for c in KEYS[table] + REQUIRED[table] if c in df.columns]
-    ordered = list(dict.fromkeys(first + [c for c in df.columns if c not in first]))
-    return df[ordered]
-
-
-def tables_of(results: Iterable[RunResult]) -> dict[str, pd.DataFrame]:
-    rows: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
-    for r in results:
-        rows["trials"].append(r.trial_row())
-        rows["epochs"].extend(r.epochs)
-        rows["utilization"].extend(r.utilization)
-        rows["robustness"].extend(r.robustness)
-    return {t: _frame(v, t) for t, v in rows.items()}
-
-
 def _merge(old: pd.DataFrame | None, new: pd.DataFrame, table: str) -> pd.DataFrame:
     if old is None or old.empty:
         return new
@@ -154,8 +88,6 @@ def write_results(results_dir: str | Path, results: Iterable[RunResult], *, appe
 
 def environment() -> dict[str, str]:
     import torch
-
-    from raybal import __version__
 
     env = {"raybal": __version__, "torch": torch.__version__, "python": platform.python_version(),
            "platform": platform.platform()}
@@ -214,7 +146,7 @@ def load_results(results_dir: str | Path) -> Results:
     for t in TABLES:
         p = d / f"{t}.parquet"
         try:
-            frames[t] = read_table(p) if p.is_file() else _frame([], t)
+            frames[t] = read_table(p) if p.is_file() else frame([], t)
         except Exception as exc:
             raise ResultsError(f"{p}: unreadable Parquet ({exc.__class__.__name__})") from None
     return Results(d, frames["trials"], frames["epochs"], frames["utilization"], frames["robustness"], meta)

@@ -2,7 +2,7 @@
 
 Each grid point records the metric (accuracy, or mIoU for segmentation) and, when asked,
 the permutation MU under that corruption. Rows are tidy, one per (split, modality,
-corruption, level), ready for ``robustness.parquet``.
+corruption, level), built by :func:`raybal.records.robustness_row`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ from typing import Any
 from raybal.config import RobustnessConfig
 from raybal.data.base import MultiModalData
 from raybal.models.base import FusionModel
-from raybal.noise import DEFAULT_LEVELS, corrupter
+from raybal.noise import corrupter, default_levels
+from raybal.records import robustness_row
 from raybal.utilization import measure
-
-
-def metric_name(task: str) -> str:
-    return "accuracy" if task == "classification" else "miou"
 
 
 def grid(cfg: RobustnessConfig, modalities: tuple[str, ...]) -> list[tuple[str, str, float]]:
@@ -26,18 +23,17 @@ def grid(cfg: RobustnessConfig, modalities: tuple[str, ...]) -> list[tuple[str, 
     out = []
     for m in mods:
         for c in cfg.corruptions:
-            for level in cfg.levels.get(c, DEFAULT_LEVELS.get(c, (1.0,))):
+            for level in cfg.levels.get(c, default_levels(c)):
                 out.append((m, c, float(level)))
     return out
 
 
-def sweep(model: FusionModel, data: MultiModalData, cfg: RobustnessConfig, *, mu_repeats: int = 3,
+def sweep(model: FusionModel, data: MultiModalData, cfg: RobustnessConfig, *, trial_id: str, mu_repeats: int = 3,
           progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """Evaluate ``model`` over the corruption grid; returns one row per grid point and split."""
     rows: list[dict[str, Any]] = []
     points = grid(cfg, data.modalities)
     total = len(points) * len(cfg.splits)
-    metric = metric_name(data.task)
     done = 0
     for split in cfg.splits:
         for i, (mod, corruption, level) in enumerate(points):
@@ -46,28 +42,8 @@ def sweep(model: FusionModel, data: MultiModalData, cfg: RobustnessConfig, *, mu
             res = measure(model, data.split(split), num_classes=data.num_classes, task=data.task,
                           n_repeats=mu_repeats, seed=cfg.seed, corrupt=fn,
                           modalities=data.modalities if cfg.measure_mu else ())
-            row: dict[str, Any] = {"split": split, "modality": mod, "corruption": corruption, "level": level,
-                                   metric: res.metric, "loss": res.loss}
-            if cfg.measure_mu:
-                for m in data.modalities:
-                    row[f"mu.{m}"] = res.shares[m]
-                    row[f"mu_raw.{m}"] = res.raw[m]
-            rows.append(row)
+            rows.append(robustness_row(trial_id, split, mod, corruption, level, data.task, res, cfg.measure_mu))
             done += 1
             if progress is not None:
                 progress(done, total)
     return rows
-
-
-def summarize(rows: list[dict[str, Any]], task: str) -> dict[str, float]:
-    """``robust.<split>_mean_<metric>`` (the mean over the grid on each split) and one column per
-    grid point, ``robust.<split>_<metric>.<modality>.<corruption>.<level>`` (a study objective can
-    name either)."""
-    metric = metric_name(task)
-    out: dict[str, float] = {}
-    for r in rows:
-        out[f"robust.{r['split']}_{metric}.{r['modality']}.{r['corruption']}.{r['level']:g}"] = r[metric]
-    for split in sorted({r["split"] for r in rows}):
-        vals = [r[metric] for r in rows if r["split"] == split]
-        out[f"robust.{split}_mean_{metric}"] = sum(vals) / len(vals)
-    return out

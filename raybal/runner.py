@@ -1,8 +1,9 @@
-"""One run from a config to a results directory (what ``raybal train`` does).
+"""One run from a config to a results directory (``raybal train`` and ``raybal robustness``).
 
 Checks that the directory is writable and does not belong to another run *before* any
 work starts, resumes from the run's last checkpoint when the same config is run again into
-the same directory, and writes the Parquet tables plus ``run.json`` at the end.
+the same directory, and writes the Parquet tables plus ``run.json`` at the end. Both commands
+go through :func:`prepare_dir` (the guard) and :func:`record_run` (the writer).
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raybal.config import RunConfig
-from raybal.results import ResultsError, atomic_write_json, check_writable, environment, write_results
-from raybal.train import Progress, RunResult, failed_result, fit
+from raybal import checkpoint
+from raybal.config import RunConfig, set_dotted
+from raybal.data import load_data
+from raybal.fileio import atomic_write_json
+from raybal.records import RunResult, failed_result, robustness_summary
+from raybal.resolve import config_from_dict
+from raybal.results import ResultsError, check_writable, environment, write_results
+from raybal.robustness import sweep
+from raybal.tasks import metric_name
+from raybal.train import Progress, build_for, fit
 
 RUN_TRIAL_ID = "run"
 
@@ -23,7 +31,9 @@ def default_results_dir(cfg: RunConfig) -> Path:
     return Path("results") / f"train-{cfg.data.name}-{cfg.balance.method}-{cfg.digest()[:8]}"
 
 
-def prepare_dir(results_dir: str | Path, cfg: RunConfig) -> Path:
+def prepare_dir(results_dir: str | Path, cfg: RunConfig, kind: str = "run") -> Path:
+    """The results directory for a ``kind`` record of ``cfg``: writable, and not holding a study,
+    another kind of record or another config (resource knobs aside: they do not change the digest)."""
     d = check_writable(results_dir)
     meta = d / "run.json"
     if (d / "study.json").is_file():
@@ -33,20 +43,29 @@ def prepare_dir(results_dir: str | Path, cfg: RunConfig) -> Path:
             old = json.loads(meta.read_text())
         except json.JSONDecodeError:
             raise ResultsError(f"{meta}: not valid JSON; pick another --results") from None
+        if old.get("kind", "run") != kind:
+            raise ResultsError(f"{d} holds a {old.get('kind', 'run')} record, not a {kind}; pick another --results")
         if old.get("config_digest") != cfg.digest():
             raise ResultsError(f"{d} holds a different run (config {old.get('config_digest')}); "
                                "pick another --results or delete it")
     return d
 
 
-def run_meta(cfg: RunConfig, status: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_meta(cfg: RunConfig, status: str, kind: str = "run", extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
-        "kind": "run", "status": status, "config": cfg.to_dict(), "config_digest": cfg.digest(),
+        "kind": kind, "status": status, "config": cfg.to_dict(), "config_digest": cfg.digest(),
         "seed": cfg.train.seed, "versions": environment(),
-        "best": {"metric": f"final.val_{'accuracy' if cfg.data.params.task == 'classification' else 'miou'}",
+        "best": {"metric": f"final.val_{metric_name(cfg.data.params.task)}",
                  "mode": "max", "selection": "validation split; test numbers are reported, never optimised"},
         **(extra or {}),
     }
+
+
+def record_run(d: Path, result: RunResult, kind: str = "run", extra: dict[str, Any] | None = None) -> None:
+    """Write ``result`` into the tables of ``d`` and its ``run.json`` (status from the result)."""
+    write_results(d, [result])
+    info = {"error": result.error} if result.status == "failed" else {"wall_s": result.wall_s}
+    atomic_write_json(run_meta(result.config, result.status, kind, {**info, **(extra or {})}), d / "run.json")
 
 
 def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress | None = None,
@@ -55,9 +74,10 @@ def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress 
 
     ``train.workers > 1`` or an ``address`` runs it data-parallel on Ray Train
     (:mod:`raybal.distributed`); otherwise plain ``fit()`` in this process, no Ray at all.
+    ``progress`` receives per-epoch events (in rank 0's worker when distributed: it must pickle);
+    ``quiet`` drops it.
     """
-    from raybal.data import load_data
-
+    progress = None if quiet else progress
     data = load_data(cfg.data)  # bad data (missing file, unpaired chip, ...) fails here: nothing written yet
     d = prepare_dir(results_dir, cfg)
     atomic_write_json(run_meta(cfg, "running"), d / "run.json")
@@ -68,17 +88,51 @@ def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress 
             from raybal.distributed import fit_distributed
 
             result = fit_distributed(cfg, trial_id=RUN_TRIAL_ID, checkpoint_dir=ckdir, storage_path=d / "ray",
-                                     address=address, quiet=quiet)
+                                     address=address, quiet=progress is None, progress=progress)
         else:
             result = fit(cfg, trial_id=RUN_TRIAL_ID, checkpoint_dir=ckdir, progress=progress, data=data)
     except KeyboardInterrupt:
         atomic_write_json(run_meta(cfg, "interrupted"), d / "run.json")
         raise
     except Exception as exc:
-        failed = failed_result(cfg, RUN_TRIAL_ID, exc, time.perf_counter() - t0)
-        write_results(d, [failed])
-        atomic_write_json(run_meta(cfg, "failed", {"error": failed.error}), d / "run.json")
+        record_run(d, failed_result(cfg, RUN_TRIAL_ID, exc, time.perf_counter() - t0))
         raise
-    write_results(d, [result])
-    atomic_write_json(run_meta(cfg, "ok", {"wall_s": result.wall_s}), d / "run.json")
+    record_run(d, result)
     return result
+
+
+def robustness_config(selected: checkpoint.Selected, overrides: dict[str, Any]) -> RunConfig:
+    """The checkpoint's config with the sweep enabled and ``robustness.*`` overrides applied."""
+    raw = selected.config.to_dict()
+    raw["robustness"]["enabled"] = True
+    for k, v in overrides.items():
+        if not k.startswith("robustness."):
+            raise ResultsError(f"{k}: only robustness.* keys can be overridden here")
+        set_dotted(raw, k, v)
+    return config_from_dict(raw)
+
+
+def robustness_to_dir(checkpoint_path: str | Path, results_dir: str | Path | None, overrides: dict[str, Any], *,
+                      progress: Progress | None = None) -> tuple[RunResult, Path]:
+    """The noise sweep of a ``model.pt``, recorded like a run (same guard, same writer)."""
+    selected = checkpoint.load_selected(checkpoint_path)
+    cfg = robustness_config(selected, overrides)
+    tid = selected.trial_id
+    d = Path(results_dir) if results_dir else Path("results") / f"robustness-{tid}-{cfg.digest()[:8]}"
+    data = load_data(cfg.data)
+    d = prepare_dir(d, cfg, kind="robustness")
+    model = build_for(cfg, data)
+    model.load_state_dict(selected.state)
+    t0 = time.perf_counter()
+
+    def tick(done: int, total: int) -> None:
+        if progress is not None:
+            progress({"trial_id": tid, "robustness": (done, total)})
+
+    rows = sweep(model, data, cfg.robustness, trial_id=tid, mu_repeats=cfg.train.mu_repeats, progress=tick)
+    summary = robustness_summary(rows, data.task)
+    ck = str(selected.path.resolve())
+    res = RunResult(trial_id=tid, config=cfg, robustness=rows, final={**selected.final, **summary}, checkpoint=ck,
+                    wall_s=time.perf_counter() - t0)
+    record_run(d, res, kind="robustness", extra={"checkpoint": ck, "summary": summary})
+    return res, d

@@ -16,7 +16,9 @@ A study file is a run file plus two sections::
                        {loguniform = [0.001, 0.1], when = {"balance.method" = "greedy_guided"}}]
     # "balance.target" = {simplex = ["eo", "sar", "ir"]}  # a target drawn uniformly on the simplex
 
-Everything is checked when the file is loaded, before Ray starts: distribution bounds, that
+The distributions are typed classes (:mod:`raybal.distributions`); a fractions knob (one declared
+with ``knob(fractions=True)``, such as a method's ``target``) is searched as a simplex or as M-1
+free fractions whose complement keeps the sum at 1. Everything is checked when the file is loaded, before Ray starts: distribution bounds, that
 each searched key exists for the method it applies to, and that the lowest and highest
 value of every parameter give a valid run config (the run config's own error, prefixed
 with ``search.``). Objectives must be validation metrics: test numbers are reported, never
@@ -25,38 +27,39 @@ optimised.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raybal.balancing import METHODS
 from raybal.config import (
+    BalanceConfig,
     ConfigError,
     FrozenMap,
     RunConfig,
     build,
-    config_from_dict,
     flatten_dict,
+    fraction_fields,
     load_toml,
     set_dotted,
 )
-from raybal.objectives import Constraint, Objective, StudySettings, resolve_objectives
+from raybal.constraint import Constraint
+from raybal.distributions import KINDS, Choice, Distribution, LogUniform, Simplex, Uniform, parse_distribution
+from raybal.objectives import Objective, StudySettings, resolve_objectives
+from raybal.resolve import config_from_dict
 
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "simplex")
 INTERNAL_PREFIX = "_"  # Optuna-only names (simplex draws, alternatives): not config keys
+
 
 @dataclass(frozen=True)
 class Param:
-    """One searched parameter."""
+    """One searched parameter: a config key, its distribution and the condition it applies under."""
 
     key: str
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[Any, ...] = ()
-    log: bool = False
+    dist: Distribution
     when: FrozenMap = field(default_factory=FrozenMap)
     name: str = ""  # the Optuna parameter name (differs from key for the 2nd+ alternative of one key)
 
@@ -64,56 +67,31 @@ class Param:
     def optuna_name(self) -> str:
         return self.name or self.key
 
-    def corners(self) -> list[Any]:
-        if self.kind == "choice":
-            return list(self.choices)
-        if self.kind == "simplex":
-            return [0.0, 1.0]
-        return [self.low, self.high]
-
 
 @dataclass(frozen=True)
 class SearchSpace:
     params: tuple[Param, ...]
-    complement: FrozenMap = field(default_factory=FrozenMap)  # target key -> the modality set to 1 - the rest
+    complement: FrozenMap = field(default_factory=FrozenMap)  # fractions key -> the modality set to 1 - the rest
     modalities: tuple[str, ...] = ()
 
     def sample(self, trial: Any, base: Mapping[str, Any]) -> dict[str, Any]:
         """Draw one point with an Optuna trial (define-by-run): returns dotted key -> value."""
         values: dict[str, Any] = {}
         for p in self._ordered():
-            if not self._applies(p, values, base):
-                continue
-            n = p.optuna_name
-            if p.kind == "uniform":
-                values[p.key] = trial.suggest_float(n, p.low, p.high)
-            elif p.kind == "loguniform":
-                values[p.key] = trial.suggest_float(n, p.low, p.high, log=True)
-            elif p.kind == "int":
-                values[p.key] = trial.suggest_int(n, int(p.low), int(p.high), log=p.log)
-            elif p.kind == "choice":
-                values[p.key] = trial.suggest_categorical(n, list(p.choices))
-            else:  # simplex: stick-breaking with Beta(1, K-1) marginals = uniform on the simplex
-                mods, rest = list(p.choices), 1.0
-                for i, m in enumerate(mods[:-1]):
-                    z = trial.suggest_float(f"_simplex.{p.key}.{i}", 0.0, 1.0)
-                    x = rest * (1.0 - z ** (1.0 / (len(mods) - 1 - i)))
-                    values[f"{p.key}.{m}"] = x
-                    rest -= x
-                values[f"{p.key}.{mods[-1]}"] = max(rest, 0.0)
+            if self._applies(p, values, base):
+                values.update(p.dist.sample(trial, p.optuna_name, p.key))
         return values
 
     def columns(self) -> list[str]:
-        """The ``trials.parquet`` columns the search sets (a target's complement included)."""
-        out: list[str] = []
-        for p in self.params:
-            if p.kind == "simplex":
-                out += [f"{p.key}.{m}" for m in p.choices]
-            else:
-                out.append(p.key)
-        for tkey, last in self.complement.items():
-            out.append(f"{tkey}.{last}")
-        return out
+        """The ``trials.parquet`` columns the search sets (a fractions table's complement included)."""
+        out = [c for p in self.params for c in p.dist.columns(p.key)]
+        out += [f"{key}.{last}" for key, last in self.complement.items()]
+        return list(dict.fromkeys(out))
+
+    def methods(self) -> tuple[str, ...]:
+        """Balancing methods the search may choose (``balance.method`` choices)."""
+        return tuple(m for p in self.params if p.key == "balance.method" and isinstance(p.dist, Choice)
+                     for m in p.dist.choices)
 
     def _ordered(self) -> list[Param]:
         return [p for p in self.params if not p.when] + [p for p in self.params if p.when]
@@ -124,14 +102,10 @@ class SearchSpace:
 
     def apply(self, base_raw: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
         """The run file (nested dict) of one trial: the base with the sampled values set."""
-        import copy
-
-        from raybal.balancing import METHODS
-
         raw = copy.deepcopy(dict(base_raw))
         values = {k: v for k, v in values.items() if not k.startswith(INTERNAL_PREFIX)}
         method = values.get("balance.method")
-        if method is not None and method != raw.get("balance", {}).get("method", "vanilla"):
+        if method is not None and method != raw.get("balance", {}).get("method", BalanceConfig.method):
             known = set()
             if method in METHODS:
                 params_cls = METHODS.get(method).params
@@ -141,14 +115,15 @@ class SearchSpace:
         for key, value in values.items():
             if key != "balance.method":
                 set_dotted(raw, key, value)
-        for tkey, last in self.complement.items():
-            section, name = tkey.split(".", 1)
-            target = raw.get(section, {}).get(name)
-            if isinstance(target, dict) and any(f"{tkey}.{m}" in values for m in target if m != last):
-                others = [v for m, v in target.items() if m != last]
+        for fkey, last in self.complement.items():
+            section, name = fkey.split(".", 1)
+            table = raw.get(section, {}).get(name)
+            if isinstance(table, dict) and any(f"{fkey}.{m}" in values for m in table if m != last):
+                others = [v for m, v in table.items() if m != last]
+                # the complement of the free fractions keeps the sum exactly 1 (else the config check
+                # names the bad value)
                 if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in others):
-                    target[last] = max(0.0, 1.0 - sum(others))  # else the config check names the bad value
-                # the complement of the free fractions keeps the sum exactly 1
+                    table[last] = max(0.0, 1.0 - sum(others))
         return raw
 
     def trial_config(self, base_raw: Mapping[str, Any], values: Mapping[str, Any]) -> RunConfig:
@@ -165,7 +140,9 @@ class Study:
     space: SearchSpace
     objectives: tuple[Objective, ...]
     constraints: tuple[Constraint, ...]
-    source: str = ""
+    source: str = ""  # the study file's text as the user wrote it
+    resolved: dict[str, Any] = field(default_factory=dict)  # the whole file after --set overrides: what ran
+    overrides: dict[str, Any] = field(default_factory=dict)  # the --set overrides, for the record
 
     def sampler(self) -> Any:
         """Optuna's TPE (single- and multi-objective), seeded; after ``startup_trials`` random
@@ -181,57 +158,6 @@ class Study:
         return flatten_dict(self.base.to_dict())
 
 
-def _parse_dist(key: str, spec: Any, modalities: tuple[str, ...]) -> Param:
-    k = f"search.{key}"
-    if spec == "simplex":
-        spec = {"simplex": list(modalities)}
-    if not isinstance(spec, Mapping):
-        raise ConfigError(k, f"expected a table such as {{uniform = [low, high]}}, got {spec!r}")
-    kinds = [d for d in DISTRIBUTIONS if d in spec]
-    unknown = [x for x in spec if x not in DISTRIBUTIONS and x not in ("when", "log")]
-    if unknown:
-        raise ConfigError(f"{k}.{unknown[0]}", f"unknown distribution (use one of: {', '.join(DISTRIBUTIONS)})")
-    if len(kinds) != 1:
-        raise ConfigError(k, f"give exactly one distribution of: {', '.join(DISTRIBUTIONS)}")
-    kind = kinds[0]
-    arg = spec[kind]
-    when = spec.get("when", {})
-    if not isinstance(when, Mapping):
-        raise ConfigError(f"{k}.when", "must be a table of dotted key -> value")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise ConfigError(f"{k}.log", "must be true or false")
-    if kind == "choice":
-        if not isinstance(arg, list) or not arg:
-            raise ConfigError(f"{k}.choice", "must be a non-empty list of values")
-        return Param(key, kind, choices=tuple(arg), when=FrozenMap(when))
-    if kind == "simplex":
-        if not isinstance(arg, list) or len(arg) < 2 or not all(isinstance(m, str) for m in arg):
-            raise ConfigError(f"{k}.simplex", "must list at least two modality names")
-        for i, m in enumerate(arg):
-            if m not in modalities:
-                raise ConfigError(f"{k}.simplex[{i}]", f"unknown modality {m!r} (data set has: {', '.join(modalities)})")
-        if sorted(arg) != sorted(modalities):
-            raise ConfigError(f"{k}.simplex", f"must list every modality once: {', '.join(modalities)}")
-        return Param(key, kind, choices=tuple(arg), when=FrozenMap(when))
-    if (not isinstance(arg, list) or len(arg) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
-        raise ConfigError(f"{k}.{kind}", "must be [low, high] (two numbers)")
-    low, high = float(arg[0]), float(arg[1])
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ConfigError(f"{k}.{kind}", "bounds must be finite")
-    if low > high:
-        raise ConfigError(f"{k}.{kind}", f"low {arg[0]} > high {arg[1]}")
-    if kind == "loguniform" and low <= 0:
-        raise ConfigError(f"{k}.{kind}", f"low must be > 0 for a log scale, got {arg[0]}")
-    if kind == "int":
-        if not all(isinstance(v, int) for v in arg):
-            raise ConfigError(f"{k}.int", "bounds must be integers")
-        if log and low <= 0:
-            raise ConfigError(f"{k}.int", "low must be > 0 with log = true")
-    return Param(key, kind, low, high, log=log, when=FrozenMap(when))
-
-
 def _leaves(node: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     """Flatten ``[search]``: quoted dotted keys and nested tables both reach a distribution table
     (or a list of alternative tables, each with its own ``when``)."""
@@ -241,11 +167,17 @@ def _leaves(node: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         nested = isinstance(v, Mapping) and v and all(
             isinstance(x, Mapping) or (isinstance(x, list) and x and all(isinstance(y, Mapping) for y in x))
             for x in v.values())
-        if nested and not any(d in v for d in DISTRIBUTIONS) and "when" not in v:
+        if nested and not any(d in v for d in KINDS) and "when" not in v:
             out.extend(_leaves(v, f"{key}."))
         else:
             out.append((key, v))
     return out
+
+
+def _fraction_keys(base: RunConfig, methods: tuple[str, ...]) -> set[str]:
+    """``balance.<knob>`` for every fractions knob (``knob(fractions=True)``) of the methods in play."""
+    names = {base.balance.method, *methods}
+    return {f"balance.{f}" for m in names if m in METHODS for f in fraction_fields(METHODS.get(m).params)}
 
 
 def parse_space(raw_search: Any, base: RunConfig) -> SearchSpace:
@@ -255,55 +187,58 @@ def parse_space(raw_search: Any, base: RunConfig) -> SearchSpace:
     mods = base.modalities
     plist: list[Param] = []
     for k, v in _leaves(raw_search):
-        if isinstance(v, list):  # alternatives for one key, each under its own condition
-            if not v:
-                raise ConfigError(f"search.{k}", "an empty list of alternatives")
-            for i, spec in enumerate(v):
-                p = _parse_dist(k, spec, mods)
-                if not p.when:
-                    raise ConfigError(f"search.{k}[{i}]", "each alternative needs its own `when` condition")
-                plist.append(dataclasses.replace(p, name=k if i == 0 else f"_alt{i}.{k}"))
-        else:
-            plist.append(_parse_dist(k, v, mods))
-    params = tuple(plist)
-    keys = {p.key for p in params}
+        specs = v if isinstance(v, list) else [v]
+        if isinstance(v, list) and not v:
+            raise ConfigError(f"search.{k}", "an empty list of alternatives")
+        for i, spec in enumerate(specs):
+            dist = parse_distribution(k, spec, mods)
+            when = spec.get("when", {}) if isinstance(spec, Mapping) else {}
+            if not isinstance(when, Mapping):
+                raise ConfigError(f"search.{k}.when", "must be a table of dotted key -> value")
+            if isinstance(v, list) and not when:  # alternatives for one key, each under its own condition
+                raise ConfigError(f"search.{k}[{i}]", "each alternative needs its own `when` condition")
+            if k in when:
+                raise ConfigError(f"search.{k}.when", "a parameter cannot depend on itself")
+            plist.append(Param(k, dist, FrozenMap(when), name=k if i == 0 else f"_alt{i}.{k}"))
+    space = SearchSpace(tuple(plist), FrozenMap(), mods)
+    keys = {p.key for p in plist}
     for k in ("train.workers", "train.use_gpu", "train.cpus_per_worker"):
         if k in keys:
             raise ConfigError(f"search.{k}", "cannot be searched: a study plans its resources from the base file")
-    for p in params:
-        for wk in p.when:
-            if wk == p.key:
-                raise ConfigError(f"search.{p.key}.when", "a parameter cannot depend on itself")
-    # Free target fractions: M-1 modalities searched, the last one is the complement.
+    # Fractions knobs (a utilization target): searched as a simplex, or as M-1 free fractions whose
+    # complement keeps the sum at 1.
+    fkeys = _fraction_keys(base, space.methods())
+    free: dict[str, list[Param]] = {}
+    for p in plist:
+        head = p.key.rpartition(".")[0]
+        if isinstance(p.dist, Simplex) and p.key not in fkeys:
+            raise ConfigError(f"search.{p.key}", "a simplex is for a fractions knob such as "
+                              + (", ".join(sorted(fkeys)) or "balance.target (with a method that has a target)"))
+        if head in fkeys and isinstance(p.dist, (Uniform, LogUniform)):
+            free.setdefault(head, []).append(p)
     complement: dict[str, str] = {}
-    by_target: dict[str, list[Param]] = {}
-    for p in params:
-        head, _, mod = p.key.rpartition(".")
-        if head.endswith("balance.target") and p.kind in ("uniform", "loguniform") and head == "balance.target":
-            by_target.setdefault(head, []).append(p)
-        elif p.kind == "simplex" and p.key != "balance.target":
-            raise ConfigError(f"search.{p.key}", "a simplex is for balance.target")
-    for head, ps in by_target.items():
-        if f"{head}" in keys:
+    for head, ps in free.items():
+        if head in keys:
             raise ConfigError(f"search.{head}", "search the target either as a simplex or as free fractions")
-        free = [p.key.rpartition(".")[2] for p in ps]
-        for p, m in zip(ps, free, strict=True):
+        names = [p.key.rpartition(".")[2] for p in ps]
+        for p, m in zip(ps, names, strict=True):
             if m not in mods:
                 raise ConfigError(f"search.{p.key}", f"unknown modality {m!r} (data set has: {', '.join(mods)})")
-        rest = [m for m in mods if m not in free]
+        rest = [m for m in mods if m not in names]
         if len(rest) != 1:
-            raise ConfigError(f"search.{ps[0].key}", f"search M-1 = {len(mods) - 1} target fractions (the last is "
-                              "1 - the others) or the whole target as {simplex = [...]}")
-        high_sum = sum(p.high or 0.0 for p in ps)
+            raise ConfigError(f"search.{ps[0].key}", f"search M-1 = {len(mods) - 1} fractions (the last is "
+                              "1 - the others) or the whole table as {simplex = [...]}")
+        high_sum = sum(p.dist.high for p in ps)  # type: ignore[attr-defined]
         if high_sum > 1.0 + 1e-9:
             raise ConfigError(f"search.{ps[0].key}", f"the free fractions' highs sum to {high_sum:g} > 1; "
-                              "narrow them or search the target as a simplex")
+                              "narrow them or search the table as a simplex")
         complement[head] = rest[0]
-    return SearchSpace(params, FrozenMap(complement), mods)
+    return dataclasses.replace(space, complement=FrozenMap(complement))
 
 
-def study_from_dict(raw: Mapping[str, Any], source: str = "") -> Study:
-    """Validate a parsed study file; every problem is a :class:`ConfigError` naming its key."""
+def study_from_dict(raw: Mapping[str, Any], source: str = "", overrides: Mapping[str, Any] | None = None) -> Study:
+    """Validate a parsed study file (``overrides`` already applied to ``raw``, kept for the record);
+    every problem is a :class:`ConfigError` naming its key."""
     if not isinstance(raw, Mapping):
         raise ConfigError("", "a study file must be a TOML table")
     if "study" not in raw:
@@ -317,10 +252,11 @@ def study_from_dict(raw: Mapping[str, Any], source: str = "") -> Study:
         raise ConfigError("study", "must be a table")
     settings = build(StudySettings, raw["study"], "study")
     space = parse_space(raw["search"], base)
-    objectives = resolve_objectives(settings, base)
+    objectives = resolve_objectives(settings, base, space.methods())
     constraints = tuple(Constraint.parse(c, f"study.constraints[{i}]") for i, c in enumerate(settings.constraints))
     _probe(space, base_raw, base)
-    return Study(settings, dict(base_raw), base, space, objectives, constraints, source)
+    return Study(settings, dict(base_raw), base, space, objectives, constraints, source,
+                 copy.deepcopy(dict(raw)), dict(overrides or {}))
 
 
 def _probe(space: SearchSpace, base_raw: Mapping[str, Any], base: RunConfig) -> None:
@@ -328,23 +264,15 @@ def _probe(space: SearchSpace, base_raw: Mapping[str, Any], base: RunConfig) -> 
     base_flat = flatten_dict(base.to_dict())
     choice_sets: list[dict[str, Any]] = [{}]
     for p in space.params:
-        if p.kind == "choice" and not p.when:
-            choice_sets = [{**c, p.key: v} for c in choice_sets for v in p.choices][:64]
+        if isinstance(p.dist, Choice) and not p.when:
+            choice_sets = [{**c, p.key: v} for c in choice_sets for v in p.dist.choices][:64]
     for fixed in choice_sets:
-        for corner in (0, 1):
+        for high in (False, True):
             values = dict(fixed)
             for p in space._ordered():
                 if p.key in values or not SearchSpace._applies(p, values, base_flat):
                     continue
-                if p.kind == "simplex":
-                    n = len(p.choices)
-                    for m in p.choices:
-                        values[f"{p.key}.{m}"] = 1.0 / n
-                    continue
-                c = p.corners()
-                values[p.key] = c[0] if corner == 0 or len(c) == 1 else c[-1]
-                if p.kind == "int":
-                    values[p.key] = int(values[p.key])
+                values.update(p.dist.corner(p.key, high))
             try:
                 space.trial_config(base_raw, values)
             except ConfigError as exc:
@@ -358,4 +286,4 @@ def load_study(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
     raw = load_toml(p)
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
-    return study_from_dict(raw, source=p.read_text())
+    return study_from_dict(raw, source=p.read_text(), overrides=overrides)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from raybal.config import ConfigError
+from raybal.fileio import atomic_write_bytes, atomic_write_json
 from raybal.recorder import (
     RESULT_FILE,
     SKIPPED,
@@ -33,19 +34,14 @@ from raybal.recorder import (
     claim_slot,
     make_callback,
     release_unfinished_slots,
+    slot_holders,
     stopped_result,
 )
-from raybal.results import (
-    Results,
-    ResultsError,
-    atomic_write_bytes,
-    atomic_write_json,
-    check_writable,
-    environment,
-    load_results,
-)
+from raybal.records import failed_result
+from raybal.results import Results, ResultsError, check_writable, environment, load_results
 from raybal.space import Study, load_study, study_from_dict
-from raybal.train import failed_result, fit
+from raybal.tasks import metric_name
+from raybal.train import fit
 
 TUNE_DIR = "tune"
 
@@ -67,7 +63,7 @@ class TrialFn:
         tid = tune.get_context().get_trial_id()
         values = dict(params)
         cfg = self.study.space.trial_config(self.study.base_raw, values)
-        metric = "accuracy" if cfg.data.params.task == "classification" else "miou"
+        metric = metric_name(cfg.data.params.task)
         if not claim_slot(self.results_dir, tid, self.study.settings.num_samples):
             atomic_write_bytes(self.results_dir / "checkpoints" / tid / SKIPPED, b"")
             nan = {o.metric: math.nan for o in self.study.objectives}
@@ -80,22 +76,17 @@ class TrialFn:
             torch.set_num_threads(self.study.settings.cpus_per_trial)
         ckdir = self.results_dir / "checkpoints" / tid
         objectives = [o.metric for o in self.study.objectives]
-        target = getattr(cfg.balance.params, "target", None)
         pending: dict[str, Any] = {}
 
         def epoch_report(event: dict[str, Any]) -> dict[str, Any]:
             rep = {"epoch": event["epoch"], f"val_{metric}": event[f"val_{metric}"], "val_loss": event["val_loss"]}
             for m, share in (event.get("mu") or {}).items():
                 rep[f"mu.{m}"] = share
-            for name in objectives:  # per-epoch value where one exists, else NaN until the final report
-                if name == f"final.val_{metric}":
-                    rep[name] = event[f"val_{metric}"]
-                elif name == "final.val_loss":
-                    rep[name] = event["val_loss"]
-                elif name == "final.val_mu_target_error" and target and event.get("mu"):
-                    rep[name] = max(abs(event["mu"][m] - target[m]) for m in target)
-                else:
-                    rep[name] = math.nan
+            for name in objectives:
+                # final.val_<x> has a per-epoch value val_<x> in the event (task metrics, the loss, and the
+                # method's split_metrics); others (robustness) are NaN until the final report.
+                value = event.get(name[len("final."):]) if name.startswith("final.") else None
+                rep[name] = value if isinstance(value, (int, float)) else math.nan
             return rep
 
         def progress(event: dict[str, Any]) -> None:
@@ -146,6 +137,7 @@ def study_meta(study: Study, status: str, extra: dict[str, Any] | None = None) -
     s = study.settings
     return {
         "kind": "study", "name": s.name, "status": status, "study_file": study.source,
+        "study_resolved": study.resolved, "overrides": study.overrides,
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in study.objectives],
         "constraints": [str(c) for c in study.constraints], "num_samples": s.num_samples, "seed": s.seed,
         "scheduler": s.scheduler, "base_config": study.base.to_dict(), "searched": study.space.columns(), "versions": environment(),
@@ -219,7 +211,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
     if restore:
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
-    metric = "accuracy" if study.base.data.params.task == "classification" else "miou"
+    metric = metric_name(study.base.data.params.task)
     base_flat = study.base_flat
     metrics = [o.metric for o in study.objectives]
     modes = [o.mode for o in study.objectives]
@@ -283,8 +275,12 @@ def reconcile(study: Study, d: Path, recorder: Recorder, grid: Any = None) -> No
                 ended[str(tid)] = (dict(r.config or {}), "error" if r.error else "complete",
                                    str(r.error).strip().splitlines()[-1][:500] if r.error else None)
     ck = d / "checkpoints"
+    # A result on disk that Tune did not report counts only when its trial holds a slot: a trial process
+    # of a killed driver that outlived it (its slot released on resume) may finish later, and must not
+    # make the study one trial too many.
+    held = slot_holders(d)
     for sub in sorted(ck.iterdir()) if ck.is_dir() else []:
-        if (sub / RESULT_FILE).is_file() and sub.name not in ended:
+        if (sub / RESULT_FILE).is_file() and sub.name not in ended and sub.name in held:
             ended[sub.name] = ({}, "complete", None)
     for tid, (params, how, err) in ended.items():
         if tid not in recorder.recorded:
@@ -305,7 +301,9 @@ def resume_study(results_dir: str | Path, *, address: str | None = None, quiet: 
     except (json.JSONDecodeError, KeyError):
         raise ResultsError(f"{meta_path}: not a raybal study record") from None
     try:
-        study = study_from_dict(tomllib.loads(source), source=source)
+        # Resume exactly the study that ran: the file with the --set overrides it was started with.
+        resolved = meta.get("study_resolved") or tomllib.loads(source)
+        study = study_from_dict(resolved, source=source, overrides=meta.get("overrides") or {})
     except (ConfigError, tomllib.TOMLDecodeError) as exc:
         raise ResultsError(f"{meta_path}: the stored study file is not valid ({exc})") from None
     return run_study(study, d, address=address, resume=True, quiet=quiet)

@@ -13,25 +13,25 @@ import copy
 import dataclasses
 import math
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from raybal import __version__
+from raybal import checkpoint, records
 from raybal.balancing import METHODS, BalanceMethod, MethodContext
-from raybal.checkpoint import atomic_torch_save, load_checkpoint
 from raybal.config import ConfigError, RunConfig
 from raybal.data import load_data
 from raybal.data.base import MultiModalData
 from raybal.faults import maybe_inject
 from raybal.models import build_model
 from raybal.models.base import FusionModel
-from raybal.robustness import metric_name, summarize, sweep
+from raybal.records import RunResult
+from raybal.robustness import sweep
+from raybal.tasks import metric_name
 from raybal.utilization import conditional_utilization, finish_metric, mean_features, measure, task_metric
 
 Progress = Callable[[dict[str, Any]], None]
@@ -56,32 +56,6 @@ class DistContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-@dataclass
-class RunResult:
-    """Everything one run produced, as plain records ready for the Parquet tables."""
-
-    trial_id: str
-    config: RunConfig
-    status: str = "ok"
-    error: str | None = None
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    utilization: list[dict[str, Any]] = field(default_factory=list)
-    robustness: list[dict[str, Any]] = field(default_factory=list)
-    final: dict[str, Any] = field(default_factory=dict)
-    wall_s: float = 0.0
-    checkpoint: str | None = None
-
-    def trial_row(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"trial_id": self.trial_id, "status": self.status, "error": self.error}
-        row.update(self.config.flatten())
-        row["config_json"] = self.config.to_json()
-        row.update(self.final)
-        row["wall_s"] = self.wall_s
-        row["raybal_version"] = __version__
-        row["checkpoint"] = self.checkpoint
-        return row
 
 
 def resolve_device(cfg: RunConfig, dist: DistContext | None = None) -> torch.device:
@@ -117,11 +91,6 @@ def build_for(cfg: RunConfig, data: MultiModalData) -> FusionModel:
     return build_model(cfg.model.name, cfg.model.params, data.modalities, data.shapes, data.num_classes)
 
 
-def _one_line(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[0] if msg else ''}".strip().rstrip(":")
-
-
 def train_step(train_model: torch.nn.Module, method: BalanceMethod, optimizer: torch.optim.Optimizer,
                xb: dict[str, torch.Tensor], yb: torch.Tensor, autocast: Any, epoch: int) -> tuple[Any, torch.Tensor]:
     """One optimisation step: forward, the method's extra loss, backward, its gradient hook, update.
@@ -130,6 +99,7 @@ def train_step(train_model: torch.nn.Module, method: BalanceMethod, optimizer: t
     Returns the model output and the (unpenalised) task loss.
     """
     method.before_step()
+    xb = method.prepare_batch(xb, yb)
     with autocast:
         out = train_model(xb)
         loss = F.cross_entropy(out.logits.float(), yb)
@@ -175,7 +145,7 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
     method_cls = METHODS.get(config.balance.method).obj
     method: BalanceMethod = method_cls(config.balance.params, MethodContext(
         model=model, modalities=data.modalities, epochs=tc.epochs, steps_per_epoch=steps, seed=tc.seed,
-        world_size=dist.world_size, all_reduce=dist.all_reduce_mean))
+        world_size=dist.world_size, all_reduce=dist.all_reduce_mean, rank=dist.rank))
     optimizer = _make_optimizer(config, model)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
                  if tc.lr_schedule == "cosine" else None)
@@ -185,19 +155,18 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
     best = {"epoch": 0, "value": -math.inf, "state": None}
     start_epoch = 1
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    last_path = ckpt_dir / "last.pt" if ckpt_dir else None
-    if last_path is not None and last_path.is_file():
-        st = load_checkpoint(last_path)
-        if st.get("config_digest") == config.digest():
-            model.load_state_dict(st["model"])
-            optimizer.load_state_dict(st["optimizer"])
-            if scheduler is not None and st.get("scheduler"):
-                scheduler.load_state_dict(st["scheduler"])
-            method.load_state_dict(st["method"])
-            result.epochs, result.utilization = st["epochs"], st["utilization"]
-            best = st["best"]
-            start_epoch = st["epoch"] + 1
-            t0 -= st.get("wall_s", 0.0)
+    last_path = ckpt_dir / checkpoint.LAST if ckpt_dir else None
+    st = checkpoint.load_last(last_path, config) if last_path is not None else None
+    if st is not None:
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        if scheduler is not None and st.get("scheduler"):
+            scheduler.load_state_dict(st["scheduler"])
+        method.load_state_dict(st["method"])
+        result.epochs, result.utilization = st["epochs"], st["utilization"]
+        best = st["best"]
+        start_epoch = st["epoch"] + 1
+        t0 -= st.get("wall_s", 0.0)
 
     for epoch in range(start_epoch, tc.epochs + 1):
         method.on_epoch_start(epoch)
@@ -222,6 +191,7 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
             tot_acc = tot_acc + tot
         if scheduler is not None:
             scheduler.step()
+        method.on_epoch_end(epoch)
         maybe_inject(config, epoch)  # no-op unless RAYBAL_FAULT is set (reliability tests)
         if not dist.is_main:
             if dist.report is not None:  # Ray Train's report is a barrier: every rank calls it each epoch
@@ -229,37 +199,33 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
             continue
 
         logs = method.epoch_log()
-        train_row = {"trial_id": trial_id, "epoch": epoch, "split": "train", "loss": float(loss_sum) / max(n_seen, 1),
-                     metric: finish_metric(stat_acc if stat_acc is not None else torch.tensor(0), tot_acc, task), **logs}
+        train_value = finish_metric(stat_acc if stat_acc is not None else torch.tensor(0), tot_acc, task)
         measure_mu = epoch % tc.mu_every == 0 or epoch == tc.epochs
         val = measure(model, data.val, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed + epoch,
                       modalities=data.modalities if measure_mu else ())
         test = measure(model, data.test, num_classes=ncls, task=task, modalities=())
-        rows = [train_row,
-                {"trial_id": trial_id, "epoch": epoch, "split": "val", "loss": val.loss, metric: val.metric, **logs},
-                {"trial_id": trial_id, "epoch": epoch, "split": "test", "loss": test.loss, metric: test.metric, **logs}]
-        result.epochs.extend(rows)
-        mod_logs = method.modality_log()
+        train_loss = float(loss_sum) / max(n_seen, 1)
+        result.epochs += [records.epoch_row(trial_id, epoch, "train", task, train_loss, train_value, logs),
+                          records.epoch_row(trial_id, epoch, "val", task, val.loss, val.metric, logs),
+                          records.epoch_row(trial_id, epoch, "test", task, test.loss, test.metric, logs)]
+        val_extra = method.split_metrics(val) if measure_mu else {}
         if measure_mu:
-            for m in data.modalities:
-                result.utilization.append({
-                    "trial_id": trial_id, "epoch": epoch, "split": "val", "modality": m, "mu": val.shares[m],
-                    "mu_raw": val.raw[m], "cond_util": None, "learning_speed": mod_logs.get(m, {}).get("learning_speed"),
-                    "degenerate": val.degenerate, "final": False})
+            result.utilization += records.utilization_rows(trial_id, epoch, "val", val, final=False,
+                                                           modality_log=method.modality_log())
         # Ties go to the later epoch (the schedule has gone further); epochs before the method acts are
         # not candidates (BalanceMethod.selectable).
         if tc.select == "last" or (method.selectable(epoch) and val.metric >= best["value"]):
             best = {"epoch": epoch, "value": val.metric, "state": copy.deepcopy(model.state_dict())}
-        event = {"trial_id": trial_id, "epoch": epoch, "epochs": tc.epochs, "train_loss": train_row["loss"],
-                 f"train_{metric}": train_row[metric], f"val_{metric}": val.metric, "val_loss": val.loss,
-                 "mu": dict(val.shares) if measure_mu else None, **logs}
+        event = {"trial_id": trial_id, "epoch": epoch, "epochs": tc.epochs, "metric": metric,
+                 "train_loss": train_loss, f"train_{metric}": train_value, f"val_{metric}": val.metric,
+                 "val_loss": val.loss, "mu": dict(val.shares) if measure_mu else None, "method_log": logs,
+                 **{f"val_{k}": v for k, v in val_extra.items()}}
         if last_path is not None and (epoch % tc.checkpoint_every == 0 or epoch == tc.epochs):
-            atomic_torch_save({
-                "config_digest": config.digest(), "config_json": config.to_json(), "epoch": epoch,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "method": method.state_dict(), "epochs": result.epochs, "utilization": result.utilization,
-                "best": best, "wall_s": time.perf_counter() - t0}, last_path)
+            checkpoint.save_last(last_path, config=config, epoch=epoch, model=model.state_dict(),
+                                 optimizer=optimizer.state_dict(),
+                                 scheduler=scheduler.state_dict() if scheduler is not None else None,
+                                 method=method.state_dict(), epochs=result.epochs, utilization=result.utilization,
+                                 best=best, wall_s=time.perf_counter() - t0)
         if progress is not None:  # after the checkpoint: a trial stopped on this report keeps its epoch
             progress(event)
         if dist.report is not None:
@@ -268,18 +234,17 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
     if not dist.is_main:
         result.wall_s = time.perf_counter() - t0
         return result
-    _finalize(result, model, data, best, ckpt_dir, progress)
+    _finalize(result, model, method, data, best, ckpt_dir, progress)
     result.wall_s = time.perf_counter() - t0
     return result
 
 
-def _finalize(result: RunResult, model: FusionModel, data: MultiModalData, best: dict[str, Any],
-              ckpt_dir: Path | None, progress: Progress | None) -> None:
+def _finalize(result: RunResult, model: FusionModel, method: BalanceMethod, data: MultiModalData,
+              best: dict[str, Any], ckpt_dir: Path | None, progress: Progress | None) -> None:
     """Load the selected weights and measure them: final metrics, test MU, Wu's u(m|.), robustness."""
     cfg = result.config
     tc = cfg.train
     task, ncls = data.task, data.num_classes
-    metric = metric_name(task)
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     val = measure(model, data.val, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed,
@@ -287,43 +252,21 @@ def _finalize(result: RunResult, model: FusionModel, data: MultiModalData, best:
     test = measure(model, data.test, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed,
                    modalities=data.modalities)
     cond = conditional_utilization(model, data.test, mean_features(model, data.train), num_classes=ncls, task=task)
-    final: dict[str, Any] = {
-        "final.best_epoch": best["epoch"],
-        f"final.val_{metric}": val.metric, f"final.test_{metric}": test.metric,
-        "final.val_loss": val.loss, "final.test_loss": test.loss,
-        "final.mu_degenerate": test.degenerate,
-    }
-    for m in data.modalities:
-        final[f"final.mu.{m}"] = test.shares[m]
-        final[f"final.mu_raw.{m}"] = test.raw[m]
-        final[f"final.val_mu.{m}"] = val.shares[m]
-        final[f"final.cond_util.{m}"] = cond[m]
-        result.utilization.append({
-            "trial_id": result.trial_id, "epoch": best["epoch"], "split": "test", "modality": m,
-            "mu": test.shares[m], "mu_raw": test.raw[m], "cond_util": cond[m], "learning_speed": None,
-            "degenerate": test.degenerate, "final": True})
-    target = getattr(cfg.balance.params, "target", None)
-    if target:
-        final["final.mu_target_error"] = max(abs(test.shares[m] - target[m]) for m in target)
-        final["final.val_mu_target_error"] = max(abs(val.shares[m] - target[m]) for m in target)
+    final = records.final_metrics(task, best["epoch"], val, test, cond,
+                                  {"val": method.split_metrics(val), "test": method.split_metrics(test)})
+    result.utilization += records.utilization_rows(result.trial_id, best["epoch"], "test", test, final=True,
+                                                   cond_util=cond)
     if cfg.robustness.enabled:
         def tick(done: int, total: int) -> None:
             if progress is not None:
                 progress({"trial_id": result.trial_id, "robustness": (done, total)})
 
-        rows = sweep(model, data, cfg.robustness, mu_repeats=tc.mu_repeats, progress=tick)
-        result.robustness = [{"trial_id": result.trial_id, **r} for r in rows]
-        final.update(summarize(rows, task))
+        result.robustness = sweep(model, data, cfg.robustness, trial_id=result.trial_id, mu_repeats=tc.mu_repeats,
+                                  progress=tick)
+        final.update(records.robustness_summary(result.robustness, task))
     result.final = final
     if ckpt_dir is not None:
-        path = ckpt_dir / "model.pt"
-        atomic_torch_save({"config_json": cfg.to_json(), "model": model.state_dict(), "epoch": best["epoch"],
-                           "final": final, "trial_id": result.trial_id}, path)
+        path = ckpt_dir / checkpoint.SELECTED
+        checkpoint.save_selected(path, config=cfg, model=model.state_dict(), epoch=best["epoch"], final=final,
+                                 trial_id=result.trial_id)
         result.checkpoint = str(path)
-
-
-def failed_result(config: RunConfig, trial_id: str, exc: BaseException, wall_s: float) -> RunResult:
-    """A record for a run that raised: status ``failed`` and the error as one line."""
-    res = RunResult(trial_id=trial_id, config=config, status="failed", error=_one_line(exc), wall_s=wall_s)
-    res.final = {"error_traceback": "".join(traceback.format_exception(exc))[-4000:]}
-    return res

@@ -23,7 +23,7 @@ TINY = {
 
 
 def tiny_config(**overrides):
-    from raybal.config import default_config
+    from raybal.resolve import default_config
 
     merged = {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
     return default_config(**merged)

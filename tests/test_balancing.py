@@ -10,8 +10,9 @@ from conftest import tiny_config
 
 from raybal.balancing import METHODS
 from raybal.balancing.base import MethodContext
-from raybal.config import ConfigError, config_from_dict
+from raybal.config import ConfigError
 from raybal.data import load_data
+from raybal.resolve import config_from_dict, with_overrides
 from raybal.train import build_for, fit
 
 METHOD_OVERRIDES = {
@@ -168,7 +169,7 @@ def test_greedy_guided_enters_rebalancing_when_imbalanced() -> None:
     assert seen[:6] == ["eo", "eo", "eo", "eo", "eo", "eo"]
     assert m.n_rebalance == 3
     # Below the threshold nothing happens.
-    m2, _, _ = _method(cfg.replace({"balance.alpha": 5.0}))
+    m2, _, _ = _method(with_overrides(cfg, {"balance.alpha": 5.0}))
     m2.on_epoch_start(1)
     m2.tracker.update({"eo": 1.0, "sar": 1.0}, {"eo": 0.01, "sar": 1.0})
     m2.before_step()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from raybal.config import default_config
+from raybal.resolve import default_config
 from raybal.train import fit
 
 ROB = {"robustness.enabled": True, "robustness.modalities": ["eo"], "robustness.corruptions": ["gaussian"],

@@ -84,6 +84,10 @@ def test_train_writes_every_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["train", str(run_file(tmp_path)), "--results", str(out), "--set", "train.lr=0.01"]) == 2
     assert "holds a different run" in capsys.readouterr().err
     assert len(pd.read_parquet(out / "trials.parquet")) == 1
+    # Resource knobs say where a run executes, not what it computes: the same run, accepted (and resumed).
+    assert main(["train", str(run_file(tmp_path)), "--results", str(out), "--quiet",
+                 "--set", "train.num_threads=1", "--set", "train.checkpoint_every=2"]) == 0
+    assert len(pd.read_parquet(out / "epochs.parquet")) == 6
 
     # The robustness command sweeps the checkpoint.
     rob_out = tmp_path / "rob"
@@ -92,6 +96,16 @@ def test_train_writes_every_table(tmp_path: Path, capsys: pytest.CaptureFixture[
                  "--set", 'robustness.corruptions=["speckle"]', "--set", "robustness.modalities=[\"sar\"]"]) == 0
     rob2 = pd.read_parquet(rob_out / "robustness.parquet")
     assert set(rob2["corruption"]) == {"speckle"} and set(rob2["modality"]) == {"sar"}
+    assert json.loads((rob_out / "run.json").read_text())["kind"] == "robustness"
+    # It goes through the same results-directory guard: not into the training run's directory, nor into
+    # a robustness directory of another sweep; both left intact.
+    before = (out / "trials.parquet").read_bytes()
+    assert main(["robustness", str(ckpt), "--results", str(out), "--quiet"]) == 2
+    assert main(["robustness", str(ckpt), "--results", str(rob_out), "--quiet",
+                 "--set", "robustness.modalities=[\"eo\"]"]) == 2
+    assert "holds" in capsys.readouterr().err
+    assert (out / "trials.parquet").read_bytes() == before
+    assert set(pd.read_parquet(rob_out / "robustness.parquet")["modality"]) == {"sar"}
 
 
 BAD = [

@@ -7,7 +7,8 @@ import pickle
 
 import pytest
 
-from raybal.config import ConfigError, config_from_dict, default_config, parse_override
+from raybal.config import ConfigError, parse_override
+from raybal.resolve import config_from_dict, default_config, with_overrides
 
 
 def err(raw: dict) -> str:
@@ -62,7 +63,7 @@ def test_overrides_parse_toml_values() -> None:
     assert parse_override("train.lr=0.003") == ("train.lr", 0.003)
     assert parse_override("data.extra_modalities=[\"ir\"]") == ("data.extra_modalities", ["ir"])
     assert parse_override("balance.method=vanilla") == ("balance.method", "vanilla")
-    cfg = default_config().replace({"train.lr": 0.01, "data.extra_modalities": ["ir"]})
+    cfg = with_overrides(default_config(), {"train.lr": 0.01, "data.extra_modalities": ["ir"]})
     assert cfg.train.lr == 0.01 and cfg.modalities == ("eo", "sar", "ir")
 
 
@@ -71,3 +72,13 @@ def test_flatten_has_dotted_names() -> None:
     assert flat["data.name"] == "synthetic_aerial"
     assert flat["train.lr"] == pytest.approx(2e-3)
     assert flat["balance.method"] == "vanilla"
+
+
+def test_resource_knobs_do_not_change_the_digest() -> None:
+    base = default_config()
+    for key, value in [("train.workers", 2), ("train.use_gpu", True), ("train.cpus_per_worker", 4),
+                       ("train.num_threads", 2), ("train.max_failures", 0), ("train.checkpoint_every", 3)]:
+        cfg = with_overrides(base, {key: value})
+        assert cfg.to_dict() != base.to_dict() and cfg.digest() == base.digest(), key
+    assert with_overrides(base, {"train.lr": 0.01}).digest() != base.digest()
+    assert with_overrides(base, {"train.precision": "bf16"}).digest() != base.digest()

@@ -11,9 +11,10 @@ import torch
 from conftest import tiny_config
 from PIL import Image
 
-from raybal.config import ConfigError, config_from_dict
+from raybal.config import ConfigError
 from raybal.data import DATASETS, load_data
 from raybal.data.base import DataError
+from raybal.resolve import config_from_dict
 
 
 def test_registry_lists_every_data_set() -> None:

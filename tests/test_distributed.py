@@ -49,7 +49,7 @@ def test_two_workers_on_a_two_node_cluster(tmp_path: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from raybal.config import load_config
+    from raybal.resolve import load_config
     from raybal.runner import train_to_dir
 
     run = write_run(tmp_path)
@@ -79,7 +79,7 @@ def test_two_workers_on_a_two_node_cluster(tmp_path: Path) -> None:
     ("ogm_ge", ""),
 ])
 def test_balancing_methods_under_ddp(tmp_path: Path, method: str, balance: str) -> None:
-    from raybal.config import load_config
+    from raybal.resolve import load_config
     from raybal.runner import train_to_dir
 
     cfg = load_config(write_run(tmp_path, epochs=2, method=method, balance=balance), {"train.workers": 2})

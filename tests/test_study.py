@@ -105,10 +105,12 @@ def test_best_on_empty_or_foreign_dir(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_interrupted_study_resumes_without_repeats(tmp_path: Path) -> None:
-    study, out = write_study(tmp_path, n=5, epochs=3), tmp_path / "res"
+    # The file says 4 epochs; the study is started with --set train.epochs=3, and resume must run that study.
+    study, out = write_study(tmp_path, n=5, epochs=4), tmp_path / "res"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "raybal.cli", "study", "run", str(study), "--results", str(out),
-                             "--set", "study.max_concurrent=1", "--set", "study.scheduler=\"fifo\""],
+                             "--set", "study.max_concurrent=1", "--set", "study.scheduler=\"fifo\"",
+                             "--set", "train.epochs=3"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -130,6 +132,8 @@ def test_interrupted_study_resumes_without_repeats(tmp_path: Path) -> None:
     assert len(after) == 5 and after["trial_id"].is_unique
     assert set(before["trial_id"]) <= set(after["trial_id"])  # nothing lost
     assert (after["status"] == "ok").all()
+    assert (after["train.epochs"] == 3).all()  # every trial, before and after the resume, carries the override
+    assert json.loads((out / "study.json").read_text())["overrides"]["train.epochs"] == 3
     epochs = pd.read_parquet(out / "epochs.parquet")
     assert not epochs.duplicated(["trial_id", "epoch", "split"]).any()
     assert (epochs[epochs["split"] == "val"].groupby("trial_id").size() == 3).all()

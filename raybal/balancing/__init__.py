@@ -1,18 +1,14 @@
-"""Balancing-method registry: ``[balance] method = "..."`` -> strategy class."""
+"""Balancing methods: ``[balance] method = "..."`` -> a strategy class.
+
+Each method lives in its own module of this package and registers itself there with
+``@METHODS.register(name, Params)``; every module here is imported so its entries exist.
+"""
 
 from __future__ import annotations
 
-from raybal.balancing.base import BalanceMethod, MethodContext, Vanilla
-from raybal.balancing.greedy import GreedyGuided, GreedyParams, GreedyRandom
-from raybal.balancing.mu_target import MuTarget, MuTargetParams
-from raybal.balancing.ogm import OGMGE, OGMParams
-from raybal.registry import Registry
+from raybal.balancing.base import METHODS, BalanceMethod, MethodContext
+from raybal.registry import import_submodules
 
-METHODS: Registry[type[BalanceMethod]] = Registry("balancing method")
-METHODS.register("vanilla")(Vanilla)
-METHODS.register("mu_target", MuTargetParams)(MuTarget)
-METHODS.register("greedy_guided", GreedyParams)(GreedyGuided)
-METHODS.register("greedy_random", GreedyParams)(GreedyRandom)
-METHODS.register("ogm_ge", OGMParams)(OGMGE)
+import_submodules(__name__, __path__)
 
 __all__ = ["METHODS", "BalanceMethod", "MethodContext"]

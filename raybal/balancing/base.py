@@ -4,15 +4,26 @@ The loop in :mod:`raybal.train` calls, per epoch and per step::
 
     on_epoch_start(epoch)            # e.g. warm-up of a penalty weight, freezing encoders
     before_step()                    # per-step mode, e.g. Wu's re-balancing gate override
+    x = prepare_batch(x, y)          # e.g. modality dropout
     out = model(x); loss = CE(out.logits, y)
     loss += extra_loss(x, out, y, loss)  # e.g. the mu_target penalty
     loss.backward()
     after_backward(out, y)           # e.g. OGM-GE gradient modulation, learning-speed sums
     optimizer.step(); after_step()
+    on_epoch_end(epoch)              # before the epoch's evaluation
+
+A method owns everything about itself (DESIGN.md §5.10): its knobs (the params dataclass it
+registers with), its hooks, its per-epoch scalars (:meth:`epoch_log`, :meth:`modality_log`),
+the metrics it computes on a measured split (:meth:`split_metrics`, which become per-epoch
+``val_<name>`` progress values and ``final.<split>_<name>`` columns) and the study objectives it
+offers (:attr:`objectives`). The loop, the study and the reports name no method.
 
 Methods see the model only through its public contract (``encode``/``fuse``, per-modality
 logits, ``branch_parameters``, gates) and keep their own state in ``state_dict`` so a run
-resumes exactly.
+resumes exactly. A method registers itself where it is defined::
+
+    @METHODS.register("my_method", MyParams)
+    class MyMethod(BalanceMethod): ...
 """
 
 from __future__ import annotations
@@ -24,9 +35,11 @@ from torch import Tensor
 
 from raybal.config import ConfigError
 from raybal.models.base import FusionModel, ModelOutput
+from raybal.registry import RegistrationError, Registry
 
 if TYPE_CHECKING:
     from raybal.config import RunConfig
+    from raybal.utilization import MUResult
 
 
 @dataclass
@@ -40,6 +53,7 @@ class MethodContext:
     seed: int
     world_size: int = 1
     all_reduce: Any = None  # callable(Tensor) -> Tensor (mean over ranks), None when single process
+    rank: int = 0  # this process's slice of each global batch is [rank * n, (rank + 1) * n)
 
 
 class BalanceMethod:
@@ -47,6 +61,8 @@ class BalanceMethod:
 
     needs_gates: ClassVar[bool] = False
     needs_modality_logits: ClassVar[bool] = False
+    # Study objectives this method offers beyond the task metrics: trials column -> default mode.
+    objectives: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         self.params = params
@@ -54,11 +70,8 @@ class BalanceMethod:
         self.epoch = 0
 
     @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        """Checks that span sections (e.g. target modalities vs. the data set's)."""
-        from raybal.models import MODELS
-
-        model_cls = MODELS.get(cfg.model.name).obj
+    def check_config(cls, cfg: RunConfig, model_cls: type[FusionModel]) -> None:
+        """Checks that span sections (e.g. target modalities vs. the data set's, the model's gates)."""
         if cls.needs_gates and not model_cls.has_gates:
             raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs a model with "
                               f"cross-modal gates (model.name = \"mmtm\"), not {cfg.model.name!r}")
@@ -75,6 +88,10 @@ class BalanceMethod:
     def before_step(self) -> None:
         pass
 
+    def prepare_batch(self, x: dict[str, Tensor], y: Tensor) -> dict[str, Tensor]:
+        """The training batch as the model will see it (inputs on the device; return a new dict)."""
+        return x
+
     def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
         return None
 
@@ -83,6 +100,9 @@ class BalanceMethod:
 
     def after_step(self) -> None:
         pass
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """After the epoch's last step, before its evaluation."""
 
     def selectable(self, epoch: int) -> bool:
         """May the weights after ``epoch`` be picked as the run's model (``train.select = "best_val"``)?
@@ -101,6 +121,12 @@ class BalanceMethod:
         """Per-modality scalars for ``utilization.parquet`` (e.g. ``learning_speed``)."""
         return {}
 
+    def split_metrics(self, mu: MUResult) -> dict[str, Any]:
+        """Metrics of one measured split (e.g. the distance of its MU to a target). Reported per
+        epoch on validation as ``val_<name>`` and at the end as ``final.val_<name>`` /
+        ``final.test_<name>``."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -108,5 +134,18 @@ class BalanceMethod:
         pass
 
 
+def _check_method(name: str, obj: Any, params: type | None) -> None:
+    if not (isinstance(obj, type) and issubclass(obj, BalanceMethod)):
+        raise RegistrationError(f"balancing method {name!r}: {obj!r} must subclass BalanceMethod")
+    for key, mode in obj.objectives.items():
+        if not key.startswith("final.val_") or mode not in ("max", "min"):
+            raise RegistrationError(f"balancing method {name!r}: objective {key!r} must be a final.val_* column "
+                                    f"with mode 'max' or 'min', got {mode!r}")
+
+
+METHODS: Registry[type[BalanceMethod]] = Registry("balancing method", _check_method)
+
+
+@METHODS.register("vanilla")
 class Vanilla(BalanceMethod):
     """Ordinary joint training: cross-entropy on the fused logits, nothing else."""

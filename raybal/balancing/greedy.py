@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import Tensor
 
-from raybal.balancing.base import BalanceMethod, MethodContext
+from raybal.balancing.base import METHODS, BalanceMethod, MethodContext
 from raybal.config import knob
 from raybal.models.base import ModelOutput
 from raybal.utilization import LearningSpeedTracker, learning_speed
@@ -41,6 +41,7 @@ class GreedyParams:
     start_epoch: int = knob(2, ge=1, doc="first epoch in which re-balancing may happen")
 
 
+@METHODS.register("greedy_guided", GreedyParams)
 class GreedyGuided(BalanceMethod):
     """Wu et al. 2022 guided re-balancing on conditional learning speed."""
 
@@ -124,6 +125,7 @@ class GreedyGuided(BalanceMethod):
         self.rng.setstate(state["rng"])
 
 
+@METHODS.register("greedy_random", GreedyParams)
 class GreedyRandom(GreedyGuided):
     """Wu et al. 2022's control: each step uniformly normal or re-balancing one modality."""
 

@@ -34,17 +34,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raybal.balancing.base import BalanceMethod, MethodContext
+from raybal.balancing.base import METHODS, BalanceMethod, MethodContext
 from raybal.config import ConfigError, FrozenMap, knob
-from raybal.models.base import ModelOutput, index_features
+from raybal.models.base import FusionModel, ModelOutput, index_features
 
 if TYPE_CHECKING:
     from raybal.config import RunConfig
+    from raybal.utilization import MUResult
 
 
 @dataclass(frozen=True)
 class MuTargetParams:
-    target: FrozenMap = knob({}, ge=0.0, le=1.0, doc="modality -> target utilization fraction (sums to 1)")
+    target: FrozenMap = knob({}, ge=0.0, le=1.0, fractions=True,
+                             doc="modality -> target utilization fraction (sums to 1)")
     lambda_max: float = knob(10.0, ge=0.0)
     lambda_0: float = knob(0.1, ge=0.0)
     growth: float = knob(1.0, ge=0.0, doc="k in lambda(e) = min(lambda_max, lambda_0 exp(k (e - e_0)))")
@@ -66,8 +68,11 @@ class MuTargetParams:
             raise ConfigError(f"{prefix}.target", f"fractions must sum to 1 (within 1e-6), got {total:.6g}")
 
 
+@METHODS.register("mu_target", MuTargetParams)
 class MuTarget(BalanceMethod):
     """Utilization-targeted training toward a target MU vector (Singh et al. 2024)."""
+
+    objectives = {"final.val_mu_target_error": "min"}
 
     def __init__(self, params: MuTargetParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
@@ -77,8 +82,8 @@ class MuTarget(BalanceMethod):
         self._reset_log()
 
     @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        super().check_config(cfg)
+    def check_config(cls, cfg: RunConfig, model_cls: type[FusionModel]) -> None:
+        super().check_config(cfg, model_cls)
         target = cfg.balance.params.target
         mods = cfg.modalities
         for m in target:
@@ -165,6 +170,10 @@ class MuTarget(BalanceMethod):
         pen = (u - t).pow(2).sum() if self.params.penalty == "l2" else (u - t).abs().sum()
         self.pen_sum += float(pen.detach())
         return self.lam * pen
+
+    def split_metrics(self, mu: MUResult) -> dict[str, Any]:
+        """``mu_target_error``: max_i |MU share_i - t_i| on the split."""
+        return {"mu_target_error": max(abs(mu.shares[m] - self.params.target[m]) for m in self.params.target)}
 
     def epoch_log(self) -> dict[str, float]:
         used = max(self.steps - self.skipped, 1)

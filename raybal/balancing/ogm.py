@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from raybal.balancing.base import BalanceMethod, MethodContext
+from raybal.balancing.base import METHODS, BalanceMethod, MethodContext
 from raybal.config import ConfigError, knob
 from raybal.models.base import ModelOutput
 
@@ -39,6 +39,7 @@ class OGMParams:
             raise ConfigError(f"{prefix}.end_epoch", f"must be >= start_epoch = {self.start_epoch} (or 0)")
 
 
+@METHODS.register("ogm_ge", OGMParams)
 class OGMGE(BalanceMethod):
     """Peng et al. 2022: slow the dominant modality's encoder, add gradient noise."""
 

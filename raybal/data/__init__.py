@@ -1,6 +1,8 @@
 """Data-set registry: name -> builder, plus an on-disk cache for generated data.
 
-Generated data sets (``synthetic_aerial``, ``colored_digits`` built from scikit-learn's
+Each data set registers its builder where it is defined (``@DATASETS.register(name, Params)``,
+the params class following :class:`~raybal.data.base.DataParams`); every module of this
+package is imported so its entries exist. Generated data sets (``synthetic_aerial``, ``colored_digits`` built from scikit-learn's
 digits) are cached under ``data.cache_dir`` (default ``$RAYBAL_CACHE`` or
 ``~/.cache/raybal``), keyed by a hash of the data config, so a study's trials load the same
 arrays instead of regenerating them.
@@ -11,27 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from raybal.config import DataConfig, _thaw
-from raybal.data.base import DataError, MultiModalData, Split
-from raybal.data.digits import ColoredDigitsParams, build_colored_digits
-from raybal.data.files import ManifestParams, MavocParams, build_manifest, build_mavoc
-from raybal.data.synthetic import SyntheticAerialParams, build_synthetic_aerial
-from raybal.registry import Registry
+from raybal.data.base import DATASETS, DataError, DataParams, MultiModalData, Split
+from raybal.fileio import atomic_torch_save
+from raybal.registry import import_submodules
+
+import_submodules(__name__, __path__)
 
 # Bump when a generator's output changes, so stale caches are not reused.
 GENERATOR_VERSION = 4
-
-DATASETS: Registry[Callable[[Any], MultiModalData]] = Registry("data set")
-DATASETS.register("synthetic_aerial", SyntheticAerialParams)(build_synthetic_aerial)
-DATASETS.register("colored_digits", ColoredDigitsParams)(build_colored_digits)
-DATASETS.register("mavoc_folder", MavocParams)(build_mavoc)
-DATASETS.register("manifest", ManifestParams)(build_manifest)
 
 _MEMO: dict[str, MultiModalData] = {}
 
@@ -51,7 +46,7 @@ def data_key(cfg: DataConfig) -> str:
 def load_data(cfg: DataConfig) -> MultiModalData:
     """Build (or load from the cache) the data set a config names."""
     key = data_key(cfg)
-    cacheable = bool(getattr(cfg.params, "cacheable", lambda: False)())
+    cacheable = bool(cfg.params.cacheable())
     if cacheable and key in _MEMO:
         return _MEMO[key]
     builder = DATASETS.get(cfg.name).obj
@@ -73,12 +68,10 @@ def load_data(cfg: DataConfig) -> MultiModalData:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    from raybal.checkpoint import atomic_torch_save
-
     try:
         atomic_torch_save(obj, path)
     except OSError:
         pass  # an unwritable cache only costs regeneration next time
 
 
-__all__ = ["DATASETS", "DataError", "MultiModalData", "Split", "load_data", "data_key"]
+__all__ = ["DATASETS", "DataError", "DataParams", "MultiModalData", "Split", "load_data", "data_key"]

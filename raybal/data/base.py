@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-Task = Literal["classification", "segmentation"]
+from raybal.registry import RegistrationError, Registry, require
+from raybal.tasks import METRICS, Task
+
+
+class DataParams(Protocol):
+    """What a data set's params dataclass (its ``[data]`` knobs) must provide."""
+
+    task: str  # "classification" | "segmentation"
+
+    def modality_names(self) -> tuple[str, ...]:
+        """The modalities this configuration yields, in order (known before loading anything)."""
+        ...
+
+    def cacheable(self) -> bool:
+        """True when the data is generated (cache it on disk keyed by the config); False for files."""
+        ...
+
+
+def _check_dataset(name: str, obj: Any, params: type | None) -> None:
+    if not callable(obj):
+        raise RegistrationError(f"data set {name!r}: the registered builder must be callable(params) -> MultiModalData")
+    if params is None:
+        raise RegistrationError(f"data set {name!r}: needs a params dataclass (DataParams)")
+    require("data set", name, params, ("task", "modality_names", "cacheable"))
+    task = getattr(params, "task", None)
+    if isinstance(task, str) and task not in METRICS:
+        raise RegistrationError(f"data set {name!r}: default task {task!r} is not one of {', '.join(METRICS)}")
+
+
+# name -> builder(params) -> MultiModalData, registered with its DataParams dataclass
+DATASETS: Registry[Callable[[Any], Any]] = Registry("data set", _check_dataset)
 
 
 class DataError(ValueError):

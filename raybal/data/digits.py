@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from raybal.config import knob
-from raybal.data.base import DataError, MultiModalData, Split, split_indices
+from raybal.data.base import DATASETS, DataError, MultiModalData, Split, split_indices
 
 # Ten well separated colours (class c -> PALETTE[c]).
 PALETTE = np.array([
@@ -93,6 +93,7 @@ def _load_digits(p: ColoredDigitsParams) -> tuple[np.ndarray, np.ndarray]:
     return (images / 255.0).astype(np.float32), labels.astype(np.int64)
 
 
+@DATASETS.register("colored_digits", ColoredDigitsParams)
 def build_colored_digits(p: ColoredDigitsParams) -> MultiModalData:
     images, labels = _load_digits(p)
     if p.max_samples:

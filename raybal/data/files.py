@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from raybal.config import ConfigError, FrozenMap, knob
-from raybal.data.base import DataError, MultiModalData, Split, split_indices
+from raybal.data.base import DATASETS, DataError, MultiModalData, Split, split_indices
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy"}
 
@@ -36,6 +36,9 @@ class FileParams:
     def modality_names(self) -> tuple[str, ...]:
         return self.modalities
 
+    def cacheable(self) -> bool:
+        return False  # files may change under the same config: read them every time
+
     def n_channels(self, m: str) -> int:
         return int(self.channels.get(m, 3 if m == "eo" else 1))
 
@@ -46,16 +49,21 @@ class FileParams:
             raise ConfigError(f"{prefix}.modalities", "needs two or more distinct modalities")
 
 
+def _require_path(key: str, value: str, what: str, *, folder: bool) -> None:
+    if not value:
+        raise ConfigError(key, f"required: {what}")
+    p = Path(value).expanduser()
+    if not (p.is_dir() if folder else p.is_file()):
+        raise ConfigError(key, f"{'folder' if folder else 'file'} not found: {value}")
+
+
 @dataclass(frozen=True)
 class MavocParams(FileParams):
     root: str = ""
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
-        if not self.root:
-            raise ConfigError(f"{prefix}.root", "required: the MAVOC folder")
-        if not Path(self.root).expanduser().is_dir():
-            raise ConfigError(f"{prefix}.root", f"folder not found: {self.root}")
+        _require_path(f"{prefix}.root", self.root, "the MAVOC folder", folder=True)
 
 
 @dataclass(frozen=True)
@@ -66,10 +74,7 @@ class ManifestParams(FileParams):
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
-        if not self.path:
-            raise ConfigError(f"{prefix}.path", "required: the manifest Parquet file")
-        if not Path(self.path).expanduser().is_file():
-            raise ConfigError(f"{prefix}.path", f"file not found: {self.path}")
+        _require_path(f"{prefix}.path", self.path, "the manifest Parquet file", folder=False)
 
 
 def read_image(path: Path, channels: int, size: int) -> np.ndarray:
@@ -124,6 +129,7 @@ def _sample_id(path: Path) -> str:
     return path.stem.rsplit("_", 1)[-1]
 
 
+@DATASETS.register("mavoc_folder", MavocParams)
 def build_mavoc(p: MavocParams) -> MultiModalData:
     root = Path(p.root).expanduser()
     dirs = _mod_dirs(root, p.modality_names())
@@ -175,6 +181,7 @@ def _to_nested(value: Any) -> Any:
     return value
 
 
+@DATASETS.register("manifest", ManifestParams)
 def build_manifest(p: ManifestParams) -> MultiModalData:
     import pandas as pd
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from raybal.config import ConfigError, FrozenMap, knob
-from raybal.data.base import MultiModalData, Split
+from raybal.data.base import DATASETS, MultiModalData, Split
 
 CLASS_NAMES = ("disk", "square", "triangle", "ring", "plus", "bar", "ell", "diamond", "dumbbell", "frame")
 KNOWN_EXTRA = ("ir",)
@@ -181,6 +181,7 @@ def _render_split(p: SyntheticAerialParams, n: int, seed: int) -> Split:
     return Split(x, y)
 
 
+@DATASETS.register("synthetic_aerial", SyntheticAerialParams)
 def build_synthetic_aerial(p: SyntheticAerialParams) -> MultiModalData:
     """Render the three splits from independent seeded streams (test is never seen in training)."""
     train = _render_split(p, p.n_train, seed=p.seed * 1000 + 1)

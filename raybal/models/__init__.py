@@ -1,17 +1,15 @@
-"""Model registry: name -> fusion architecture (see ``raybal.models.base`` for the contract)."""
+"""Fusion models: name -> architecture (see :mod:`raybal.models.base` for the contract).
+
+Each architecture registers itself where it is defined (``@MODELS.register(name, Params)``);
+every module of this package is imported so its entries exist.
+"""
 
 from __future__ import annotations
 
-from raybal.models.base import FusionModel, ModelOutput, index_features
-from raybal.models.fusion import EncoderParams, LateFusion, LateParams, MMTMFusion, MMTMParams, SumFusion
-from raybal.models.unet import UNetFusion, UNetParams
-from raybal.registry import Registry
+from raybal.models.base import MODELS, FusionModel, ModelOutput, index_features
+from raybal.registry import import_submodules
 
-MODELS: Registry[type[FusionModel]] = Registry("model")
-MODELS.register("late", LateParams)(LateFusion)
-MODELS.register("sum", EncoderParams)(SumFusion)
-MODELS.register("mmtm", MMTMParams)(MMTMFusion)
-MODELS.register("unet", UNetParams)(UNetFusion)
+import_submodules(__name__, __path__)
 
 
 def build_model(name: str, params: object, modalities: tuple[str, ...], shapes: dict[str, tuple[int, ...]],

@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from raybal.registry import RegistrationError, Registry
+
 Features = dict[str, Any]  # modality -> Tensor or tuple of Tensors (batch first)
 
 
@@ -94,6 +96,18 @@ class FusionModel(nn.Module):
     def set_gate_override(self, modality: str | None) -> None:
         """Replace ``modality``'s cross-modal gate by its running average (None = normal)."""
         raise NotImplementedError(f"{type(self).__name__} has no cross-modal gates")
+
+
+def _check_model(name: str, obj: Any, params: type | None) -> None:
+    if not (isinstance(obj, type) and issubclass(obj, FusionModel)):
+        raise RegistrationError(f"model {name!r}: {obj!r} must subclass FusionModel (encode / fuse / branch_modules)")
+    for hook in ("encode", "fuse", "branch_modules"):
+        if getattr(obj, hook) is getattr(FusionModel, hook):
+            raise RegistrationError(f"model {name!r}: {obj.__name__} must implement `{hook}`")
+
+
+# name -> FusionModel subclass, constructed as cls(params, modalities, shapes, num_classes)
+MODELS: Registry[type[FusionModel]] = Registry("model", _check_model)
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:

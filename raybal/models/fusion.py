@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from raybal.config import ConfigError, knob
-from raybal.models.base import CNNEncoder, Features, FusionModel, ModelOutput, make_encoder
+from raybal.models.base import MODELS, CNNEncoder, Features, FusionModel, ModelOutput, make_encoder
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class LateParams(EncoderParams):
     dropout: float = knob(0.0, ge=0.0, lt=1.0)
 
 
+@MODELS.register("late", LateParams)
 class LateFusion(FusionModel):
     """Late fusion by concatenation of per-modality features, then a (linear) head.
 
@@ -70,6 +71,7 @@ class LateFusion(FusionModel):
         return [self.encoders[modality]]
 
 
+@MODELS.register("sum", EncoderParams)
 class SumFusion(FusionModel):
     """Each modality has its own linear head; the fused logits are their sum."""
 
@@ -144,6 +146,7 @@ class MMTMUnit(nn.Module):
         return out
 
 
+@MODELS.register("mmtm", MMTMParams)
 class MMTMFusion(FusionModel):
     """Intermediate fusion: CNN branches exchanging information through MMTM units.
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raybal.config import knob
-from raybal.models.base import Features, FusionModel, ModelOutput, conv_block
+from raybal.models.base import MODELS, Features, FusionModel, ModelOutput, conv_block
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class _Down(nn.Module):
         return tuple(outs)
 
 
+@MODELS.register("unet", UNetParams)
 class UNetFusion(FusionModel):
     """Per-modality encoders, fused skips, one decoder (segmentation)."""
 

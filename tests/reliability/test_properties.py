@@ -10,7 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raybal.config import ConfigError, RunConfig, config_from_dict, load_toml
+from raybal.config import ConfigError, RunConfig, load_toml
+from raybal.resolve import config_from_dict
 from raybal.space import Study, study_from_dict
 
 SECTIONS = ["data", "model", "balance", "train", "robustness", "study", "search", "junk"]
@@ -78,8 +79,8 @@ def test_search_distributions_never_traceback(kind: str, args: list, key: str) -
         _one_line(exc)
         return
     p = study.space.params[0]
-    if p.kind in ("uniform", "loguniform", "int"):
-        assert math.isfinite(p.low) and p.low <= p.high
+    if p.dist.kind in ("uniform", "loguniform", "int"):
+        assert math.isfinite(p.dist.low) and p.dist.low <= p.dist.high
 
 
 @settings(max_examples=150, deadline=None)

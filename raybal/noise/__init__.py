@@ -1,0 +1,14 @@
+"""Corruptions applied to one modality at evaluation time: the registry and the built-ins.
+
+Every module of this package is imported so the corruptions defined in it register
+themselves (see :mod:`raybal.noise.base`).
+"""
+
+from __future__ import annotations
+
+from raybal.noise.base import CORRUPTIONS, CorruptionFn, corrupter, default_levels
+from raybal.registry import import_submodules
+
+import_submodules(__name__, __path__)
+
+__all__ = ["CORRUPTIONS", "CorruptionFn", "corrupter", "default_levels"]

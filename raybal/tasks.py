@@ -1,0 +1,30 @@
+"""What each task reports: the one place that maps a task to its metric's name.
+
+Classification reports ``accuracy``; segmentation reports ``miou`` (mean intersection over
+union). Table columns, progress lines, study objectives and figures all derive their names
+from :func:`metric_name`, so a new task is added here once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Task = Literal["classification", "segmentation"]
+METRICS: dict[str, str] = {"classification": "accuracy", "segmentation": "miou"}
+
+
+def metric_name(task: str) -> str:
+    """``accuracy`` for classification, ``miou`` for segmentation."""
+    try:
+        return METRICS[task]
+    except KeyError:
+        raise ValueError(f"unknown task {task!r} (known: {', '.join(METRICS)})") from None
+
+
+def metric_of_columns(columns: object) -> str:
+    """The task metric a table uses, read from its column names (``final.val_miou`` / ``miou`` -> miou)."""
+    cols = [str(c) for c in columns]  # type: ignore[attr-defined]
+    for name in METRICS.values():
+        if name in cols or f"final.val_{name}" in cols or f"val_{name}" in cols:
+            return name
+    return METRICS["classification"]
