@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from raybal import checkpoint, records
 from raybal.balancing import METHODS, BalanceMethod, MethodContext
@@ -102,7 +101,7 @@ def train_step(train_model: torch.nn.Module, method: BalanceMethod, optimizer: t
     xb = method.prepare_batch(xb, yb)
     with autocast:
         out = train_model(xb)
-        loss = F.cross_entropy(out.logits.float(), yb)
+        loss = method.task_loss(out, yb)
         extra = method.extra_loss(xb, out, yb, loss)
         total = loss + extra if extra is not None else loss
     if not torch.isfinite(total.detach()):

@@ -5,7 +5,7 @@ The loop in :mod:`raybal.train` calls, per epoch and per step::
     on_epoch_start(epoch)            # e.g. warm-up of a penalty weight, freezing encoders
     before_step()                    # per-step mode, e.g. Wu's re-balancing gate override
     x = prepare_batch(x, y)          # e.g. modality dropout
-    out = model(x); loss = CE(out.logits, y)
+    out = model(x); loss = task_loss(out, y)   # CE of the fused logits; Wu's guided: sum of branch CEs
     loss += extra_loss(x, out, y, loss)  # e.g. the mu_target penalty
     loss.backward()
     after_backward(out, y)           # e.g. OGM-GE gradient modulation, learning-speed sums
@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from raybal.config import ConfigError
@@ -91,6 +92,10 @@ class BalanceMethod:
     def prepare_batch(self, x: dict[str, Tensor], y: Tensor) -> dict[str, Tensor]:
         """The training batch as the model will see it (inputs on the device; return a new dict)."""
         return x
+
+    def task_loss(self, out: ModelOutput, y: Tensor) -> Tensor:
+        """The training loss before any penalty: cross-entropy of the fused logits."""
+        return F.cross_entropy(out.logits.float(), y)
 
     def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
         return None

@@ -16,8 +16,12 @@ the paper's control: each step is uniformly one of normal / re-balance m_0 / re-
 For M > 2 modalities the modality with the largest s_k is re-balanced when max s - min s > alpha
 (identical to the rule above for M = 2).
 
-The gates' running averages are registered buffers of the model, updated only in training
-(the reference code keeps plain attributes that also move in evaluation).
+The training loss is the sum of the branches' own cross-entropy losses (reference
+``train.py``: a sum of CE over the per-branch logits); the fused prediction, used for every
+metric, is the mean of the branch logits. The gates' running averages are registered buffers
+of the model, updated only in training (the reference code keeps plain attributes that also
+move in evaluation); a gate override acts only in training mode, so evaluation, checkpoints,
+MU and robustness always see the normal model.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from raybal.balancing.base import METHODS, BalanceMethod, MethodContext
@@ -77,6 +82,11 @@ class GreedyGuided(BalanceMethod):
         hi = max(s, key=s.get)  # type: ignore[arg-type]
         lo = min(s, key=s.get)  # type: ignore[arg-type]
         return hi if s[hi] - s[lo] > self.params.alpha else None
+
+    def task_loss(self, out: ModelOutput, y: Tensor) -> Tensor:
+        """Wu et al.'s loss: the sum of each branch head's own cross-entropy."""
+        assert out.modality_logits is not None
+        return sum(F.cross_entropy(lg.float(), y) for lg in out.modality_logits.values())  # type: ignore[return-value]
 
     def before_step(self) -> None:
         self.override = self.override if self.steps_left > 0 else None

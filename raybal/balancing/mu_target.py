@@ -133,16 +133,19 @@ class MuTarget(BalanceMethod):
         n = len(y)
         perm = torch.randperm(n, generator=self.gen).to(y.device)
         losses = []
-        for m in self.ctx.modalities:
-            if self.params.shuffle == "features" or x is None:
-                feats = dict(out.features)
-                feats[m] = index_features(out.features[m], perm)
-                logits = model.fuse(feats).logits
-            else:
-                xs = dict(x)
-                xs[m] = x[m][perm]
-                logits = model(xs).logits
-            losses.append(F.cross_entropy(logits.float(), y))
+        # The shuffled passes must not move running statistics (BatchNorm, MMTM gates): they see
+        # altered data, and the model's state belongs to the intact one.
+        with model.frozen_running_stats():
+            for m in self.ctx.modalities:
+                if self.params.shuffle == "features" or x is None:
+                    feats = dict(out.features)
+                    feats[m] = index_features(out.features[m], perm)
+                    logits = model.fuse(feats).logits
+                else:
+                    xs = dict(x)
+                    xs[m] = x[m][perm]
+                    logits = model(xs).logits
+                losses.append(F.cross_entropy(logits.float(), y))
         gap = torch.stack(losses) - loss
         if self.ctx.world_size > 1:
             # Data-parallel: average the gaps over ranks (equal shards, so this is the global batch's
@@ -172,7 +175,10 @@ class MuTarget(BalanceMethod):
         return self.lam * pen
 
     def split_metrics(self, mu: MUResult) -> dict[str, Any]:
-        """``mu_target_error``: max_i |MU share_i - t_i| on the split."""
+        """``mu_target_error``: max_i |MU share_i - t_i| on the split. A degenerate MU (the model ignores
+        every input; shares reported as 1/M) does not meet any target: its error is 1, the worst."""
+        if mu.degenerate:
+            return {"mu_target_error": 1.0}
         return {"mu_target_error": max(abs(mu.shares[m] - self.params.target[m]) for m in self.params.target)}
 
     def epoch_log(self) -> dict[str, float]:

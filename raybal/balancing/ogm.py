@@ -4,20 +4,33 @@ Modulation*, CVPR 2022).
 
 Per batch, from each modality's own logit share (the model's ``modality_logits``):
 
-    s_k     = sum_i softmax(out_k(x_i))[y_i]                       (Eq. 5)
-    rho_k   = s_k / s_other   (for M > 2: s_k / mean of the others)  (Eq. 6)
-    k_k     = 1 - tanh(alpha * relu(rho_k - 1))                      (Eq. 7)
+    s_k     = sum_i softmax(out_k(x_i))[y_i]                         (Eq. 8)
+    rho_k   = s_k / s_other   (for M > 2: s_k / the weakest other)     (Eq. 9)
+    k_k     = 1 - tanh(alpha * rho_k)  if rho_k > 1, else 1            (Eq. 10)
 
-Each modality's encoder gradients are multiplied by k_k (1 for the weaker modality), and
-Gaussian noise with the gradient's own standard deviation is added (GE, Eq. 9-10), between
-``start_epoch`` and ``end_epoch``. Under data-parallel training s_k is summed across ranks, so
-every rank applies the same coefficient.
+Each modality's encoder weight gradients are multiplied by k_k (1 for the weaker modality);
+with GE, Gaussian noise whose standard deviation is that of the *unscaled* gradient is added
+(g <- k g + N(0, std(g)^2), §3.3), between ``start_epoch`` and ``end_epoch`` (inclusive).
+
+Differences from the reference code (GeWu-Lab/OGM-GE_CVPR2022 ``main.py``), and why:
+
+* the reference writes the coefficient as 1 - tanh(alpha * relu(rho)), equal to Eq. 10 for rho > 1;
+* the reference modulates only the encoders' conv kernels (4-d gradients): here every weight
+  tensor of a modality's *encoder* (conv kernels, and linear weights for vector encoders, which
+  the reference has none of) — not BatchNorm, biases or per-branch heads (``params = "weights"``);
+  ``params = "all"`` modulates every encoder parameter;
+* for M > 2 each modality is compared with the weakest other (BalanceBenchmark's choice), so
+  only modalities ahead of the weakest are slowed; for M = 2 this is the paper's rule.
+
+Under data-parallel training s_k is summed across ranks, so every rank applies the same
+coefficient, and the GE noise comes from identically seeded generators.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -33,6 +46,7 @@ class OGMParams:
     start_epoch: int = knob(1, ge=1)
     end_epoch: int = knob(0, ge=0, doc="last modulated epoch (0 = until the end)")
     ge: bool = True
+    params: Literal["weights", "all"] = "weights"
 
     def validate(self, prefix: str) -> None:
         if self.end_epoch and self.end_epoch < self.start_epoch:
@@ -63,36 +77,45 @@ class OGMGE(BalanceMethod):
     def selectable(self, epoch: int) -> bool:
         return epoch >= min(self.params.start_epoch, self.ctx.epochs)
 
+    @staticmethod
+    def coefficient(alpha: float, rho: float) -> float:
+        """Eq. 10: 1 - tanh(alpha * rho) for the leading modality (rho > 1), else 1."""
+        return 1.0 - math.tanh(alpha * rho) if rho > 1.0 else 1.0
+
     @torch.no_grad()
     def coefficients(self, out: ModelOutput, y: Tensor) -> dict[str, float]:
-        """k_k of Eq. 7 for this batch."""
+        """k_k of Eq. 10 for this batch."""
         assert out.modality_logits is not None
         mods = self.ctx.modalities
         scores = torch.stack([out.modality_logits[m].float().softmax(1).gather(1, y[:, None]).sum() for m in mods])
         if self.ctx.all_reduce is not None:
             scores = self.ctx.all_reduce(scores)
+        vals = [float(v) for v in scores]  # one host read per step, for M scalars
         coef = {}
         for i, m in enumerate(mods):
-            others = torch.cat([scores[:i], scores[i + 1:]]).mean()
-            ratio = float(scores[i] / others.clamp_min(1e-12))
-            coef[m] = 1.0 - float(torch.tanh(torch.tensor(self.params.alpha * max(ratio - 1.0, 0.0))))
+            weakest = min(vals[:i] + vals[i + 1:])
+            coef[m] = self.coefficient(self.params.alpha, vals[i] / max(weakest, 1e-12))
         return coef
+
+    def _modulated(self, modality: str) -> list[torch.nn.Parameter]:
+        ps = self.ctx.model.encoder_parameters(modality)
+        return ps if self.params.params == "all" else [p for p in ps if p.dim() >= 2]
 
     def after_backward(self, out: ModelOutput, y: Tensor) -> None:
         if not self.active():
             return
         coef = self.coefficients(out, y)
-        model = self.ctx.model
         for m, k in coef.items():
             self.coef_sum[m] += k
-            for p in model.branch_parameters(m):
+            for p in self._modulated(m):
                 if p.grad is None:
                     continue
-                if k != 1.0:
+                if self.params.ge:
+                    # GE: noise with the std of the gradient *before* scaling (reference main.py).
+                    noise = torch.randn(p.grad.shape, generator=self.gen).to(p.grad) * (p.grad.std() + 1e-8)
+                    p.grad.mul_(k).add_(noise)
+                elif k != 1.0:
                     p.grad.mul_(k)
-                if self.params.ge and p.grad.dim() >= 2:
-                    std = float(p.grad.std()) + 1e-8
-                    p.grad.add_(torch.randn(p.grad.shape, generator=self.gen).to(p.grad) * std)
         self.n += 1
 
     def epoch_log(self) -> dict[str, float]:

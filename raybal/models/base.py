@@ -14,6 +14,8 @@ parameter groups from public methods and never touch private layers.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -72,6 +74,28 @@ class FusionModel(nn.Module):
 
     def branch_parameters(self, modality: str) -> list[nn.Parameter]:
         return [p for mod in self.branch_modules(modality) for p in mod.parameters()]
+
+    def encoder_modules(self, modality: str) -> list[nn.Module]:
+        """The feature extractor of ``modality`` (its branch without a per-modality head)."""
+        return self.branch_modules(modality)
+
+    def encoder_parameters(self, modality: str) -> list[nn.Parameter]:
+        return [p for mod in self.encoder_modules(modality) for p in mod.parameters()]
+
+    @contextmanager
+    def frozen_running_stats(self) -> Iterator[None]:
+        """Forward passes inside do not move running statistics (BatchNorm running mean / var, MMTM
+        running gates): every module's ``momentum`` is 0 for the duration. For passes on altered
+        data (shuffled modalities) that must not leak into the model's state."""
+        saved = [(m, m.momentum) for m in self.modules()
+                 if isinstance(getattr(m, "momentum", None), float) and m is not self]
+        try:
+            for m, _ in saved:
+                m.momentum = 0.0
+            yield
+        finally:
+            for m, mom in saved:
+                m.momentum = mom
 
     def freeze_branches(self) -> None:
         """Freeze every branch (no gradients, batch-norm statistics fixed): train fusion + head only."""

@@ -140,7 +140,9 @@ class MMTMUnit(nn.Module):
             if self.training and self.override != m:
                 with torch.no_grad():
                     running.mul_(1 - self.momentum).add_(self.momentum * gate.detach().mean(0))
-            if self.override == m:
+            if self.override == m and self.training:
+                # The override exists only inside a training step: evaluation, checkpoints, MU and
+                # robustness always see the normal model (DESIGN.md §2).
                 gate = running.expand_as(gate)
             out[m] = xs[m] * gate[:, :, None, None]
         return out
@@ -186,6 +188,9 @@ class MMTMFusion(FusionModel):
 
     def branch_modules(self, modality: str) -> list[nn.Module]:
         return [self.encoders[modality], self.heads[modality]]
+
+    def encoder_modules(self, modality: str) -> list[nn.Module]:
+        return [self.encoders[modality]]
 
     def gate_parameters(self, modality: str) -> list[nn.Parameter]:
         return [p for unit in self.mmtm for p in unit.excite[modality].parameters()]
