@@ -212,3 +212,15 @@ def test_registries_check_their_protocols() -> None:
         METHODS.register("vanilla")(METHODS.get("vanilla").obj)
     for reg in (DATASETS, METHODS, MODELS, CORRUPTIONS):
         assert "_bad" not in reg
+
+
+if __name__ == "__main__":  # the import picture of any tree: python tests/test_architecture.py [path/to/raybal]
+    import sys
+
+    root = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT
+    graph = import_graph(root)
+    cycles = find_cycles(graph)
+    arrows = up_arrows(graph, LAYERS)
+    print(f"{root}: {len(graph)} modules, {sum(map(len, graph.values()))} import edges")
+    print(f"cycles: {len(cycles)}" + "".join(f"\n  {len(c)} modules: {', '.join(c)}" for c in cycles))
+    print(f"back-arrows against LAYERS: {len(arrows)}" + "".join(f"\n  {a}" for a in arrows))
