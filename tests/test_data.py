@@ -76,6 +76,10 @@ def test_colored_digits_shortcut_in_train_only() -> None:
 
     assert float((colour_ids(data.train) == data.train.y).float().mean()) > 0.95
     assert float((colour_ids(data.test) == data.test.y).float().mean()) < 0.3
+    # validation follows the training distribution (Wu et al.): the colour still predicts the label
+    assert float((colour_ids(data.val) == data.val.y).float().mean()) > 0.95
+    half = load_data(config_from_dict({"data": {"name": "colored_digits", "shortcut": 0.5}}).data)
+    assert 0.35 < float((colour_ids(half.val) == half.val.y).float().mean()) < 0.7
 
 
 def _png(path: Path, mode: str, value: int) -> None:

@@ -26,7 +26,7 @@ from raybal.registry import import_submodules
 import_submodules(__name__, __path__)
 
 # Bump when a generator's output changes, so stale caches are not reused.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 
 _MEMO: dict[str, MultiModalData] = {}
 
