@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from raybal import checkpoint
-from raybal.config import RunConfig, set_dotted
+from raybal.config import RunConfig
 from raybal.data import load_data
 from raybal.fileio import atomic_write_json
 from raybal.records import RunResult, failed_result, robustness_summary
-from raybal.resolve import config_from_dict
+from raybal.resolve import with_overrides
 from raybal.results import ResultsError, check_writable, environment, write_results
 from raybal.robustness import sweep
 from raybal.tasks import metric_name
@@ -103,13 +103,10 @@ def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress 
 
 def robustness_config(selected: checkpoint.Selected, overrides: dict[str, Any]) -> RunConfig:
     """The checkpoint's config with the sweep enabled and ``robustness.*`` overrides applied."""
-    raw = selected.config.to_dict()
-    raw["robustness"]["enabled"] = True
-    for k, v in overrides.items():
+    for k in overrides:
         if not k.startswith("robustness."):
             raise ResultsError(f"{k}: only robustness.* keys can be overridden here")
-        set_dotted(raw, k, v)
-    return config_from_dict(raw)
+    return with_overrides(selected.config, {"robustness.enabled": True, **overrides})
 
 
 def robustness_to_dir(checkpoint_path: str | Path, results_dir: str | Path | None, overrides: dict[str, Any], *,
