@@ -178,7 +178,8 @@ def greedy(res: Results) -> plt.Figure:
     labels = trial_labels(t)
     tr = e[(e["split"] == "train") & e["speed_imbalance"].notna()]
     tr = tr.assign(run=tr["trial_id"].map(labels).fillna(tr["trial_id"]) + " · " + tr["trial_id"].astype(str).str[:8])
-    mods = [c.split(".", 2)[2] for c in t.columns if c.startswith("final.cond_util.")]
+    col = "final.val_cond_util."  # Wu's rate on validation (the training distribution), gated fusions only
+    mods = [c[len(col):] for c in t.columns if c.startswith(col) and t[c].notna().any()]
     _style()
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
     sns.lineplot(data=tr, x="epoch", y="speed_imbalance", hue="run", marker="o", ax=axes[0], palette=PALETTE)
@@ -188,11 +189,11 @@ def greedy(res: Results) -> plt.Figure:
     axes[0].legend(fontsize=7, title="trial")
     if len(mods) >= 2:
         d = t.assign(method=t["trial_id"].map(labels),
-                     d_util=(t[f"final.cond_util.{mods[0]}"] - t[f"final.cond_util.{mods[1]}"]).abs())
+                     d_util=(t[f"{col}{mods[0]}"] - t[f"{col}{mods[1]}"]).abs())
         sns.barplot(data=d, x="method", y="d_util", errorbar="sd", ax=axes[1], palette=PALETTE, hue="method",
                     legend=False)
-        axes[1].set(xlabel="method", ylabel=f"|u({mods[0]}|{mods[1]}) - u({mods[1]}|{mods[0]})|",
-                    title="Conditional utilization imbalance (test)")
+        axes[1].set(xlabel="method", ylabel=f"|u({mods[1]}|{mods[0]}) - u({mods[0]}|{mods[1]})|",
+                    title="Conditional utilization imbalance (validation)")
         axes[1].tick_params(axis="x", rotation=20)
     fig.tight_layout()
     return fig

@@ -36,7 +36,7 @@ KEYS = {
 REQUIRED = {
     "trials": ["trial_id", "status", "error", "config_json", "wall_s", "raybal_version"],
     "epochs": ["trial_id", "epoch", "split", "loss", "lambda_mu"],
-    "utilization": ["trial_id", "epoch", "split", "modality", "mu", "cond_util", "learning_speed"],
+    "utilization": ["trial_id", "epoch", "split", "modality", "mu", "cond_util", "ablation_util", "learning_speed"],
     "robustness": ["trial_id", "split", "modality", "corruption", "level"],
 }
 STATUSES = ("ok", "failed", "stopped")
@@ -83,14 +83,17 @@ def epoch_row(trial_id: str, epoch: int, split: str, task: str, loss: float, val
 
 def utilization_rows(trial_id: str, epoch: int, split: str, mu: MUResult, *, final: bool,
                      cond_util: Mapping[str, float | None] | None = None,
+                     ablation_util: Mapping[str, float] | None = None,
                      modality_log: Mapping[str, Mapping[str, float]] | None = None) -> list[dict[str, Any]]:
     """``utilization.parquet`` rows, one per modality: MU share (sums to 1), raw MU and the nullable
-    measures (Wu et al.'s ``cond_util``, the method's per-modality log such as ``learning_speed``)."""
+    measures (Wu et al.'s ``cond_util`` of the modality's own branch, the mean-ablation utilization
+    ``ablation_util``, the method's per-modality log such as ``learning_speed``)."""
     rows = []
     for m in mu.shares:
         row: dict[str, Any] = {
             "trial_id": trial_id, "epoch": epoch, "split": split, "modality": m, "mu": mu.shares[m],
-            "mu_raw": mu.raw[m], "cond_util": (cond_util or {}).get(m), "learning_speed": None,
+            "mu_raw": mu.raw[m], "cond_util": (cond_util or {}).get(m),
+            "ablation_util": (ablation_util or {}).get(m), "learning_speed": None,
             "degenerate": mu.degenerate, "final": final}
         row.update((modality_log or {}).get(m, {}))
         rows.append(row)
@@ -125,9 +128,11 @@ def robustness_summary(rows: Iterable[Mapping[str, Any]], task: str) -> dict[str
 
 
 def final_metrics(task: str, best_epoch: int, val: MUResult, test: MUResult,
-                  cond_util: Mapping[str, float | None], method_metrics: Mapping[str, Mapping[str, Any]]
-                  ) -> dict[str, Any]:
-    """The ``final.*`` columns of a trial: selected epoch, metrics, MU per split, the method's own."""
+                  measures: Mapping[str, Mapping[str, Mapping[str, float | None]]],
+                  method_metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``final.*`` columns of a trial: selected epoch, metrics, MU per split, the per-modality
+    ``measures`` (split -> measure name -> modality -> value, e.g. ``final.val_cond_util.<m>``) and the
+    method's own."""
     metric = metric_name(task)
     final: dict[str, Any] = {
         "final.best_epoch": best_epoch,
@@ -139,7 +144,10 @@ def final_metrics(task: str, best_epoch: int, val: MUResult, test: MUResult,
         final[f"final.mu.{m}"] = test.shares[m]
         final[f"final.mu_raw.{m}"] = test.raw[m]
         final[f"final.val_mu.{m}"] = val.shares[m]
-        final[f"final.cond_util.{m}"] = cond_util.get(m)
+    for split, by_name in measures.items():
+        for name, values in by_name.items():
+            for m, v in values.items():
+                final[f"final.{split}_{name}.{m}"] = v
     for split, values in method_metrics.items():
         for k, v in values.items():
             final[f"final.{split}_{k}"] = v

@@ -28,10 +28,19 @@ from raybal.data.base import MultiModalData
 from raybal.faults import maybe_inject
 from raybal.models import build_model
 from raybal.models.base import FusionModel
+from raybal.models.crossrank import sync_batch_statistics
 from raybal.records import RunResult
 from raybal.robustness import sweep
 from raybal.tasks import metric_name
-from raybal.utilization import conditional_utilization, finish_metric, mean_features, measure, task_metric
+from raybal.utilization import (
+    conditional_utilization,
+    finish_metric,
+    mean_ablation_utilization,
+    mean_features,
+    measure,
+    squeeze_means,
+    task_metric,
+)
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -90,6 +99,25 @@ def build_for(cfg: RunConfig, data: MultiModalData) -> FusionModel:
     return build_model(cfg.model.name, cfg.model.params, data.modalities, data.shapes, data.num_classes)
 
 
+def _trainable(model: torch.nn.Module) -> tuple[bool, ...]:
+    return tuple(p.requires_grad for p in model.parameters())
+
+
+def _sum_over_ranks(dist: DistContext, values: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Each tensor summed over the ranks of a data-parallel run (one all-reduce); unchanged on one process."""
+    if dist.world_size == 1 or dist.all_reduce_mean is None:
+        return values
+    flat = torch.cat([v.detach().reshape(-1).to(device, torch.float64) for v in values])
+    flat = (dist.all_reduce_mean(flat) * dist.world_size).cpu()
+    out, i = [], 0
+    for v in values:
+        k = v.numel()
+        part = flat[i:i + k].reshape(v.shape)
+        out.append(part.round().to(v.dtype) if not v.dtype.is_floating_point else part.to(v.dtype))
+        i += k
+    return out
+
+
 def train_step(train_model: torch.nn.Module, method: BalanceMethod, optimizer: torch.optim.Optimizer,
                xb: dict[str, torch.Tensor], yb: torch.Tensor, autocast: Any, epoch: int) -> tuple[Any, torch.Tensor]:
     """One optimisation step: forward, the method's extra loss, backward, its gradient hook, update.
@@ -135,12 +163,15 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
     model = build_for(config, data).to(device)
     task, ncls = data.task, data.num_classes
     metric = metric_name(task)
-    train_model: torch.nn.Module = dist.wrap_model(model) if dist.wrap_model else model
+    if dist.world_size > 1:
+        sync_batch_statistics(model)  # BatchNorm / running gates see the global batch, not this rank's slice
 
-    per_rank = len(data.train) // dist.world_size
-    bs = tc.batch_size // dist.world_size  # train.batch_size is the global batch
-    drop_last = per_rank >= bs
-    steps = max(per_rank // bs if drop_last else 1, 1)
+    # train.batch_size is the global batch: step k trains on the same samples for any number of workers,
+    # each rank on its slice (Split.shard_order). A split smaller than one batch is one step.
+    n_train, world = len(data.train), dist.world_size
+    global_batch = tc.batch_size if n_train >= tc.batch_size else n_train - n_train % world
+    bs = global_batch // world
+    steps = n_train // global_batch
     method_cls = METHODS.get(config.balance.method).obj
     method: BalanceMethod = method_cls(config.balance.params, MethodContext(
         model=model, modalities=data.modalities, epochs=tc.epochs, steps_per_epoch=steps, seed=tc.seed,
@@ -167,8 +198,14 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
         start_epoch = st["epoch"] + 1
         t0 -= st.get("wall_s", 0.0)
 
+    train_model: torch.nn.Module = model
+    wrapped_for: tuple[bool, ...] | None = None
     for epoch in range(start_epoch, tc.epochs + 1):
         method.on_epoch_start(epoch)
+        if dist.wrap_model is not None and _trainable(model) != wrapped_for:
+            # (Re)wrap for DDP after the method set what trains (e.g. frozen encoders): DDP expects a
+            # gradient for every parameter that required one when it was built.
+            train_model, wrapped_for = dist.wrap_model(model), _trainable(model)
         train_model.train()
         method.on_train_mode(model)
         g = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
@@ -176,10 +213,11 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
         n_seen = 0
         stat_acc: torch.Tensor | None = None
         tot_acc = torch.tensor(0)
-        order = data.train.shard_order(shuffle=True, generator=g, rank=dist.rank, world=dist.world_size)
+        order = data.train.shard_order(shuffle=True, generator=g, rank=dist.rank, world=world,
+                                       global_batch=global_batch)
         if dist.shard_log is not None:
             dist.shard_log(epoch, order)
-        for xb, yb in data.train.batches(bs, order=order, drop_last=drop_last):
+        for xb, yb in data.train.batches(bs, order=order, drop_last=True):
             xb = {m: t.to(device, non_blocking=True) for m, t in xb.items()}
             yb = yb.to(device, non_blocking=True)
             out, loss = train_step(train_model, method, optimizer, xb, yb, autocast, epoch)
@@ -190,6 +228,11 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
             tot_acc = tot_acc + tot
         if scheduler is not None:
             scheduler.step()
+        # The train-split row covers every rank's samples (sums over ranks), as with one worker.
+        loss_sum, n_seen_t, stat_acc, tot_acc = _sum_over_ranks(
+            dist, [loss_sum, torch.tensor(float(n_seen)), stat_acc if stat_acc is not None else torch.tensor(0),
+                   tot_acc], device)
+        n_seen = int(n_seen_t)
         method.on_epoch_end(epoch)
         maybe_inject(config, epoch)  # no-op unless RAYBAL_FAULT is set (reliability tests)
         if not dist.is_main:
@@ -250,11 +293,20 @@ def _finalize(result: RunResult, model: FusionModel, method: BalanceMethod, data
                   modalities=data.modalities)
     test = measure(model, data.test, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed,
                    modalities=data.modalities)
-    cond = conditional_utilization(model, data.test, mean_features(model, data.train), num_classes=ncls, task=task)
-    final = records.final_metrics(task, best["epoch"], val, test, cond,
+    # Wu's conditional utilization rate (gated fusions; None otherwise) and the mean-ablation utilization,
+    # on validation (held out from the training distribution, where Wu measures) and on test.
+    squeezes = squeeze_means(model, data.train) if model.has_gates else []
+    feat_means = mean_features(model, data.train)
+    measures: dict[str, dict[str, dict[str, Any]]] = {}
+    for split, mu in (("val", val), ("test", test)):
+        sp = data.split(split)
+        measures[split] = {
+            "cond_util": conditional_utilization(model, sp, squeezes, num_classes=ncls, task=task),
+            "ablation_util": mean_ablation_utilization(model, sp, feat_means, num_classes=ncls, task=task)}
+        result.utilization += records.utilization_rows(result.trial_id, best["epoch"], split, mu, final=True,
+                                                       **measures[split])
+    final = records.final_metrics(task, best["epoch"], val, test, measures,
                                   {"val": method.split_metrics(val), "test": method.split_metrics(test)})
-    result.utilization += records.utilization_rows(result.trial_id, best["epoch"], "test", test, final=True,
-                                                   cond_util=cond)
     if cfg.robustness.enabled:
         def tick(done: int, total: int) -> None:
             if progress is not None:

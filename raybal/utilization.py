@@ -7,8 +7,11 @@
   ``encode`` output), which equals shuffling the inputs because branches are per-modality,
   so one evaluation costs one encode and 1 + M * n_repeats fusion passes.
 * :func:`conditional_utilization` — Wu et al. 2022, Eq. 3: u(m1|m0) = (A(m0,m1) - A(m0)) /
-  A(m0,m1), with A(m0) the accuracy when m1's contribution is replaced by its training-set
-  mean feature; generalised to M modalities as the gain of adding m to all the others.
+  A(m0,m1), A the accuracy of branch m0's own head with normal cross-modal flow and with the flow
+  from m1 turned off (m1's squeezed vector at each MMTM unit at its training-set mean); for M > 2
+  the gain of branch m's head from all the others' flow. Missing (None) for late / sum fusion.
+* :func:`mean_ablation_utilization` — a different measure for any fusion: the relative drop of
+  the fused metric when a modality's whole feature is replaced by its training-set mean.
 * :func:`learning_speed` and :class:`LearningSpeedTracker` — Wu et al. 2022, Eq. 4-5:
   mu_g = sum ||grad||^2 / sum ||w||^2 per parameter group; s_k = log10(S_bypass,k / S_main,k).
 """
@@ -97,7 +100,7 @@ def measure(model: FusionModel, split: Split, *, num_classes: int, task: str, n_
         feats = model.encode(xb)
         out = model.fuse(feats)
         n = len(yb)
-        base_sum += float(F.cross_entropy(out.logits.float(), yb, reduction="mean")) * n
+        base_sum += float(F.cross_entropy(out.logits.double(), yb, reduction="mean")) * n
         stat, total = task_metric(out.logits, yb, num_classes, task)
         stat_acc = stat.cpu() if stat_acc is None else stat_acc + stat.cpu()
         total_acc = total_acc + total
@@ -107,7 +110,7 @@ def measure(model: FusionModel, split: Split, *, num_classes: int, task: str, n_
                 shuffled = dict(feats)
                 shuffled[m] = index_features(feats[m], perm)
                 logits = model.fuse(shuffled).logits
-                shuf_sum[m] += float(F.cross_entropy(logits.float(), yb, reduction="mean")) * n / n_repeats
+                shuf_sum[m] += float(F.cross_entropy(logits.double(), yb, reduction="mean")) * n / n_repeats
         count += n
     model.train(was_training)
     loss = base_sum / max(count, 1)
@@ -120,7 +123,8 @@ def measure(model: FusionModel, split: Split, *, num_classes: int, task: str, n_
 
 @torch.no_grad()
 def mean_features(model: FusionModel, split: Split, batch_size: int = 500) -> dict[str, object]:
-    """Training-set mean of each modality's ``encode`` output (per feature position)."""
+    """Training-set mean of each modality's ``encode`` output (per feature position), for
+    :func:`mean_ablation_utilization`."""
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -159,12 +163,11 @@ def _tree_expand(mean: object, like: object) -> object:
 
 
 @torch.no_grad()
-def conditional_utilization(model: FusionModel, split: Split, means: dict[str, object], *, num_classes: int,
-                            task: str, batch_size: int = 500) -> dict[str, float]:
-    """u(m | others) = (A(all) - A(all but m, m at its training mean)) / A(all) (Wu et al. 2022, Eq. 3).
-
-    With two modalities, ``out[m1]`` is u(m1|m0) and the utilization imbalance is
-    d_util = out[m1] - out[m0].
+def mean_ablation_utilization(model: FusionModel, split: Split, means: dict[str, object], *, num_classes: int,
+                              task: str, batch_size: int = 500) -> dict[str, float]:
+    """Mean-ablation utilization, defined for any fusion: the relative drop of the *fused* metric when
+    modality m's whole feature is replaced by its training-set mean,
+    (A(all) - A(m at its mean)) / A(all). Not Wu et al.'s rate (see :func:`conditional_utilization`).
     """
     was_training = model.training
     model.eval()
@@ -191,14 +194,79 @@ def conditional_utilization(model: FusionModel, split: Split, means: dict[str, o
     return {m: (both - acc[m]) / both for m in mods}
 
 
+@torch.no_grad()
+def squeeze_means(model: FusionModel, split: Split, batch_size: int = 500) -> list[dict[str, Tensor]]:
+    """Training-set mean of each modality's squeezed vector at every cross-modal (MMTM) unit, normal flow
+    (the ``average_squeezemaps`` of Wu et al.'s reference code)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    sums: list[dict[str, Tensor]] | None = None
+    n = 0
+    for xb, _ in split.batches(batch_size):
+        vecs = model.squeezed_vectors(model.encode({m: t.to(dev) for m, t in xb.items()}))
+        dtype = next(iter(vecs[0].values())).dtype
+        batch = [{m: v.double().sum(0) for m, v in unit.items()} for unit in vecs]
+        sums = batch if sums is None else [{m: a[m] + b[m] for m in a} for a, b in zip(sums, batch)]
+        n += len(next(iter(vecs[0].values())))
+    model.train(was_training)
+    assert sums is not None, "empty split"
+    return [{m: (v / n).to(dtype) for m, v in unit.items()} for unit in sums]
+
+
+@torch.no_grad()
+def conditional_utilization(model: FusionModel, split: Split, means: list[dict[str, Tensor]], *, num_classes: int,
+                            task: str, batch_size: int = 500) -> dict[str, float | None]:
+    """Wu et al. 2022's conditional utilization rate (Eq. 3), per *receiving* branch m:
+
+        cond_util[m] = (A_m(normal flow) - A_m(flow from the others off)) / A_m(normal flow)
+
+    where A_m is the metric of branch m's own head, and "flow off" replaces, at every MMTM unit, the
+    other modalities' squeezed vectors by their training-set means (``means``, from
+    :func:`squeeze_means`; both directions at once, as the reference's ``turnoff_cross_modal_flow``).
+    With two modalities (m0, m1): u(m1|m0) = cond_util[m0], and d_util = u(m1|m0) - u(m0|m1) =
+    cond_util[m0] - cond_util[m1]. A model without cross-modal gates (late / sum fusion) has no
+    cross-modal flow: every value is None (missing, not 0). Measure on data from the training
+    distribution (DESIGN.md §2).
+    """
+    mods = model.modalities
+    if not model.has_gates or not model.has_modality_logits:
+        return {m: None for m in mods}
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    stats: dict[tuple[str, bool], Tensor] = {}
+    totals: dict[tuple[str, bool], Tensor] = {}
+    for xb, yb in split.batches(batch_size):
+        xb = {m: t.to(dev) for m, t in xb.items()}
+        yb = yb.to(dev)
+        feats = model.encode(xb)
+        normal = model.fuse(feats).modality_logits
+        with model.cross_modal_flow_off(means):
+            off = model.fuse(feats).modality_logits
+        assert normal is not None and off is not None
+        for m in mods:
+            for key, logits in (((m, False), normal[m]), ((m, True), off[m])):
+                st, tot = task_metric(logits, yb, num_classes, task)
+                stats[key] = st.cpu() if key not in stats else stats[key] + st.cpu()
+                totals[key] = tot if key not in totals else totals[key] + tot
+    model.train(was_training)
+    out: dict[str, float | None] = {}
+    for m in mods:
+        a_on = finish_metric(stats[(m, False)], totals[(m, False)], task)
+        a_off = finish_metric(stats[(m, True)], totals[(m, True)], task)
+        out[m] = (a_on - a_off) / a_on if a_on > 0 else None
+    return out
+
+
 def learning_speed(params: Iterable[nn.Parameter]) -> float:
     """mu_g = sum ||grad||^2 / sum ||w||^2 over a group's tensors (Wu et al. 2022, Eq. 4)."""
     g2 = 0.0
     w2 = 0.0
     for p in params:
         if p.grad is not None:
-            g2 += float(p.grad.detach().float().pow(2).sum())
-        w2 += float(p.detach().float().pow(2).sum())
+            g2 += float(p.grad.detach().double().pow(2).sum())
+        w2 += float(p.detach().double().pow(2).sum())
     return g2 / w2 if w2 > 0 else 0.0
 
 

@@ -151,3 +151,25 @@ def test_manifest_arrays_paths_and_errors(tmp_path: Path) -> None:
     pd.DataFrame(bad).to_parquet(path)
     with pytest.raises(DataError, match=r"column 'sar', row 3: shape \(1, 4, 4\) differs"):
         load_data(cfg.data)
+
+
+def test_global_batch_k_holds_the_same_samples_on_any_number_of_workers() -> None:
+    import torch
+
+    from raybal.data.base import Split
+
+    sp = Split({"a": torch.arange(100).float()[:, None]}, torch.zeros(100, dtype=torch.long))
+
+    def step_sets(world: int, gb: int) -> list[set[int]]:
+        per = gb // world if len(sp) >= gb else (len(sp) - len(sp) % world) // world
+        orders = [sp.shard_order(shuffle=True, generator=torch.Generator().manual_seed(4), rank=r, world=world,
+                                 global_batch=gb) for r in range(world)]
+        steps = len(orders[0]) // per
+        return [set().union(*(set(o[k * per:(k + 1) * per].tolist()) for o in orders)) for k in range(steps)]
+
+    # plain fit: consecutive chunks of the one-worker permutation, the incomplete last one dropped
+    perm = torch.randperm(100, generator=torch.Generator().manual_seed(4))
+    ref = [set(perm[k * 16:(k + 1) * 16].tolist()) for k in range(100 // 16)]
+    assert step_sets(1, 16) == step_sets(2, 16) == step_sets(4, 16) == ref
+    # a split smaller than the global batch: one step on all of it, less len % world
+    assert [len(s) for s in step_sets(3, 128)] == [99]

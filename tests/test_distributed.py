@@ -67,8 +67,9 @@ def test_two_workers_on_a_two_node_cluster(tmp_path: Path) -> None:
     check_tables(tmp_path / "two", 3)
     shards = [json.loads((tmp_path / "two" / "checkpoints" / "run" / "shards" / f"rank{r}.json").read_text())
               for r in (0, 1)]
-    assert len(shards[0]) == len(shards[1]) == 500
-    assert not set(shards[0]) & set(shards[1]) and len(set(shards[0]) | set(shards[1])) == 1000
+    # 31 global batches of 32 (the incomplete one dropped, as with one worker), each cut in two slices
+    assert len(shards[0]) == len(shards[1]) == 31 * 16
+    assert not set(shards[0]) & set(shards[1]) and len(set(shards[0]) | set(shards[1])) == 31 * 32
     acc1, acc2 = one.final["final.test_accuracy"], two.final["final.test_accuracy"]
     assert acc1 > 0.9 and abs(acc1 - acc2) <= 0.02, (acc1, acc2)
     assert two.config.train.workers == 2 and one.config.train.workers == 1

@@ -12,8 +12,8 @@ from raybal.data.base import Split
 from raybal.models.base import FusionModel, ModelOutput
 from raybal.utilization import (
     LearningSpeedTracker,
-    conditional_utilization,
     learning_speed,
+    mean_ablation_utilization,
     mean_features,
     measure,
 )
@@ -74,9 +74,9 @@ def test_mu_is_seeded() -> None:
     assert r1.raw == r2.raw
 
 
-def test_conditional_utilization_of_a_one_modality_model() -> None:
+def test_mean_ablation_utilization_of_a_one_modality_model() -> None:
     model, sp = Oracle({"a": 1.0}), onehot_split()
-    cond = conditional_utilization(model, sp, mean_features(model, sp), num_classes=5, task="classification")
+    cond = mean_ablation_utilization(model, sp, mean_features(model, sp), num_classes=5, task="classification")
     # Replacing a by its mean leaves chance accuracy (ties -> class 0: 1/5); replacing b changes nothing.
     assert cond["b"] == pytest.approx(0.0)
     assert cond["a"] == pytest.approx(0.8)

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -95,7 +96,7 @@ class BalanceMethod:
 
     def task_loss(self, out: ModelOutput, y: Tensor) -> Tensor:
         """The training loss before any penalty: cross-entropy of the fused logits."""
-        return F.cross_entropy(out.logits.float(), y)
+        return F.cross_entropy(full_precision(out.logits), y)
 
     def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
         return None
@@ -137,6 +138,11 @@ class BalanceMethod:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in at least float32 (a loss under bf16 autocast is computed in float32; float64 stays)."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def _check_method(name: str, obj: Any, params: type | None) -> None:

@@ -16,7 +16,9 @@ penalty from the first step drives the net into poor minima.
 Cost: branches are per-modality, so shuffling modality i's *inputs* across the batch equals
 shuffling its *features* (the model's ``encode`` output). The penalty reruns only ``fuse``:
 M fusion + head passes, not M full forward passes (``shuffle = "inputs"`` re-encodes, for
-comparison).
+comparison). Data-parallel (``train.workers`` > 1): the shuffle is one permutation of the global
+batch, so a rank's sample is paired with a partner from any rank (features all-gathered with
+autograd), and the loss gaps are averaged over ranks: the estimate is the one-worker estimate.
 
 Pitfalls handled (DESIGN.md §2): with relu, a batch where every d_i = 0 has no defined u and
 a zero gradient; it is skipped and counted (``mu_skipped``). softplus floors every d_i and
@@ -34,13 +36,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raybal.balancing.base import METHODS, BalanceMethod, MethodContext
+from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
 from raybal.config import ConfigError, FrozenMap, knob
 from raybal.models.base import FusionModel, ModelOutput, index_features
 
 if TYPE_CHECKING:
     from raybal.config import RunConfig
     from raybal.utilization import MUResult
+
+
+def _gathered(feat: Any, world: int) -> Any:
+    """A modality's features (tensor or tuple) of the whole global batch, rank order, differentiable:
+    the backward pass returns each rank the gradient for its own samples."""
+    if world == 1:
+        return feat
+    if isinstance(feat, tuple):
+        return tuple(_gathered(f, world) for f in feat)
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(feat.contiguous()), dim=0)
 
 
 @dataclass(frozen=True)
@@ -130,8 +144,11 @@ class MuTarget(BalanceMethod):
                           ) -> tuple[Tensor, Tensor]:
         """(d, u): the differentiable batch-permutation MU estimate (Sensors 2024, Eq. 3)."""
         model = self.ctx.model
+        world, rank = self.ctx.world_size, self.ctx.rank
         n = len(y)
-        perm = torch.randperm(n, generator=self.gen).to(y.device)
+        # One permutation of the *global* batch (the same on every rank, for any number of ranks);
+        # this rank's samples get the shuffled modality of global positions perm[rank*n:(rank+1)*n].
+        perm = torch.randperm(n * world, generator=self.gen)[rank * n:(rank + 1) * n].to(y.device)
         losses = []
         # The shuffled passes must not move running statistics (BatchNorm, MMTM gates): they see
         # altered data, and the model's state belongs to the intact one.
@@ -139,13 +156,13 @@ class MuTarget(BalanceMethod):
             for m in self.ctx.modalities:
                 if self.params.shuffle == "features" or x is None:
                     feats = dict(out.features)
-                    feats[m] = index_features(out.features[m], perm)
+                    feats[m] = index_features(_gathered(out.features[m], world), perm)
                     logits = model.fuse(feats).logits
                 else:
                     xs = dict(x)
-                    xs[m] = x[m][perm]
+                    xs[m] = _gathered(x[m].detach(), world)[perm]
                     logits = model(xs).logits
-                losses.append(F.cross_entropy(logits.float(), y))
+                losses.append(F.cross_entropy(full_precision(logits), y))
         gap = torch.stack(losses) - loss
         if self.ctx.world_size > 1:
             # Data-parallel: average the gaps over ranks (equal shards, so this is the global batch's

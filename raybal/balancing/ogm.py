@@ -35,7 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from raybal.balancing.base import METHODS, BalanceMethod, MethodContext
+from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
 from raybal.config import ConfigError, knob
 from raybal.models.base import ModelOutput
 
@@ -87,7 +87,7 @@ class OGMGE(BalanceMethod):
         """k_k of Eq. 10 for this batch."""
         assert out.modality_logits is not None
         mods = self.ctx.modalities
-        scores = torch.stack([out.modality_logits[m].float().softmax(1).gather(1, y[:, None]).sum() for m in mods])
+        scores = torch.stack([full_precision(out.modality_logits[m]).softmax(1).gather(1, y[:, None]).sum() for m in mods])
         if self.ctx.all_reduce is not None:
             scores = self.ctx.all_reduce(scores)
         vals = [float(v) for v in scores]  # one host read per step, for M scalars

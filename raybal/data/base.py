@@ -74,15 +74,24 @@ class Split:
         return Split({m: t[idx] for m, t in self.x.items()}, self.y[idx])
 
     def shard_order(self, *, shuffle: bool = False, generator: torch.Generator | None = None, rank: int = 0,
-                    world: int = 1) -> Tensor:
-        """This rank's sample indices for one epoch: one global permutation, cut into ``world``
-        disjoint, equal-sized contiguous shards (the remainder is dropped so ranks stay in step)."""
+                    world: int = 1, global_batch: int | None = None) -> Tensor:
+        """This rank's sample indices for one epoch, so that training does not depend on ``world``
+        (DESIGN.md §5.11): one global permutation is cut into global batches of ``global_batch``
+        samples (the incomplete last one dropped, as with one worker), and each global batch into
+        ``world`` equal slices; rank r's order is its slice of every global batch, in turn. Iterating
+        it in chunks of ``global_batch / world`` gives step k the samples of global batch k on every
+        ``world``. When the split is smaller than one global batch, that batch is the whole split less
+        ``len % world`` samples. Without ``global_batch``: one contiguous shard per rank."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        if world > 1:
-            per = n // world
-            order = order[rank * per:(rank + 1) * per]
-        return order
+        if world == 1:
+            return order
+        gb = global_batch or n
+        if n < gb:
+            gb = n - n % world
+        per = gb // world
+        steps = n // gb
+        return order[:steps * gb].view(steps, gb)[:, rank * per:(rank + 1) * per].reshape(-1)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
                 drop_last: bool = False, rank: int = 0, world: int = 1,

@@ -121,6 +121,14 @@ class FusionModel(nn.Module):
         """Replace ``modality``'s cross-modal gate by its running average (None = normal)."""
         raise NotImplementedError(f"{type(self).__name__} has no cross-modal gates")
 
+    def squeezed_vectors(self, features: Features) -> list[dict[str, Tensor]]:
+        """Per cross-modal unit, each modality's pooled vector entering it (normal flow)."""
+        raise NotImplementedError(f"{type(self).__name__} has no cross-modal gates")
+
+    def cross_modal_flow_off(self, squeeze_means: list[dict[str, Tensor]]) -> Any:
+        """Context manager: each gate sees its own modality and the others' training means."""
+        raise NotImplementedError(f"{type(self).__name__} has no cross-modal gates")
+
 
 def _check_model(name: str, obj: Any, params: type | None) -> None:
     if not (isinstance(obj, type) and issubclass(obj, FusionModel)):

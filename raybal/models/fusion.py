@@ -5,6 +5,8 @@ All share :class:`~raybal.models.base.FusionModel`'s encode / fuse split.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +14,7 @@ from torch import Tensor, nn
 
 from raybal.config import ConfigError, knob
 from raybal.models.base import MODELS, CNNEncoder, Features, FusionModel, ModelOutput, make_encoder
+from raybal.models.crossrank import global_mean
 
 
 @dataclass(frozen=True)
@@ -130,16 +133,35 @@ class MMTMUnit(nn.Module):
             self.register_buffer(f"running_gate_{m}", torch.ones(c))
         self.momentum = momentum
         self.override: str | None = None
+        # Wu et al.'s "cross-modal flow off": modality -> training-set mean of its squeezed vector;
+        # each modality's gate then sees its own squeezed vector and the others' means.
+        self.flow_off: dict[str, Tensor] | None = None
+        self.capture: list[dict[str, Tensor]] | None = None  # squeezed vectors are appended when set
+        self.cross_rank = False  # data-parallel: running gates average the global batch (models.crossrank)
 
     def forward(self, xs: dict[str, Tensor]) -> dict[str, Tensor]:
-        z = torch.relu(self.squeeze(torch.cat([xs[m].mean(dim=(2, 3)) for m in self.mods], dim=1)))
+        sq = {m: xs[m].mean(dim=(2, 3)) for m in self.mods}
+        if self.capture is not None:
+            self.capture.append({m: v.detach() for m, v in sq.items()})
+        if self.flow_off is None:
+            z = torch.relu(self.squeeze(torch.cat([sq[m] for m in self.mods], dim=1)))
+            zs = {m: z for m in self.mods}
+        else:
+            # Both directions at once (reference: balanced_mmtm.py `turnoff_cross_modal_flow`).
+            off = self.flow_off
+            zs = {m: torch.relu(self.squeeze(torch.cat(
+                [sq[k] if k == m else off[k].to(sq[k]).expand_as(sq[k]) for k in self.mods], dim=1)))
+                for m in self.mods}
         out = {}
         for m in self.mods:
-            gate = 2.0 * torch.sigmoid(self.excite[m](z))
+            gate = 2.0 * torch.sigmoid(self.excite[m](zs[m]))
             running = getattr(self, f"running_gate_{m}")
             if self.training and self.override != m:
                 with torch.no_grad():
-                    running.mul_(1 - self.momentum).add_(self.momentum * gate.detach().mean(0))
+                    batch_mean = gate.detach().mean(0)
+                    if self.cross_rank:
+                        batch_mean = global_mean(batch_mean)
+                    running.mul_(1 - self.momentum).add_(self.momentum * batch_mean)
             if self.override == m and self.training:
                 # The override exists only inside a training step: evaluation, checkpoints, MU and
                 # robustness always see the normal model (DESIGN.md §2).
@@ -203,3 +225,28 @@ class MMTMFusion(FusionModel):
             raise KeyError(modality)
         for unit in self.mmtm:
             unit.override = modality
+
+    def squeezed_vectors(self, features: Features) -> list[dict[str, Tensor]]:
+        """Per MMTM unit, each modality's squeezed (pooled) vector of this batch under normal flow."""
+        for unit in self.mmtm:
+            unit.capture = []
+        try:
+            self.fuse(features)
+            return [unit.capture[0] for unit in self.mmtm]  # type: ignore[index]
+        finally:
+            for unit in self.mmtm:
+                unit.capture = None
+
+    @contextmanager
+    def cross_modal_flow_off(self, squeeze_means: list[dict[str, Tensor]]) -> Iterator[None]:
+        """Inside, every MMTM unit replaces the other modalities' squeezed vectors by ``squeeze_means``
+        (their training-set means, one dict per unit) when computing a modality's gate."""
+        if len(squeeze_means) != len(self.mmtm):
+            raise ValueError(f"{len(squeeze_means)} squeeze means for {len(self.mmtm)} MMTM units")
+        try:
+            for unit, means in zip(self.mmtm, squeeze_means):
+                unit.flow_off = means
+            yield
+        finally:
+            for unit in self.mmtm:
+                unit.flow_off = None
