@@ -1,9 +1,10 @@
-"""The run grid shared by ``bench_target_tracking.py`` and ``bench_noise_robustness.py``.
+"""The run grid of ``bench_noise_robustness.py``.
 
 Vanilla and ``mu_target`` at EO targets 0.5, 0.6, 0.75, 0.9 on ``synthetic_aerial`` (late
-fusion, 8 epochs, best-validation selection), 3 seeds each, every run swept under Gaussian EO
-noise of variance 0, 0.03, ..., 0.15 on the validation and test splits. Both benchmarks read
-the same results directory, so running the second one after the first trains nothing new.
+fusion, 8 epochs, default selection), 3 seeds each, every run swept under Gaussian EO noise of
+variance 0, 0.03, ..., 0.15 on the validation and test splits. Runs are stored in the results
+directory, so a second invocation trains nothing new. (``bench_target_tracking.py`` has its own
+five-data-set grid.)
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ levels, at a clean-accuracy cost of <= 3 points. The "best target" is picked on 
 *validation* sweep (what a user can do); the test numbers are then reported for it, and the
 target that is best on test is shown beside it for reference only.
 
-Shares its runs with ``bench_target_tracking.py`` (same ``--results``): whichever runs second
-trains nothing. About 12 minutes on 2 CPU cores from scratch.
+Its runs are stored under ``--results`` (``_aerial.py``'s grid): a second invocation trains
+nothing. About 9 minutes on 2 CPU cores from scratch.
 
     python benchmarks/bench_noise_robustness.py
     python benchmarks/bench_noise_robustness.py --quick

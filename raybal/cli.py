@@ -57,6 +57,15 @@ def _print_summary(result: Any, results: Path) -> None:
     print(f"done in {result.wall_s:.1f}s: val {metric} {f[f'final.val_{metric}']:.4f}  test {metric} "
           f"{f[f'final.test_{metric}']:.4f}  (best epoch {f['final.best_epoch']})")
     print(f"test MU share  {mu}")
+    if "final.target_met" in f:
+        p = result.config.balance.params
+        target = "  ".join(f"{m} {p.target[m]:.3f}" for m in mods)
+        verdict = "target met" if f["final.target_met"] else "target NOT met"
+        how = {"target": f"epoch {f['final.best_epoch']}: the best validation {metric} within the tolerance",
+               "closest": f"no epoch within the tolerance on validation; kept epoch {f['final.best_epoch']}, "
+                          "the closest to the target"}.get(f["final.selected_by"], f"selection {f['final.selected_by']}")
+        print(f"target         {target}  ->  {verdict}: test error {f['final.target_error']:.3f} "
+              f"(tolerance {p.tolerance:g}; {how})")
     for k in sorted(x for x in f if x.startswith("robust.")):
         print(f"{k} {f[k]:.4f}")
     print(f"results: {results.resolve()}  (trials.parquet, epochs.parquet, utilization.parquet"
@@ -116,7 +125,8 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     from raybal.best import best_trial, format_best
 
-    b = best_trial(args.results, args.metric, args.mode, args.constraint, top=args.top)
+    cons = list(args.constraint) + (["final.target_met == true"] if args.target_met else [])
+    b = best_trial(args.results, args.metric, args.mode, cons, top=args.top)
     print(json.dumps(b.to_json(), indent=2) if args.json else format_best(b))
     return 0
 
@@ -215,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mode", choices=["max", "min"], help="default: the study's, else min for loss/error metrics")
     b.add_argument("--constraint", action="append", default=[], metavar="EXPR",
                    help="e.g. 'final.val_accuracy >= 0.9' (repeatable; added to the study's own)")
+    b.add_argument("--target-met", action="store_true",
+                   help="only trials whose test utilization met their target (final.target_met, within "
+                        "balance.tolerance); same as --constraint 'final.target_met == true'")
     b.add_argument("--top", type=int, default=5, help="runners-up to show")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_best)

@@ -270,7 +270,7 @@ class TrainConfig:
     max_failures: int = knob(2, ge=0, resource=True, doc="Ray Train: worker-group restarts (from the last epoch checkpoint)")
     cpus_per_worker: int = knob(1, ge=1, resource=True, doc="Ray Train: CPUs (torch threads) per worker")
     precision: Literal["fp32", "bf16"] = "fp32"
-    select: Literal["best_val", "last"] = "best_val"
+    select: Literal["auto", "target", "best_val", "last"] = "auto"
     mu_repeats: int = knob(3, ge=1, doc="shuffles averaged per permutation-MU estimate")
     mu_every: int = knob(1, ge=1, doc="measure val MU every N epochs (and always at the end)")
     num_threads: int = knob(0, ge=0, resource=True, doc="torch CPU threads; 0 = torch's default")

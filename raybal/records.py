@@ -154,6 +154,13 @@ def final_metrics(task: str, best_epoch: int, val: MUResult, test: MUResult,
     return final
 
 
+def target_met_columns(test_error: float | None, tolerance: float | None) -> dict[str, Any]:
+    """``final.target_error`` (the method's target error on the test split) and ``final.target_met``
+    (that error within the method's tolerance) of a method with a utilization target."""
+    met = test_error is not None and tolerance is not None and test_error <= tolerance
+    return {"final.target_error": test_error, "final.target_met": bool(met)}
+
+
 def trial_row(r: RunResult) -> dict[str, Any]:
     """One ``trials.parquet`` row: status, every config value flattened, the config as JSON, finals."""
     row: dict[str, Any] = {"trial_id": r.trial_id, "status": r.status, "error": r.error}

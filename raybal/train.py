@@ -9,9 +9,7 @@ that checkpoint with no epoch recorded twice.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from raybal.models.base import FusionModel
 from raybal.models.crossrank import sync_batch_statistics
 from raybal.records import RunResult
 from raybal.robustness import sweep
+from raybal.selection import Selector, resolve_mode
 from raybal.tasks import metric_name
 from raybal.utilization import (
     conditional_utilization,
@@ -182,7 +181,7 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
 
     result = RunResult(trial_id=trial_id, config=config)
-    best = {"epoch": 0, "value": -math.inf, "state": None}
+    selector = Selector(resolve_mode(tc.select, method.has_target), method.tolerance)
     start_epoch = 1
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     last_path = ckpt_dir / checkpoint.LAST if ckpt_dir else None
@@ -194,7 +193,7 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
             scheduler.load_state_dict(st["scheduler"])
         method.load_state_dict(st["method"])
         result.epochs, result.utilization = st["epochs"], st["utilization"]
-        best = st["best"]
+        selector.load_state_dict(st["best"])
         start_epoch = st["epoch"] + 1
         t0 -= st.get("wall_s", 0.0)
 
@@ -252,12 +251,13 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
                           records.epoch_row(trial_id, epoch, "test", task, test.loss, test.metric, logs)]
         val_extra = method.split_metrics(val) if measure_mu else {}
         if measure_mu:
+            method.on_validation(val)
+        if measure_mu:
             result.utilization += records.utilization_rows(trial_id, epoch, "val", val, final=False,
                                                            modality_log=method.modality_log())
-        # Ties go to the later epoch (the schedule has gone further); epochs before the method acts are
-        # not candidates (BalanceMethod.selectable).
-        if tc.select == "last" or (method.selectable(epoch) and val.metric >= best["value"]):
-            best = {"epoch": epoch, "value": val.metric, "state": copy.deepcopy(model.state_dict())}
+        # Epochs before the method acts are not candidates (BalanceMethod.selectable); raybal.selection.
+        selector.offer(epoch, val.metric, method.selectable(epoch), model.state_dict(),
+                       method.target_error(val) if measure_mu else None)
         event = {"trial_id": trial_id, "epoch": epoch, "epochs": tc.epochs, "metric": metric,
                  "train_loss": train_loss, f"train_{metric}": train_value, f"val_{metric}": val.metric,
                  "val_loss": val.loss, "mu": dict(val.shares) if measure_mu else None, "method_log": logs,
@@ -267,7 +267,7 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
                                  optimizer=optimizer.state_dict(),
                                  scheduler=scheduler.state_dict() if scheduler is not None else None,
                                  method=method.state_dict(), epochs=result.epochs, utilization=result.utilization,
-                                 best=best, wall_s=time.perf_counter() - t0)
+                                 best=selector.state_dict(), wall_s=time.perf_counter() - t0)
         if progress is not None:  # after the checkpoint: a trial stopped on this report keeps its epoch
             progress(event)
         if dist.report is not None:
@@ -276,19 +276,20 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
     if not dist.is_main:
         result.wall_s = time.perf_counter() - t0
         return result
-    _finalize(result, model, method, data, best, ckpt_dir, progress)
+    _finalize(result, model, method, data, selector, ckpt_dir, progress)
     result.wall_s = time.perf_counter() - t0
     return result
 
 
 def _finalize(result: RunResult, model: FusionModel, method: BalanceMethod, data: MultiModalData,
-              best: dict[str, Any], ckpt_dir: Path | None, progress: Progress | None) -> None:
+              selector: Selector, ckpt_dir: Path | None, progress: Progress | None) -> None:
     """Load the selected weights and measure them: final metrics, test MU, Wu's u(m|.), robustness."""
     cfg = result.config
     tc = cfg.train
     task, ncls = data.task, data.num_classes
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
+    best_epoch, state, selected_by = selector.chosen()
+    if state is not None:
+        model.load_state_dict(state)
     val = measure(model, data.val, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed,
                   modalities=data.modalities)
     test = measure(model, data.test, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed,
@@ -303,10 +304,13 @@ def _finalize(result: RunResult, model: FusionModel, method: BalanceMethod, data
         measures[split] = {
             "cond_util": conditional_utilization(model, sp, squeezes, num_classes=ncls, task=task),
             "ablation_util": mean_ablation_utilization(model, sp, feat_means, num_classes=ncls, task=task)}
-        result.utilization += records.utilization_rows(result.trial_id, best["epoch"], split, mu, final=True,
+        result.utilization += records.utilization_rows(result.trial_id, best_epoch, split, mu, final=True,
                                                        **measures[split])
-    final = records.final_metrics(task, best["epoch"], val, test, measures,
+    final = records.final_metrics(task, best_epoch, val, test, measures,
                                   {"val": method.split_metrics(val), "test": method.split_metrics(test)})
+    final["final.selected_by"] = selected_by
+    if method.has_target:
+        final.update(records.target_met_columns(method.target_error(test), method.tolerance))
     if cfg.robustness.enabled:
         def tick(done: int, total: int) -> None:
             if progress is not None:
@@ -318,6 +322,6 @@ def _finalize(result: RunResult, model: FusionModel, method: BalanceMethod, data
     result.final = final
     if ckpt_dir is not None:
         path = ckpt_dir / checkpoint.SELECTED
-        checkpoint.save_selected(path, config=cfg, model=model.state_dict(), epoch=best["epoch"], final=final,
+        checkpoint.save_selected(path, config=cfg, model=model.state_dict(), epoch=best_epoch, final=final,
                                  trial_id=result.trial_id)
         result.checkpoint = str(path)

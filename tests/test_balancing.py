@@ -56,16 +56,6 @@ def _method(cfg):
     return METHODS.get(cfg.balance.method).obj(cfg.balance.params, ctx), model, data
 
 
-def test_mu_target_lambda_warms_up_and_clips() -> None:
-    cfg = tiny_config(**{"balance.method": "mu_target", "balance.target": {"eo": 0.5, "sar": 0.5},
-                         "balance.lambda_0": 0.1, "balance.growth": 1.0, "balance.lambda_max": 1.0,
-                         "balance.pretrain_epochs": 1})
-    m, _, _ = _method(cfg)
-    lam = [m.lambda_at(e) for e in range(1, 7)]
-    assert lam[0] == 0.0 and lam[1] == pytest.approx(0.1) and lam[2] == pytest.approx(0.1 * math.e)
-    assert lam[-1] == 1.0 and all(a <= b for a, b in zip(lam, lam[1:]))
-
-
 def test_mu_target_penalty_pulls_toward_target() -> None:
     """After vanilla steps the net leans on EO; penalty steps move the batch estimate toward 20/80."""
     cfg = tiny_config(**{"balance.method": "mu_target", "balance.target": {"eo": 0.2, "sar": 0.8}})

@@ -11,6 +11,7 @@ The loop in :mod:`raybal.train` calls, per epoch and per step::
     after_backward(out, y)           # e.g. OGM-GE gradient modulation, learning-speed sums
     optimizer.step(); after_step()
     on_epoch_end(epoch)              # before the epoch's evaluation
+    on_validation(mu)                # the epoch's validation MU (main rank), e.g. a target's feedback
 
 A method owns everything about itself (DESIGN.md §5.10): its knobs (the params dataclass it
 registers with), its hooks, its per-epoch scalars (:meth:`epoch_log`, :meth:`modality_log`),
@@ -65,6 +66,9 @@ class BalanceMethod:
     needs_modality_logits: ClassVar[bool] = False
     # Study objectives this method offers beyond the task metrics: trials column -> default mode.
     objectives: ClassVar[dict[str, str]] = {}
+    # A method with a utilization target (``target_error``, ``tolerance``) gets target-aware model
+    # selection (``train.select = "auto"``) and ``final.target_met`` / ``final.target_error``.
+    has_target: ClassVar[bool] = False
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         self.params = params
@@ -77,6 +81,9 @@ class BalanceMethod:
         if cls.needs_gates and not model_cls.has_gates:
             raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs a model with "
                               f"cross-modal gates (model.name = \"mmtm\"), not {cfg.model.name!r}")
+        if cfg.train.select == "target" and not cls.has_target:
+            raise ConfigError("train.select", f"\"target\" needs a method with a utilization target (mu_target), "
+                              f"not {cfg.balance.method!r}; use \"auto\", \"best_val\" or \"last\"")
         if cls.needs_modality_logits and not model_cls.has_modality_logits:
             raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs per-modality logits, "
                               f"which model {cfg.model.name!r} does not provide")
@@ -110,6 +117,10 @@ class BalanceMethod:
     def on_epoch_end(self, epoch: int) -> None:
         """After the epoch's last step, before its evaluation."""
 
+    def on_validation(self, mu: MUResult) -> None:
+        """The epoch's validation utilization, when measured (``train.mu_every``), on the main rank
+        only: a method that steers by it shares what it learns with the other ranks itself."""
+
     def selectable(self, epoch: int) -> bool:
         """May the weights after ``epoch`` be picked as the run's model (``train.select = "best_val"``)?
 
@@ -118,6 +129,15 @@ class BalanceMethod:
         otherwise return the un-balanced model of epoch 1.
         """
         return True
+
+    @property
+    def tolerance(self) -> float | None:
+        """The largest :meth:`target_error` that counts as meeting the target (None: no target)."""
+        return None
+
+    def target_error(self, mu: MUResult) -> float | None:
+        """How far a measured split's utilization is from the method's target (None: no target)."""
+        return None
 
     def epoch_log(self) -> dict[str, float]:
         """Scalars for ``epochs.parquet`` (e.g. ``lambda_mu``), reset each epoch by the method."""

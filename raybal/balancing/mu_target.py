@@ -9,9 +9,32 @@ version of permutation MU, Singh et al. 2023 Eq. 1):
     u_i = d_i / sum_j d_j
 
 and the penalty L_MU = sum_i (u_i - t_i)^2 (or |u_i - t_i|) toward the user's target t
-(Sensors 2024, Eq. 3-4). Total loss = L + lambda(e) L_MU with the clipped exponential warm-up
-lambda(e) = min(lambda_max, lambda_0 exp(k (e - e_0))), e_0 the first penalised epoch: a full
-penalty from the first step drives the net into poor minima.
+(Sensors 2024, Eq. 3-4). Total loss = L + lambda L_MU. The weight lambda (``weight``):
+
+* ``adaptive`` (default): a Lagrange multiplier for the constraint max_i |u_i - t_i| <= tolerance,
+  updated every step by dual ascent (the basic differential multiplier method, Platt & Barr,
+  *Constrained Differential Optimization*, NeurIPS 1988; as a controller on the constraint
+  error, Stooke, Achiam & Abbeel, *Responsive Safety in RL by PID Lagrangian Methods*, ICML 2020),
+  in log space so it moves across orders of magnitude at one speed:
+
+      e     <- 0.9 e + 0.1 (u - t)                   (the batch error, smoothed over ~10 steps)
+      log lambda += r * clip((max_i |e_i| - tol/2) / (tol/2), -1, 1),   lambda in [lambda_0, lambda_max]
+
+  It starts at lambda_0, rises while the error is above half the tolerance and falls back when
+  the target is met, so the task loss keeps every bit of weight the target does not need.
+  The batch estimate is measured on training data, and a net's utilization of held-out data can
+  differ from it; so an outer loop (a cascade: an integral controller on the *validation* MU,
+  measured by the loop each epoch) moves the set point the batches are steered to,
+  t' = t - 0.5 sum_epochs (MU_val - t), clipped to +-0.2 and projected back on the simplex. r =
+  ln(lambda_max / lambda_0) / (warmup * S): at full speed the weight crosses its range in the
+  warm-up fraction of the S penalised steps, whatever the data set's size.
+* ``warmup``: the paper's fixed warm-up, lambda = lambda_0 (lambda_max / lambda_0)^min(1, s / (warmup S))
+  at penalised step s (geometric, i.e. exponential in s, as the paper's exp(k e)), in steps so it
+  behaves alike on 1,000 or 1,000,000 samples; ``schedule = "epochs"`` keeps the old per-epoch
+  form lambda(e) = min(lambda_max, lambda_0 exp(growth (e - e_0))), e_0 the first penalised epoch.
+
+A full penalty from the first step drives the net into poor minima: both forms start small.
+``tolerance`` is what counts as meeting the target (model selection, ``final.target_met``).
 
 Cost: branches are per-modality, so shuffling modality i's *inputs* across the batch equals
 shuffling its *features* (the model's ``encode`` output). The penalty reruns only ``fuse``:
@@ -61,9 +84,15 @@ def _gathered(feat: Any, world: int) -> Any:
 class MuTargetParams:
     target: FrozenMap = knob({}, ge=0.0, le=1.0, fractions=True,
                              doc="modality -> target utilization fraction (sums to 1)")
-    lambda_max: float = knob(10.0, ge=0.0)
-    lambda_0: float = knob(0.1, ge=0.0)
-    growth: float = knob(1.0, ge=0.0, doc="k in lambda(e) = min(lambda_max, lambda_0 exp(k (e - e_0)))")
+    tolerance: float = knob(0.05, gt=0.0, le=0.5, doc="max |MU share - target| that counts as meeting the target")
+    weight: Literal["adaptive", "warmup"] = "adaptive"
+    lambda_max: float = knob(10.0, gt=0.0, doc="the largest penalty weight")
+    lambda_0: float = knob(0.1, ge=0.0, doc="the weight when the penalty starts")
+    warmup: float = knob(0.25, gt=0.0, le=1.0, doc="fraction of the penalised steps in which lambda may cross "
+                         "[lambda_0, lambda_max] (adaptive: its fastest speed; warmup: the ramp)")
+    schedule: Literal["steps", "epochs"] = "steps"
+    growth: float | None = knob(None, ge=0.0, doc="schedule = 'epochs' only: k in lambda(e) = min(lambda_max, "
+                                "lambda_0 exp(k (e - e_0))) (default 1)")
     penalty: Literal["l2", "l1"] = "l2"
     d_fn: Literal["relu", "softplus"] = "relu"
     softplus_beta: float = knob(20.0, gt=0.0, doc="sharpness when d_fn = softplus")
@@ -80,6 +109,17 @@ class MuTargetParams:
         total = sum(self.target.values())
         if abs(total - 1.0) > 1e-6:
             raise ConfigError(f"{prefix}.target", f"fractions must sum to 1 (within 1e-6), got {total:.6g}")
+        if self.lambda_0 > self.lambda_max:
+            raise ConfigError(f"{prefix}.lambda_0", f"must be <= lambda_max = {self.lambda_max:g}, got {self.lambda_0:g}")
+        if self.weight == "adaptive" and self.lambda_0 <= 0.0:
+            raise ConfigError(f"{prefix}.lambda_0", "must be > 0 with weight = \"adaptive\" (the multiplier moves in log space)")
+        if self.schedule == "epochs" and self.weight != "warmup":
+            raise ConfigError(f"{prefix}.schedule", "\"epochs\" is the per-epoch warm-up of weight = \"warmup\"; "
+                              "set balance.weight = \"warmup\" too (the adaptive weight is updated every step)")
+        if self.growth is not None and self.schedule != "epochs":
+            raise ConfigError(f"{prefix}.growth", "only with balance.schedule = \"epochs\" (the old per-epoch warm-up; "
+                              "also set balance.weight = \"warmup\"); the step schedule's ramp is balance.warmup, a "
+                              "fraction of the penalised steps")
 
 
 @METHODS.register("mu_target", MuTargetParams)
@@ -87,12 +127,22 @@ class MuTarget(BalanceMethod):
     """Utilization-targeted training toward a target MU vector (Singh et al. 2024)."""
 
     objectives = {"final.val_mu_target_error": "min"}
+    has_target = True
 
     def __init__(self, params: MuTargetParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
-        self.target = torch.tensor([params.target[m] for m in ctx.modalities])
+        self.target = torch.tensor([params.target[m] for m in ctx.modalities], dtype=torch.float64)
         self.gen = torch.Generator().manual_seed(ctx.seed + 7)
         self.lam = 0.0
+        self.log_lam = math.log(params.lambda_0) if params.lambda_0 > 0 else -math.inf
+        self.err_ema: Tensor | None = None  # adaptive: the smoothed batch error u - t'
+        self.offset = torch.zeros_like(self.target)  # adaptive: t' - t, from the validation feedback
+        self.val_error: Tensor | None = None  # the last validation MU - t (main rank), until shared
+        self.step_in_epoch = 0
+        penalised = max(ctx.epochs - params.pretrain_epochs, 1) * max(ctx.steps_per_epoch, 1)
+        self.ramp_steps = max(params.warmup * penalised, 1.0)
+        span = math.log(params.lambda_max / params.lambda_0) if params.lambda_0 > 0 else 0.0
+        self.rate = span / self.ramp_steps  # adaptive: the largest change of log lambda per step
         self._reset_log()
 
     @classmethod
@@ -114,24 +164,49 @@ class MuTarget(BalanceMethod):
 
     def _reset_log(self) -> None:
         self.pen_sum = 0.0
+        self.lam_sum = 0.0
         self.steps = 0
         self.skipped = 0
 
-    def lambda_at(self, epoch: int) -> float:
-        """lambda(e) = min(lambda_max, lambda_0 exp(k (e - e_0))) from e_0 = pretrain_epochs + 1, else 0."""
+    has_target = True
+
+    @property
+    def tolerance(self) -> float:
+        return self.params.tolerance
+
+    def penalised_step(self, epoch: int, step_in_epoch: int) -> int:
+        """0-based index of a step among the penalised ones (negative before the penalty starts)."""
+        return (epoch - self.params.pretrain_epochs - 1) * self.ctx.steps_per_epoch + step_in_epoch
+
+    def lambda_at(self, epoch: int, step_in_epoch: int = 0) -> float:
+        """The warm-up weight (``weight = "warmup"``) at a step; 0 before the penalty starts."""
         p = self.params
-        first = p.pretrain_epochs + 1
-        if epoch < first:
+        s = self.penalised_step(epoch, step_in_epoch)
+        if s < 0:
             return 0.0
-        return min(p.lambda_max, p.lambda_0 * math.exp(p.growth * (epoch - first)))
+        if p.schedule == "epochs":
+            first = p.pretrain_epochs + 1
+            growth = 1.0 if p.growth is None else p.growth
+            return min(p.lambda_max, p.lambda_0 * math.exp(growth * (epoch - first)))
+        frac = min(1.0, s / self.ramp_steps)
+        if p.lambda_0 <= 0.0:
+            return p.lambda_max * frac
+        return p.lambda_0 * (p.lambda_max / p.lambda_0) ** frac
 
     def selectable(self, epoch: int) -> bool:
-        """Only epochs trained with the penalty weight it keeps to the end (lambda(e) = lambda(E))."""
-        return self.lambda_at(epoch) >= self.lambda_at(self.ctx.epochs)
+        """Epochs trained under the penalty; with the warm-up weight only those that end with the weight
+        it keeps to the end (the ramp done), so best-validation selection cannot return an unbalanced model."""
+        if epoch <= self.params.pretrain_epochs:
+            return False
+        if self.params.weight == "adaptive":
+            return True
+        last = self.ctx.steps_per_epoch - 1
+        return self.lambda_at(epoch, last) >= self.lambda_at(self.ctx.epochs, last)
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
-        self.lam = self.lambda_at(epoch)
+        self._share_validation_feedback()
+        self.step_in_epoch = 0
         self._reset_log()
         if self.params.freeze_encoders and epoch > self.params.pretrain_epochs:
             self.ctx.model.freeze_branches()
@@ -178,34 +253,88 @@ class MuTarget(BalanceMethod):
         u = d / total.clamp_min(1e-12)
         return d, u
 
+    def _weight(self) -> float:
+        """The penalty weight for the current step."""
+        if self.penalised_step(self.epoch, self.step_in_epoch) < 0:
+            return 0.0
+        if self.params.weight == "warmup":
+            return self.lambda_at(self.epoch, self.step_in_epoch)
+        return math.exp(self.log_lam)
+
+    def on_validation(self, mu: MUResult) -> None:
+        if self.params.weight == "adaptive" and not mu.degenerate:
+            self.val_error = torch.tensor([mu.shares[m] for m in self.ctx.modalities], dtype=torch.float64) - self.target
+
+    def _share_validation_feedback(self) -> None:
+        """Fold the last validation error into the set point, the same on every rank: only the main
+        rank measured it, so the others contribute zeros to a sum over ranks."""
+        if self.params.weight != "adaptive":
+            return
+        e = self.val_error if self.val_error is not None else torch.zeros_like(self.target)
+        self.val_error = None
+        if self.ctx.world_size > 1 and self.ctx.all_reduce is not None:
+            e = (self.ctx.all_reduce(e.float()) * self.ctx.world_size).double().cpu()
+        self.offset = (self.offset - 0.5 * e).clamp(-0.2, 0.2)
+
+    def setpoint(self) -> Tensor:
+        """t' = t + offset, projected on the simplex (non-negative, summing to 1)."""
+        t = (self.target + self.offset).clamp_min(0.0)
+        return t / t.sum()
+
+    def _dual_step(self, u: Tensor) -> None:
+        """Dual ascent on max_i |u_i - t_i| <= tolerance (module docstring). ``u`` is the same on
+        every rank (the gaps are all-reduced), so is lambda."""
+        err = u.detach().double().cpu() - self.setpoint()
+        self.err_ema = err if self.err_ema is None else 0.9 * self.err_ema + 0.1 * err
+        half = self.params.tolerance / 2
+        drive = max(-1.0, min(1.0, (float(self.err_ema.abs().max()) - half) / half))
+        lo, hi = math.log(self.params.lambda_0), math.log(self.params.lambda_max)
+        self.log_lam = min(hi, max(lo, self.log_lam + self.rate * drive))
+
     def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
         self.steps += 1
-        if self.lam <= 0.0:
+        lam = self._weight()
+        self.step_in_epoch += 1
+        self.lam = lam
+        self.lam_sum += lam
+        if lam <= 0.0:
             return None
         d, u = self.batch_utilization(out, y, loss, x)
         if float(d.detach().sum()) <= 0.0:
             self.skipped += 1  # u undefined and the gradient zero: skip (DESIGN.md §2 pitfall)
             return None
-        t = self.target.to(u.device)
+        t = (self.setpoint() if self.params.weight == "adaptive" else self.target).to(device=u.device, dtype=u.dtype)
         pen = (u - t).pow(2).sum() if self.params.penalty == "l2" else (u - t).abs().sum()
         self.pen_sum += float(pen.detach())
-        return self.lam * pen
+        if self.params.weight == "adaptive":
+            self._dual_step(u)
+        return lam * pen
+
+    def target_error(self, mu: MUResult) -> float:
+        """max_i |MU share_i - t_i| on a split. A degenerate MU (the model ignores every input; shares
+        reported as 1/M) does not meet any target: its error is 1, the worst."""
+        if mu.degenerate:
+            return 1.0
+        return max(abs(mu.shares[m] - self.params.target[m]) for m in self.params.target)
 
     def split_metrics(self, mu: MUResult) -> dict[str, Any]:
-        """``mu_target_error``: max_i |MU share_i - t_i| on the split. A degenerate MU (the model ignores
-        every input; shares reported as 1/M) does not meet any target: its error is 1, the worst."""
-        if mu.degenerate:
-            return {"mu_target_error": 1.0}
-        return {"mu_target_error": max(abs(mu.shares[m] - self.params.target[m]) for m in self.params.target)}
+        """``mu_target_error`` (:meth:`target_error`) of a measured split."""
+        return {"mu_target_error": self.target_error(mu)}
 
     def epoch_log(self) -> dict[str, float]:
         used = max(self.steps - self.skipped, 1)
-        return {"lambda_mu": self.lam, "mu_penalty": self.pen_sum / used,
+        return {"lambda_mu": self.lam_sum / max(self.steps, 1), "mu_penalty": self.pen_sum / used,
                 "mu_skipped": self.skipped / max(self.steps, 1)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state()}
+        return {"gen": self.gen.get_state(), "log_lam": self.log_lam, "err_ema": self.err_ema,
+                "offset": self.offset, "val_error": self.val_error}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "gen" in state:
             self.gen.set_state(state["gen"])
+        self.log_lam = state.get("log_lam", self.log_lam)
+        self.err_ema = state.get("err_ema", self.err_ema)
+        self.offset = state.get("offset", self.offset)
+        # every rank resumes from the main rank's state; only the main rank holds the unshared feedback
+        self.val_error = state.get("val_error") if self.ctx.rank == 0 else None

@@ -79,6 +79,7 @@ def data_case(kind: str, tmp: Path) -> str:
     return f'[data]\nname = "manifest"\npath = "{path}"\nimage_size = 8\n'
 
 
+MU_TINY = TINY + '[balance]\nmethod = "mu_target"\ntarget = {eo = 0.5, sar = 0.5}\n'
 RUN_CASES = [  # (id, run file text or a data-case kind, what the one line must contain)
     ("malformed_toml", "[train\nepochs = 2", "malformed TOML"),
     ("unknown_section", TINY + "[trian]\nepochs = 2\n", "trian: unknown section"),
@@ -89,6 +90,12 @@ RUN_CASES = [  # (id, run file text or a data-case kind, what the one line must 
      "balance.target: fractions must sum to 1"),
     ("target_modality", TINY + '[balance]\nmethod = "mu_target"\ntarget = {eo = 0.5, nir = 0.5}\n',
      "balance.target.nir: unknown modality"),
+    ("tolerance_zero", MU_TINY + 'tolerance = 0.0\n', "balance.tolerance: must be > 0"),
+    ("tolerance_large", MU_TINY + 'tolerance = 0.6\n', "balance.tolerance: must be <= 0.5"),
+    ("warmup_range", MU_TINY + 'warmup = 1.5\n', "balance.warmup: must be <= 1"),
+    ("growth_with_steps", MU_TINY + 'growth = 1.0\n', "balance.growth: only with balance.schedule"),
+    ("select_target_vanilla", TINY.replace("epochs = 1", 'epochs = 1\nselect = "target"'),
+     "train.select: \"target\" needs a method with a utilization target"),
     ("unknown_dataset", TINY.replace("[data]", '[data]\nname = "imagenet"'), "data.name: unknown"),
     ("unknown_model", TINY.replace("[model]", '[model]\nname = "resnet"'), "model.name: unknown"),
     ("unknown_method", TINY + '[balance]\nmethod = "magic"\n', "balance.method: unknown"),

@@ -1,0 +1,208 @@
+"""Utilization targeting on any data set (issue 13): step schedules, the adaptive weight,
+target-aware selection, M >= 3 targets, the ``digit_views`` vector data set."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_config
+
+from raybal.balancing import METHODS
+from raybal.balancing.base import MethodContext
+from raybal.cli import main
+from raybal.config import ConfigError
+from raybal.data import load_data
+from raybal.resolve import default_config
+from raybal.selection import Selector, resolve_mode
+from raybal.train import build_for, fit
+
+MU2 = {"balance.method": "mu_target", "balance.target": {"eo": 0.5, "sar": 0.5}}
+VIEWS_TARGET = {"pixels": 0.4, "profile": 0.3, "fourier": 0.3}
+
+
+def _method(cfg, epochs: int, steps_per_epoch: int):
+    data = load_data(cfg.data)
+    ctx = MethodContext(model=build_for(cfg, data), modalities=data.modalities, epochs=epochs,
+                        steps_per_epoch=steps_per_epoch, seed=0)
+    return METHODS.get(cfg.balance.method).obj(cfg.balance.params, ctx)
+
+
+# --- schedules --------------------------------------------------------------------------------
+
+def test_step_warmup_is_the_same_fraction_of_training_on_any_data_size() -> None:
+    cfg = tiny_config(**MU2, **{"balance.weight": "warmup", "balance.warmup": 0.5, "balance.lambda_0": 0.1,
+                                "balance.lambda_max": 10.0})
+    small, large = _method(cfg, 8, 22), _method(cfg, 8, 22_000)
+    for frac in (0.0, 0.125, 0.25, 0.4, 0.5, 0.75, 1.0):
+        e_s, s_s = divmod(int(frac * 8 * 22 - (frac == 1.0)), 22)
+        e_l, s_l = divmod(int(frac * 8 * 22_000 - (frac == 1.0)), 22_000)
+        assert small.lambda_at(e_s + 1, s_s) == pytest.approx(large.lambda_at(e_l + 1, s_l), rel=0.05)
+    # geometric from lambda_0 to lambda_max over the first half of the steps, then held
+    assert large.lambda_at(1, 0) == pytest.approx(0.1)
+    assert large.lambda_at(3, 0) == pytest.approx(1.0, rel=1e-3)  # a quarter of the steps: half-way in log
+    assert large.lambda_at(5, 0) == pytest.approx(10.0) and large.lambda_at(8, 21_999) == 10.0
+
+
+def test_old_epoch_schedule_still_works_when_asked_for() -> None:
+    cfg = tiny_config(**MU2, **{"balance.weight": "warmup", "balance.schedule": "epochs", "balance.growth": 1.0,
+                                "balance.lambda_0": 0.1, "balance.lambda_max": 1.0, "balance.pretrain_epochs": 1})
+    m = _method(cfg, 6, 4)
+    lam = [m.lambda_at(e) for e in range(1, 7)]
+    assert lam[0] == 0.0 and lam[1] == pytest.approx(0.1) and lam[2] == pytest.approx(0.1 * math.e)
+    assert lam[-1] == 1.0 and all(a <= b for a, b in zip(lam, lam[1:]))
+    assert not m.selectable(2) and m.selectable(5)  # only epochs at the final weight
+
+
+@pytest.mark.parametrize("over, key", [
+    ({"balance.growth": 2.0}, "balance.growth"),  # the old knob with the new default schedule
+    ({"balance.schedule": "epochs"}, "balance.schedule"),  # the epoch form of the adaptive weight
+    ({"balance.weight": "adaptive", "balance.lambda_0": 0.0}, "balance.lambda_0"),
+    ({"balance.lambda_0": 20.0}, "balance.lambda_0"),
+    ({"balance.tolerance": 0.0}, "balance.tolerance"),
+    ({"balance.tolerance": 0.51}, "balance.tolerance"),
+    ({"balance.warmup": 0.0}, "balance.warmup"),
+])
+def test_schedule_knobs_out_of_range_are_refused_naming_the_key(over, key) -> None:
+    with pytest.raises(ConfigError) as e:
+        tiny_config(**MU2, **over)
+    assert e.value.key == key
+
+
+# --- the adaptive weight ----------------------------------------------------------------------
+
+def test_adaptive_weight_rises_while_the_target_is_missed_and_falls_when_met() -> None:
+    cfg = tiny_config(**MU2, **{"balance.lambda_0": 0.1, "balance.lambda_max": 10.0, "balance.warmup": 0.25})
+    m = _method(cfg, 4, 25)  # 100 penalised steps: full speed crosses [0.1, 10] in 25 steps
+    m.on_epoch_start(1)
+    lam = []
+    for _ in range(40):  # u stuck at 0.8 / 0.2: error 0.3 > tolerance
+        m._dual_step(torch.tensor([0.8, 0.2]))
+        lam.append(math.exp(m.log_lam))
+    assert all(b >= a for a, b in zip(lam, lam[1:])) and lam[-1] == pytest.approx(10.0)
+    assert lam[24] == pytest.approx(10.0, rel=0.3)  # about the warm-up fraction at full speed
+    for _ in range(200):  # now on target: the weight is given back to the task loss
+        m._dual_step(torch.tensor([0.5, 0.5]))
+    assert math.exp(m.log_lam) == pytest.approx(0.1)
+    # at half the tolerance the error is the set point: the weight holds still
+    m.err_ema = None
+    before = m.log_lam
+    m._dual_step(torch.tensor([0.525, 0.475]))
+    assert m.log_lam == pytest.approx(before)
+
+
+# --- selection ----------------------------------------------------------------------------------
+
+def _state(v: float) -> dict:
+    return {"w": torch.tensor(v)}
+
+
+def test_selector_prefers_best_metric_within_tolerance() -> None:
+    s = Selector("target", 0.05)
+    for epoch, acc, err in [(1, 0.99, 0.30), (2, 0.95, 0.04), (3, 0.97, 0.02), (4, 0.98, 0.08), (5, 0.96, 0.01)]:
+        s.offer(epoch, acc, True, _state(epoch), err)
+    epoch, state, how = s.chosen()
+    assert (epoch, how) == (3, "target") and float(state["w"]) == 3.0
+
+
+def test_selector_falls_back_to_the_closest_epoch_and_says_so() -> None:
+    s = Selector("target", 0.05)
+    for epoch, acc, err in [(1, 0.99, 0.30), (2, 0.95, 0.09), (3, 0.97, 0.12), (4, 0.98, None)]:
+        s.offer(epoch, acc, epoch > 1, _state(epoch), err)
+    assert s.chosen()[0] == 2 and s.chosen()[2] == "closest"
+    # the state survives a resume (it travels in last.pt)
+    r = Selector("target", 0.05)
+    r.load_state_dict(s.state_dict())
+    assert r.chosen()[0] == 2 and r.chosen()[2] == "closest"
+
+
+def test_selector_best_val_and_last_and_auto() -> None:
+    s = Selector("best_val")
+    for epoch, acc in [(1, 0.9), (2, 0.95), (3, 0.95), (4, 0.93)]:
+        s.offer(epoch, acc, True, _state(epoch))
+    assert s.chosen()[:1] == (3,) and s.chosen()[2] == "best_val"  # ties go to the later epoch
+    s = Selector("last")
+    s.offer(1, 0.99, True, _state(1))
+    s.offer(2, 0.5, True, _state(2))
+    assert s.chosen()[0] == 2 and s.chosen()[1] is None
+    assert resolve_mode("auto", True) == "target" and resolve_mode("auto", False) == "best_val"
+
+
+def test_a_run_with_a_target_selects_by_it_and_reports_target_met(tmp_path, capsys) -> None:
+    over = {"data.name": "digit_views", "balance.method": "mu_target", "balance.target": VIEWS_TARGET,
+            "train.epochs": 6}
+    res = fit(default_config(**over))
+    f = res.final
+    assert f["final.selected_by"] in ("target", "closest")
+    assert f["final.target_error"] == pytest.approx(f["final.test_mu_target_error"])
+    assert f["final.target_met"] == (f["final.target_error"] <= 0.05)
+    # the selected epoch is, among the measured ones within tolerance, the best on validation
+    ep = pd.DataFrame(res.epochs)
+    val = ep[ep["split"] == "val"].set_index("epoch")
+    util = pd.DataFrame(res.utilization)
+    uval = util[(util["split"] == "val") & ~util["final"]].pivot(index="epoch", columns="modality", values="mu")
+    err = (uval - pd.Series(VIEWS_TARGET)).abs().max(axis=1)
+    within = err[err <= 0.05].index
+    if f["final.selected_by"] == "target":
+        best = val.loc[within, "accuracy"]
+        assert f["final.best_epoch"] == best[best == best.max()].index.max()
+    else:
+        assert len(within) == 0 and f["final.best_epoch"] == err.idxmin()
+    # vanilla keeps best-validation selection and has no target columns
+    van = fit(default_config(**{"data.name": "digit_views", "train.epochs": 2}))
+    assert van.final["final.selected_by"] == "best_val" and "final.target_met" not in van.final
+
+
+# --- M >= 3 and the vector data set --------------------------------------------------------------
+
+def test_digit_views_is_a_real_multiview_vector_set() -> None:
+    data = load_data(default_config(**{"data.name": "digit_views"}).data)
+    assert data.modalities == ("pixels", "profile", "fourier") and data.num_classes == 10
+    assert 1300 <= len(data.train) <= 1500 and len(data.val) >= 200 and len(data.test) >= 200
+    assert {m: tuple(t.shape[1:]) for m, t in data.train.x.items()} == {"pixels": (64,), "profile": (16,),
+                                                                         "fourier": (16,)}
+    for t in data.train.x.values():  # scaled to [0, 1] on the training split
+        assert float(t.min()) == pytest.approx(0.0) and float(t.max()) == pytest.approx(1.0)
+    again = load_data(default_config(**{"data.name": "digit_views", "data.seed": 1}).data)
+    assert not torch.equal(again.test.y, data.test.y)  # the seed draws the split
+    with pytest.raises(ConfigError, match="data.views"):
+        default_config(**{"data.name": "digit_views", "data.views": ["pixels"]})
+
+
+def test_three_modality_targets_are_met_on_vector_and_image_data() -> None:
+    """A vanilla fusion leans on one view; mu_target at its defaults brings every share to its target."""
+    van = fit(default_config(**{"data.name": "digit_views"})).final
+    assert van["final.mu.pixels"] > 0.6  # the imbalance is the data's own
+    res = fit(default_config(**{"data.name": "digit_views", "balance.method": "mu_target",
+                                "balance.target": VIEWS_TARGET})).final
+    for m, t in VIEWS_TARGET.items():
+        assert abs(res[f"final.mu.{m}"] - t) <= 0.05, (m, res[f"final.mu.{m}"])
+    assert res["final.target_met"] is True
+    assert res["final.test_accuracy"] >= van["final.test_accuracy"] - 0.05
+    # image data with a third modality: the target vector reaches the loop and the error is measured
+    img = fit(tiny_config(**{"data.extra_modalities": ["ir"], "balance.method": "mu_target",
+                             "balance.target": {"eo": 0.4, "sar": 0.3, "ir": 0.3}})).final
+    assert set(k for k in img if k.startswith("final.mu.")) == {"final.mu.eo", "final.mu.sar", "final.mu.ir"}
+    assert img["final.target_error"] == pytest.approx(
+        max(abs(img[f"final.mu.{m}"] - t) for m, t in {"eo": 0.4, "sar": 0.3, "ir": 0.3}.items()))
+
+
+def test_cli_train_says_whether_the_target_was_met_and_best_can_require_it(tmp_path, capsys) -> None:
+    run = tmp_path / "run.toml"
+    run.write_text('[data]\nname = "digit_views"\n[train]\nepochs = 3\n[balance]\nmethod = "mu_target"\n'
+                   'target = {pixels = 0.4, profile = 0.3, fourier = 0.3}\n')
+    out = tmp_path / "res"
+    assert main(["train", str(run), "--results", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "target" in text and ("target met" in text or "target NOT met" in text)
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert trials["final.target_met"].dtype == bool and "final.target_error" in trials
+    met = bool(trials["final.target_met"].iloc[0])
+    rc = main(["best", str(out), "--target-met"])
+    captured = capsys.readouterr()
+    if met:
+        assert rc == 0 and "run" in captured.out
+    else:
+        assert rc == 2 and "final.target_met" in captured.err
