@@ -141,6 +141,10 @@ def format_best(b: Best) -> str:
         lines.append("target utilization: " + "  ".join(f"{m} {v:.3f}" for m, v in b.target.items()))
     if b.mu:
         lines.append("achieved test MU:   " + "  ".join(f"{m} {v:.3f}" for m, v in b.mu.items()))
+    met, err, tol = b.row.get("final.target_met"), b.row.get("final.target_error"), b.row.get("balance.tolerance")
+    if isinstance(err, (int, float)) and err == err and met is not None and met == met:
+        within = f" (tolerance {tol:g})" if isinstance(tol, (int, float)) and tol == tol else ""
+        lines.append(f"target met on test: {'yes' if met else 'NO'}, error {err:.3f}{within}")
     for k, v in b.params.items():
         lines.append(f"  {k} = {v}")
     # the test metric and the methods' own test metrics; per-modality measures stay in the tables

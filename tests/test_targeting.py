@@ -203,6 +203,6 @@ def test_cli_train_says_whether_the_target_was_met_and_best_can_require_it(tmp_p
     rc = main(["best", str(out), "--target-met"])
     captured = capsys.readouterr()
     if met:
-        assert rc == 0 and "run" in captured.out
+        assert rc == 0 and "run" in captured.out and "target met on test: yes" in captured.out
     else:
         assert rc == 2 and "final.target_met" in captured.err
