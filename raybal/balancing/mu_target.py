@@ -273,7 +273,8 @@ class MuTarget(BalanceMethod):
         e = self.val_error if self.val_error is not None else torch.zeros_like(self.target)
         self.val_error = None
         if self.ctx.world_size > 1 and self.ctx.all_reduce is not None:
-            e = (self.ctx.all_reduce(e.float()) * self.ctx.world_size).double().cpu()
+            device = next(self.ctx.model.parameters()).device  # NCCL reduces device tensors only
+            e = (self.ctx.all_reduce(e.to(device)) * self.ctx.world_size).double().cpu()
         self.offset = (self.offset - 0.5 * e).clamp(-0.2, 0.2)
 
     def setpoint(self) -> Tensor:
