@@ -65,7 +65,11 @@ class Selector:
                   better: Any) -> None:
         old = self.slots.get(slot)
         if old is None or better(old):
-            self.slots[slot] = {"epoch": epoch, "value": value, "error": error, "state": copy.deepcopy(state)}
+            # A copy on the CPU (not the live tensors; no second device copy of the weights), shared when
+            # both slots hold the same epoch.
+            same = [s["state"] for s in self.slots.values() if s["epoch"] == epoch]
+            kept = same[0] if same else {k: _cpu_copy(v) for k, v in state.items()}
+            self.slots[slot] = {"epoch": epoch, "value": value, "error": error, "state": kept}
 
     def chosen(self) -> tuple[int, dict[str, Any] | None, str]:
         """(epoch, state dict or None for the model as it is, how it was selected)."""
@@ -83,5 +87,14 @@ class Selector:
         return {"mode": self.mode, "tolerance": self.tolerance, "slots": self.slots, "last_epoch": self.last_epoch}
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
+        if "slots" not in st:  # a last.pt written before raybal.selection: {"epoch", "value", "state"}
+            self.last_epoch = int(st.get("epoch", 0))
+            self.slots = ({"best": {"epoch": st["epoch"], "value": st["value"], "error": None, "state": st["state"]}}
+                          if st.get("state") is not None else {})
+            return
         self.slots = st["slots"]
         self.last_epoch = st["last_epoch"]
+
+
+def _cpu_copy(v: Any) -> Any:
+    return v.detach().to("cpu", copy=True) if hasattr(v, "detach") else copy.deepcopy(v)

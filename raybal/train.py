@@ -290,7 +290,8 @@ def _finalize(result: RunResult, model: FusionModel, method: BalanceMethod, data
     best_epoch, state, selected_by = selector.chosen()
     if state is not None:
         model.load_state_dict(state)
-    val = measure(model, data.val, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed,
+    # The validation MU with the seed the selection saw for this epoch: final.val_* agrees with the selection.
+    val = measure(model, data.val, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed + best_epoch,
                   modalities=data.modalities)
     test = measure(model, data.test, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed,
                    modalities=data.modalities)

@@ -109,6 +109,8 @@ class MuTargetParams:
         total = sum(self.target.values())
         if abs(total - 1.0) > 1e-6:
             raise ConfigError(f"{prefix}.target", f"fractions must sum to 1 (within 1e-6), got {total:.6g}")
+        if self.schedule == "epochs" and self.lambda_0 <= 0.0:
+            raise ConfigError(f"{prefix}.lambda_0", "must be > 0 with schedule = \"epochs\" (lambda_0 exp(k e) stays 0)")
         if self.lambda_0 > self.lambda_max:
             raise ConfigError(f"{prefix}.lambda_0", f"must be <= lambda_max = {self.lambda_max:g}, got {self.lambda_0:g}")
         if self.weight == "adaptive" and self.lambda_0 <= 0.0:
@@ -158,9 +160,9 @@ class MuTarget(BalanceMethod):
             raise ConfigError("balance.target", f"missing modality {missing[0]!r} (give a fraction for each of: "
                               f"{', '.join(mods)})")
         p = cfg.balance.params
-        if p.freeze_encoders and p.pretrain_epochs >= cfg.train.epochs:
+        if p.pretrain_epochs >= cfg.train.epochs:
             raise ConfigError("balance.pretrain_epochs", f"must be < train.epochs = {cfg.train.epochs} "
-                              "(the frozen phase needs epochs)")
+                              "(the penalty needs epochs after the vanilla ones)")
 
     def _reset_log(self) -> None:
         self.pen_sum = 0.0
@@ -188,7 +190,7 @@ class MuTarget(BalanceMethod):
             first = p.pretrain_epochs + 1
             growth = 1.0 if p.growth is None else p.growth
             return min(p.lambda_max, p.lambda_0 * math.exp(growth * (epoch - first)))
-        frac = min(1.0, s / self.ramp_steps)
+        frac = min(1.0, s / max(self.ramp_steps - 1.0, 1.0))  # lambda_max at the ramp's last step
         if p.lambda_0 <= 0.0:
             return p.lambda_max * frac
         return p.lambda_0 * (p.lambda_max / p.lambda_0) ** frac
@@ -262,8 +264,13 @@ class MuTarget(BalanceMethod):
         return math.exp(self.log_lam)
 
     def on_validation(self, mu: MUResult) -> None:
-        if self.params.weight == "adaptive" and not mu.degenerate:
-            self.val_error = torch.tensor([mu.shares[m] for m in self.ctx.modalities], dtype=torch.float64) - self.target
+        """Keep the epoch's validation error for the set point; not during vanilla pretraining (its
+        error says nothing about the penalty) and not from a degenerate or non-finite MU."""
+        if self.params.weight != "adaptive" or mu.degenerate or self.epoch <= self.params.pretrain_epochs:
+            return
+        shares = torch.tensor([mu.shares[m] for m in self.ctx.modalities], dtype=torch.float64)
+        if torch.isfinite(shares).all():
+            self.val_error = shares - self.target
 
     def _share_validation_feedback(self) -> None:
         """Fold the last validation error into the set point, the same on every rank: only the main
@@ -272,7 +279,9 @@ class MuTarget(BalanceMethod):
             return
         e = self.val_error if self.val_error is not None else torch.zeros_like(self.target)
         self.val_error = None
-        if self.ctx.world_size > 1 and self.ctx.all_reduce is not None:
+        if self.ctx.world_size > 1:
+            if self.ctx.all_reduce is None:
+                raise RuntimeError("mu_target: data-parallel run without an all-reduce; ranks would steer apart")
             device = next(self.ctx.model.parameters()).device  # NCCL reduces device tensors only
             e = (self.ctx.all_reduce(e.to(device)) * self.ctx.world_size).double().cpu()
         self.offset = (self.offset - 0.5 * e).clamp(-0.2, 0.2)
@@ -316,7 +325,8 @@ class MuTarget(BalanceMethod):
         reported as 1/M) does not meet any target: its error is 1, the worst."""
         if mu.degenerate:
             return 1.0
-        return max(abs(mu.shares[m] - self.params.target[m]) for m in self.params.target)
+        errors = [abs(mu.shares[m] - self.params.target[m]) for m in self.params.target]
+        return math.nan if any(e != e for e in errors) else max(errors)
 
     def split_metrics(self, mu: MUResult) -> dict[str, Any]:
         """``mu_target_error`` (:meth:`target_error`) of a measured split."""
