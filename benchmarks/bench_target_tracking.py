@@ -63,7 +63,9 @@ def grid(args: argparse.Namespace) -> tuple[dict, dict]:
             base.update({"train.epochs": 3})
             if over["data.name"] == "synthetic_aerial":
                 base.update({"data.n_train": 600, "data.n_val": 200, "data.n_test": 200})
-        base.update(dict(parse_override(s) for s in args.set))
+        extra = dict(parse_override(s) for s in args.set)
+        base.update({k: v for k, v in extra.items() if not k.startswith("balance.")})
+        method_extra = {k: v for k, v in extra.items() if k.startswith("balance.")}  # mu_target runs only
         targets = TARGETS[len(mods)][:1] if args.quick else TARGETS[len(mods)]
         for seed in args.seeds:
             seeded = {**base, "data.seed": seed, "train.seed": seed}
@@ -74,7 +76,7 @@ def grid(args: argparse.Namespace) -> tuple[dict, dict]:
                 target = dict(zip(mods, t))
                 for sched in args.schedules:
                     tid = f"{ds}-{sched}-{'-'.join(f'{v:.2f}' for v in t)}-s{seed}"
-                    runs[tid] = default_config(**seeded, **SCHEDULES[sched], **{
+                    runs[tid] = default_config(**seeded, **{**SCHEDULES[sched], **method_extra}, **{
                         "balance.method": "mu_target", "balance.target": target})
                     meta[tid] = {"dataset": ds, "schedule": sched, "seed": seed, "target": target}
     return runs, meta
@@ -86,7 +88,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
     ap.add_argument("--results", default="benchmarks/out/targeting")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override for every run (balance.* keys: the mu_target runs only)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 target, 3 epochs, small aerial sets")
     ap.add_argument("--out", default=None, help="Parquet table (default: beside --results)")
     args = ap.parse_args()
