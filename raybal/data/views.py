@@ -11,8 +11,9 @@ Each digit is seen through feature extractors of different strength, in the spir
 
 No noise or label information is added: the imbalance between views (``pixels`` dominates a
 vanilla fusion) is the data's own. Each feature is scaled to [0, 1] by the training split's
-minimum and maximum (the package's input convention; other splits may fall slightly outside). ``views`` picks a subset (at least two); with the default fractions about
-1,370 training, 215 validation and 215 test samples.
+minimum and maximum (the package's input convention; other splits may fall slightly outside).
+``views`` picks a subset (at least two); the default fractions give 1,365 training, 216
+validation and 216 test samples.
 """
 
 from __future__ import annotations
