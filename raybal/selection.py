@@ -38,8 +38,8 @@ class Selector:
             raise ValueError("target-aware selection needs a tolerance")
         self.mode = mode
         self.tolerance = tolerance
-        # slot -> {"epoch", "value", "error", "state"}; "best" (best_val / last / within tolerance)
-        # and "closest" (target mode: smallest target error).
+        # slot -> {"epoch", "value", "error", "state"}: "best" (best validation metric; in target mode
+        # among the epochs within tolerance) and "closest" (target mode: smallest target error).
         self.slots: dict[str, dict[str, Any]] = {}
         self.last_epoch = 0
 

@@ -135,7 +135,6 @@ class MuTarget(BalanceMethod):
         super().__init__(params, ctx)
         self.target = torch.tensor([params.target[m] for m in ctx.modalities], dtype=torch.float64)
         self.gen = torch.Generator().manual_seed(ctx.seed + 7)
-        self.lam = 0.0
         self.log_lam = math.log(params.lambda_0) if params.lambda_0 > 0 else -math.inf
         self.err_ema: Tensor | None = None  # adaptive: the smoothed batch error u - t'
         self.offset = torch.zeros_like(self.target)  # adaptive: t' - t, from the validation feedback
@@ -169,8 +168,6 @@ class MuTarget(BalanceMethod):
         self.lam_sum = 0.0
         self.steps = 0
         self.skipped = 0
-
-    has_target = True
 
     @property
     def tolerance(self) -> float:
@@ -305,7 +302,6 @@ class MuTarget(BalanceMethod):
         self.steps += 1
         lam = self._weight()
         self.step_in_epoch += 1
-        self.lam = lam
         self.lam_sum += lam
         if lam <= 0.0:
             return None
