@@ -98,6 +98,9 @@ def _cross_validate(cfg: RunConfig) -> None:
     for c in cfg.robustness.levels:
         if c not in CORRUPTIONS:
             raise ConfigError(f"robustness.levels.{c}", f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
+    for m in getattr(cfg.model.params, "pretrained", None) or {}:
+        if m not in mods:
+            raise ConfigError(f"model.pretrained.{m}", f"unknown modality {m!r} (data set has: {', '.join(mods)})")
     model_cls = MODELS.get(cfg.model.name).obj
     task = cfg.data.params.task
     if task not in model_cls.tasks:

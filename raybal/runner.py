@@ -22,7 +22,7 @@ from raybal.resolve import with_overrides
 from raybal.results import ResultsError, check_writable, environment, write_results
 from raybal.robustness import sweep
 from raybal.tasks import metric_name
-from raybal.train import Progress, build_for, fit
+from raybal.train import Progress, build_for, check_pretrained, fit
 
 RUN_TRIAL_ID = "run"
 
@@ -79,6 +79,7 @@ def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress 
     """
     progress = None if quiet else progress
     data = load_data(cfg.data)  # bad data (missing file, unpaired chip, ...) fails here: nothing written yet
+    check_pretrained(cfg, data)  # so does a missing or mismatched model.pretrained file
     d = prepare_dir(results_dir, cfg)
     atomic_write_json(run_meta(cfg, "running"), d / "run.json")
     t0 = time.perf_counter()

@@ -41,7 +41,7 @@ from raybal.records import failed_result
 from raybal.results import Results, ResultsError, check_writable, environment, load_results
 from raybal.space import Study, load_study, study_from_dict
 from raybal.tasks import metric_name
-from raybal.train import fit
+from raybal.train import check_pretrained, fit
 
 TUNE_DIR = "tune"
 
@@ -240,7 +240,8 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
     from raybal.data import load_data
 
     d = Path(results_dir or Path("results") / study.settings.name).resolve()
-    load_data(study.base.data)  # bad data fails before anything is written (and warms the cache for trials)
+    # Bad data or pretrained weights fail before anything is written (and the data cache is warm for trials).
+    check_pretrained(study.base, load_data(study.base.data))
     _prepare(d, study, resume)
     atomic_write_json(study_meta(study, "running"), d / "study.json")
     recorder = Recorder(study, d, quiet=quiet)

@@ -27,6 +27,7 @@ from raybal.faults import maybe_inject
 from raybal.models import build_model
 from raybal.models.base import FusionModel
 from raybal.models.crossrank import sync_batch_statistics
+from raybal.models.pretrained import load_pretrained
 from raybal.records import RunResult
 from raybal.robustness import sweep
 from raybal.selection import Selector, resolve_mode
@@ -96,6 +97,17 @@ def _make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optim
 
 def build_for(cfg: RunConfig, data: MultiModalData) -> FusionModel:
     return build_model(cfg.model.name, cfg.model.params, data.modalities, data.shapes, data.num_classes)
+
+
+def pretrained_files(cfg: RunConfig) -> dict[str, str]:
+    return dict(getattr(cfg.model.params, "pretrained", None) or {})
+
+
+def check_pretrained(cfg: RunConfig, data: MultiModalData) -> None:
+    """Load ``model.pretrained`` into a fresh model: a missing, unreadable or mismatched file is a
+    :class:`ConfigError` before any run starts (raybal.models.pretrained)."""
+    if pretrained_files(cfg):
+        load_pretrained(build_for(cfg, data), pretrained_files(cfg))
 
 
 def _trainable(model: torch.nn.Module) -> tuple[bool, ...]:
@@ -186,6 +198,8 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     last_path = ckpt_dir / checkpoint.LAST if ckpt_dir else None
     st = checkpoint.load_last(last_path, config) if last_path is not None else None
+    if st is None and pretrained_files(config):  # a resumed run has its trained weights in last.pt
+        load_pretrained(model, pretrained_files(config))
     if st is not None:
         model.load_state_dict(st["model"])
         optimizer.load_state_dict(st["optimizer"])

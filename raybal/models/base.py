@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from raybal.models.resnet import STANDARD_WIDTH, ResNet
 from raybal.registry import RegistrationError, Registry
 
 Features = dict[str, Any]  # modality -> Tensor or tuple of Tensors (batch first)
@@ -81,6 +82,12 @@ class FusionModel(nn.Module):
 
     def encoder_parameters(self, modality: str) -> list[nn.Parameter]:
         return [p for mod in self.encoder_modules(modality) for p in mod.parameters()]
+
+    def backbone_module(self, modality: str) -> nn.Module | None:
+        """``modality``'s standard backbone (torchvision / timm layout) that ``model.pretrained`` loads
+        into, or None (raybal.models.pretrained). By default the encoder, when it is a ResNet."""
+        mods = self.encoder_modules(modality)
+        return mods[0] if len(mods) == 1 and isinstance(mods[0], ResNet) else None
 
     @contextmanager
     def frozen_running_stats(self) -> Iterator[None]:
@@ -166,6 +173,7 @@ class CNNEncoder(nn.Module):
             blocks.append(nn.Sequential(conv_block(c, co), nn.MaxPool2d(2)))
             c = co
         self.stages = nn.ModuleList(blocks)
+        self.num_stages = stages
         self.out_channels = chans
         self.dim = chans[-1]
 
@@ -191,10 +199,18 @@ class MLPEncoder(nn.Module):
         return self.net(x.flatten(1))
 
 
-def make_encoder(shape: tuple[int, ...], width: int, stages: int) -> nn.Module:
+DEFAULT_WIDTH = 16  # the small CNN's and the MLP's width when model.width is not set
+
+
+def make_encoder(shape: tuple[int, ...], width: int | None, stages: int, backbone: str = "cnn") -> nn.Module:
+    """One modality's encoder: an image (C, H, W) gets ``backbone`` (the small CNN or a ResNet of
+    :mod:`raybal.models.resnet`), a vector (D,) an MLP. ``width`` None means the backbone's own
+    default (16; 64 for ResNets, the width of pretrained files)."""
     if len(shape) == 3:
-        return CNNEncoder(shape[0], width, stages)
+        if backbone == "cnn":
+            return CNNEncoder(shape[0], width or DEFAULT_WIDTH, stages)
+        return ResNet(backbone, shape[0], width or STANDARD_WIDTH)
     if len(shape) == 1:
-        return MLPEncoder(shape[0], width)
+        return MLPEncoder(shape[0], width or DEFAULT_WIDTH)
     raise ValueError(f"unsupported modality shape {shape}")
 

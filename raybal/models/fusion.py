@@ -5,22 +5,39 @@ All share :class:`~raybal.models.base.FusionModel`'s encode / fuse split.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from raybal.config import ConfigError, knob
-from raybal.models.base import MODELS, CNNEncoder, Features, FusionModel, ModelOutput, make_encoder
+from raybal.models.base import MODELS, Features, FusionModel, ModelOutput, make_encoder
 from raybal.models.crossrank import global_mean
+from raybal.models.pretrained import SUFFIXES
+
+Backbone = Literal["cnn", "resnet18", "resnet34", "resnet50"]
 
 
 @dataclass(frozen=True)
 class EncoderParams:
-    width: int = knob(16, ge=2, le=512, doc="channels of the first conv stage")
-    stages: int = knob(4, ge=1, le=6, doc="conv stages (each halves the resolution)")
+    backbone: Backbone = "cnn"
+    width: int | None = knob(None, ge=2, le=512, doc="channels of the first stage; unset = 16 for the cnn and the "
+                             "MLP of vector modalities, 64 for resnets (the torchvision width pretrained files have)")
+    stages: int = knob(4, ge=1, le=6, doc="conv stages of the cnn (each halves the resolution); resnets have 4")
+    pretrained: Mapping[str, str] = knob({}, doc="modality -> local .pth / .pt / .safetensors file of ResNet "
+                                          "weights in the torchvision / timm layout (never downloaded)")
+
+    def validate(self, prefix: str) -> None:
+        if self.backbone != "cnn" and self.stages != 4:
+            raise ConfigError(f"{prefix}.stages", f"a {self.backbone} has 4 stages (layer1-4), got {self.stages}")
+        if self.pretrained and self.backbone == "cnn":
+            raise ConfigError(f"{prefix}.pretrained", "needs a resnet model.backbone (the cnn has no standard weights)")
+        for m, file in self.pretrained.items():
+            if not file.endswith(SUFFIXES):
+                raise ConfigError(f"{prefix}.pretrained.{m}", f"expected a {' / '.join(SUFFIXES)} file, got {file!r}")
 
 
 @dataclass(frozen=True)
@@ -40,7 +57,7 @@ class LateFusion(FusionModel):
     def __init__(self, p: LateParams, modalities: tuple[str, ...], shapes: dict[str, tuple[int, ...]],
                  num_classes: int) -> None:
         super().__init__(modalities)
-        self.encoders = nn.ModuleDict({m: make_encoder(shapes[m], p.width, p.stages) for m in modalities})
+        self.encoders = nn.ModuleDict({m: make_encoder(shapes[m], p.width, p.stages, p.backbone) for m in modalities})
         self.dims = [self.encoders[m].dim for m in modalities]
         total = sum(self.dims)
         self.drop = nn.Dropout(p.dropout)
@@ -81,7 +98,7 @@ class SumFusion(FusionModel):
     def __init__(self, p: EncoderParams, modalities: tuple[str, ...], shapes: dict[str, tuple[int, ...]],
                  num_classes: int) -> None:
         super().__init__(modalities)
-        self.encoders = nn.ModuleDict({m: make_encoder(shapes[m], p.width, p.stages) for m in modalities})
+        self.encoders = nn.ModuleDict({m: make_encoder(shapes[m], p.width, p.stages, p.backbone) for m in modalities})
         self.heads = nn.ModuleDict({m: nn.Linear(self.encoders[m].dim, num_classes) for m in modalities})
 
     def encode(self, x: dict[str, Tensor]) -> Features:
@@ -102,6 +119,7 @@ class MMTMParams(EncoderParams):
     momentum: float = knob(0.1, gt=0.0, le=1.0, doc="running-average momentum of the gates")
 
     def validate(self, prefix: str) -> None:
+        super().validate(prefix)
         if not self.fuse_after:
             raise ConfigError(f"{prefix}.fuse_after", "needs at least one stage")
         if list(self.fuse_after) != sorted(set(self.fuse_after)):
@@ -187,7 +205,7 @@ class MMTMFusion(FusionModel):
         for m in modalities:
             if len(shapes[m]) != 3:
                 raise ValueError("mmtm fusion needs image modalities (C, H, W)")
-        self.encoders = nn.ModuleDict({m: CNNEncoder(shapes[m][0], p.width, p.stages) for m in modalities})
+        self.encoders = nn.ModuleDict({m: make_encoder(shapes[m], p.width, p.stages, p.backbone) for m in modalities})
         chans = self.encoders[modalities[0]].out_channels
         self.fuse_after = tuple(p.fuse_after)
         self.mmtm = nn.ModuleList([MMTMUnit({m: chans[s - 1] for m in modalities}, p.reduction, p.momentum)
@@ -200,7 +218,7 @@ class MMTMFusion(FusionModel):
 
     def fuse(self, features: Features) -> ModelOutput:
         h = dict(features)
-        bounds = list(self.fuse_after) + [len(self.encoders[self.modalities[0]].stages)]
+        bounds = list(self.fuse_after) + [self.encoders[self.modalities[0]].num_stages]
         for unit, start, stop in zip(self.mmtm, bounds[:-1], bounds[1:]):
             h = unit(h)
             h = {m: self.encoders[m].run(h[m], start, stop) for m in self.modalities}

@@ -1,27 +1,49 @@
-"""A small U-Net with one encoder per modality for segmentation.
+"""A U-Net with one encoder per modality for segmentation.
 
 Each modality has its own down path; the modalities first meet in the shared decoder, where
 the skip features of every modality are concatenated level by level. ``encode`` returns each
 modality's tuple of skip features, so shuffling a modality shuffles all its scales with
 the same permutation.
+
+The down path is the original U-Net's (two conv-BN-ReLU per level, ``backbone = "unet"``) or
+a ResNet of :mod:`raybal.models.resnet` (``backbone = "resnet18"`` ...): its skips are one
+conv block at full resolution, the stem at 1/2 and ``layer1`` .. ``layer<depth>`` at 1/4 ..
+1/32; the decoder upsamples to each skip's size, so any image size works.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raybal.config import knob
-from raybal.models.base import MODELS, Features, FusionModel, ModelOutput, conv_block
+from raybal.config import ConfigError, knob
+from raybal.models.base import DEFAULT_WIDTH, MODELS, Features, FusionModel, ModelOutput, conv_block
+from raybal.models.pretrained import SUFFIXES
+from raybal.models.resnet import STANDARD_WIDTH, ResNet
+
+DECODER_MAX = 256  # decoder channels per level are capped (a ResNet-50's 2048 would dominate the cost)
 
 
 @dataclass(frozen=True)
 class UNetParams:
-    width: int = knob(16, ge=2, le=256)
-    depth: int = knob(3, ge=1, le=5, doc="down-sampling levels")
+    backbone: Literal["unet", "resnet18", "resnet34", "resnet50"] = "unet"
+    width: int | None = knob(None, ge=2, le=256, doc="first level's channels; unset = 16 (unet), 64 (resnets)")
+    depth: int = knob(3, ge=1, le=5, doc="down-sampling levels (resnets: layers used, at most 4)")
+    pretrained: Mapping[str, str] = knob({}, doc="modality -> local ResNet weights file (torchvision / timm layout)")
+
+    def validate(self, prefix: str) -> None:
+        if self.backbone != "unet" and self.depth > 4:
+            raise ConfigError(f"{prefix}.depth", f"a {self.backbone} encoder has 4 layers, got depth {self.depth}")
+        if self.pretrained and self.backbone == "unet":
+            raise ConfigError(f"{prefix}.pretrained", "needs a resnet model.backbone (the unet has no standard weights)")
+        for m, file in self.pretrained.items():
+            if not file.endswith(SUFFIXES):
+                raise ConfigError(f"{prefix}.pretrained.{m}", f"expected a {' / '.join(SUFFIXES)} file, got {file!r}")
 
 
 class _Down(nn.Module):
@@ -45,6 +67,28 @@ class _Down(nn.Module):
         return tuple(outs)
 
 
+class _ResNetDown(nn.Module):
+    """A ResNet's skips: a full-resolution conv block, the stem (1/2), layer1 .. layer<depth>."""
+
+    def __init__(self, arch: str, cin: int, width: int, depth: int) -> None:
+        super().__init__()
+        self.backbone = ResNet(arch, cin, width)
+        self.backbone.truncate(depth)
+        self.full = conv_block(cin, max(width // 4, 4))
+        self.depth = depth
+        self.chans = [max(width // 4, 4), self.backbone.stem_channels, *self.backbone.out_channels[:depth]]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        outs = [self.full(x)]
+        h = self.backbone.stem(x)
+        outs.append(h)
+        h = self.backbone.maxpool(h)
+        for i in range(self.depth):
+            h = self.backbone.layer(i)(h)
+            outs.append(h)
+        return tuple(outs)
+
+
 @MODELS.register("unet", UNetParams)
 class UNetFusion(FusionModel):
     """Per-modality encoders, fused skips, one decoder (segmentation)."""
@@ -55,15 +99,20 @@ class UNetFusion(FusionModel):
     def __init__(self, p: UNetParams, modalities: tuple[str, ...], shapes: dict[str, tuple[int, ...]],
                  num_classes: int) -> None:
         super().__init__(modalities)
-        self.down = nn.ModuleDict({m: _Down(shapes[m][0], p.width, p.depth) for m in modalities})
+        if p.backbone == "unet":
+            self.down = nn.ModuleDict({m: _Down(shapes[m][0], p.width or DEFAULT_WIDTH, p.depth) for m in modalities})
+        else:
+            self.down = nn.ModuleDict({m: _ResNetDown(p.backbone, shapes[m][0], p.width or STANDARD_WIDTH, p.depth)
+                                       for m in modalities})
         chans = self.down[modalities[0]].chans
+        dec = chans if p.backbone == "unet" else [min(c, DECODER_MAX) for c in chans]
         k = len(modalities)
         self.up = nn.ModuleList()
         c = chans[-1] * k
         for level in range(len(chans) - 2, -1, -1):
-            self.up.append(nn.Sequential(conv_block(c + chans[level] * k, chans[level]),
-                                         conv_block(chans[level], chans[level])))
-            c = chans[level]
+            self.up.append(nn.Sequential(conv_block(c + chans[level] * k, dec[level]),
+                                         conv_block(dec[level], dec[level])))
+            c = dec[level]
         self.out = nn.Conv2d(c, num_classes, 1)
 
     def encode(self, x: dict[str, Tensor]) -> Features:
@@ -80,3 +129,7 @@ class UNetFusion(FusionModel):
 
     def branch_modules(self, modality: str) -> list[nn.Module]:
         return [self.down[modality]]
+
+    def backbone_module(self, modality: str) -> nn.Module | None:
+        down = self.down[modality]
+        return down.backbone if isinstance(down, _ResNetDown) else None
