@@ -1,7 +1,7 @@
 """Training-step cost of each balancing method relative to vanilla (issue 3, benchmark 4).
 
 All variants run side by side in one process on the same data and batches, interleaved in
-rounds (so machine noise hits them alike), each through ``raybal.train.train_step`` — the one
+rounds (so machine noise hits them alike), each through ``raybal.steps.train_step`` — the one
 training step ``fit()`` uses. Reported: median seconds per step and the ratio to vanilla on the
 same model. Targets: ``mu_target`` (feature shuffle) <= 1.10x vanilla on 2 modalities; the
 input re-encoding variant shows what feature shuffling saves (a prototype measured ~3x).
@@ -24,7 +24,8 @@ import torch
 from raybal.balancing import METHODS, MethodContext
 from raybal.data import load_data
 from raybal.resolve import default_config
-from raybal.train import build_for, seed_everything, train_step
+from raybal.steps import train_step
+from raybal.train import build_for, seed_everything
 
 VARIANTS = [  # (name, model, balance overrides, baseline name)
     ("vanilla", "late", {}, "vanilla"),
@@ -74,7 +75,7 @@ def main() -> None:
             for i in range(steps):
                 xb, yb = batches[(pos + i) % len(batches)]
                 t = time.perf_counter()
-                train_step(model, method, opt, xb, yb, nullcontext(), epoch=8)
+                train_step(model, method, opt, xb, yb, nullcontext())
                 if r > 0:
                     times[name].append(time.perf_counter() - t)
         pos += steps

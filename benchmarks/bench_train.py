@@ -1,19 +1,28 @@
-"""Training throughput and the cost of one MU evaluation relative to one plain evaluation pass.
+"""Training throughput per backbone, fit() against a plain PyTorch loop, and the cost of MU evaluation.
 
-Measured side by side in one process on the default model and data:
+Three tables, each measured side by side in one process:
 
-* training samples/s (vanilla, one epoch after a warm-up epoch) through ``raybal.train.train_step``,
-  the one step ``fit()`` runs, and through ``fit()`` itself (one epoch, its evaluation and MU included);
-* plain evaluation of the val split (encode + fuse) vs. a permutation-MU evaluation
-  (encode once + 1 + M * n_repeats fusion passes), and vs. the naive MU that re-encodes
-  the shuffled inputs (what feature shuffling saves).
+1. **Backbones** (cnn, resnet18, resnet34, resnet50 at 32 / 64 / 128 px): training samples/s
+   through ``raybal.steps.train_step`` (the one step ``fit()`` runs), and the mu_target / vanilla
+   step-time ratio per backbone (goal <= 1.10x: encode once, shuffle features, DESIGN §2).
+   vanilla and mu_target steps alternate, so machine noise hits both alike.
+2. **fit() vs a plain loop**: the same model, data, batches, optimizer and cosine schedule, trained
+   by a hand-written loop (forward, cross-entropy, backward, step; nothing else) and by ``fit()``
+   with everything it adds (per-epoch val / test evaluation, validation MU, model selection,
+   the final measures). Goal: fit() within 1.10x of the plain loop's wall time on CPU.
+3. **MU evaluation**: a plain evaluation pass over val vs permutation MU (encode once +
+   1 + M x repeats fusion passes) vs the naive MU that re-encodes shuffled inputs.
 
-    python benchmarks/bench_train.py [--quick] [--out bench_train.parquet]
+No GPU is lent to this project's CI; on a GPU node pass ``--device cuda --precision bf16`` (and
+``--sizes 64 128 --batch 256``) to measure the GPU path (channels-last, bf16 autocast).
+
+    python benchmarks/bench_train.py [--quick] [--out benchmarks/out/train.parquet]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import pandas as pd
@@ -22,19 +31,98 @@ import torch.nn.functional as F
 
 from raybal.balancing import METHODS, MethodContext
 from raybal.data import load_data
-from raybal.resolve import default_config, with_overrides
-from raybal.train import build_for, fit, train_step
+from raybal.resolve import default_config
+from raybal.steps import to_device, train_step
+from raybal.train import build_for, fit, seed_everything, use_channels_last
 from raybal.utilization import measure
 
+BACKBONES = ("cnn", "resnet18", "resnet34", "resnet50")
 
-def timed(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def backbone_rows(backbones, sizes, batch: int, steps: int, device: torch.device, precision: str) -> list[dict]:
+    rows = []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    for bb in backbones:
+        for size in sizes:
+            over = {"model.backbone": bb, "data.image_size": size, "data.n_train": batch * 2, "data.n_val": 10,
+                    "data.n_test": 10, "train.batch_size": batch}
+            runners = {}
+            for name, extra in (("vanilla", {}), ("mu_target", {"balance.method": "mu_target",
+                                                                "balance.target": {"eo": 0.75, "sar": 0.25}})):
+                cfg = default_config(**over, **extra)
+                data = load_data(cfg.data)
+                seed_everything(0)
+                model = build_for(cfg, data).to(device)
+                cl = use_channels_last("auto", device, model)
+                if cl:
+                    model = model.to(memory_format=torch.channels_last)
+                method = METHODS.get(cfg.balance.method).obj(cfg.balance.params, MethodContext(
+                    model=model, modalities=data.modalities, epochs=8, steps_per_epoch=2, seed=0))
+                method.on_epoch_start(8)  # fully active
+                model.train()
+                opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+                xb, yb = next(data.train.batches(batch))
+                runners[name] = (model, method, opt, to_device(xb, device, cl), yb.to(device))
+            times: dict[str, list[float]] = {k: [] for k in runners}
+            for r in range(steps + 1):  # step 0 is a warm-up
+                for name, (model, method, opt, xb, yb) in runners.items():
+                    _sync(device)
+                    t = time.perf_counter()
+                    train_step(model, method, opt, xb, yb, autocast)
+                    _sync(device)
+                    if r > 0:
+                        times[name].append(time.perf_counter() - t)
+            van, mu = statistics.median(times["vanilla"]), statistics.median(times["mu_target"])
+            mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+            rows.append({"backbone": bb, "px": size, "batch": batch, "vanilla samples/s": batch / van,
+                         "mu_target samples/s": batch / mu, "mu_target / vanilla": mu / van, "gpu_mem_GiB": mem})
+            print(f"  {bb:9s} {size:4d} px: {batch / van:8.1f} samples/s, mu_target {mu / van:.3f}x", flush=True)
+    return rows
+
+
+def plain_loop(cfg, data, device: torch.device) -> float:
+    """The same training as fit() with nothing else: seconds."""
+    tc = cfg.train
+    seed_everything(tc.seed)
+    model = build_for(cfg, data).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc.epochs)
+    t0 = time.perf_counter()
+    for epoch in range(1, tc.epochs + 1):
+        model.train()
+        g = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
+        order = data.train.shard_order(shuffle=True, generator=g, rank=0, world=1, global_batch=tc.batch_size)
+        for xb, yb in data.train.batches(tc.batch_size, order=order, drop_last=True):
+            xb, yb = to_device(xb, device), yb.to(device)
+            loss = F.cross_entropy(model(xb).logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def fit_rows(n: int, epochs: int, rounds: int, device: torch.device) -> list[dict]:
+    cfg = default_config(**{"data.n_train": n, "data.n_val": n // 4, "data.n_test": n // 4, "train.epochs": epochs,
+                            "train.use_gpu": device.type == "cuda"})
+    data = load_data(cfg.data)
+    t_plain, t_fit = [], []
+    for _ in range(rounds):  # alternate, keep the best of each (the least disturbed run)
+        t_plain.append(plain_loop(cfg, data, device))
+        t0 = time.perf_counter()
+        fit(cfg, data=data)
+        t_fit.append(time.perf_counter() - t0)
+    p, f = min(t_plain), min(t_fit)
+    return [{"measure": f"plain loop, {epochs} epochs (s)", "value": p, "ratio": 1.0},
+            {"measure": f"fit(), {epochs} epochs + eval + MU + final (s)", "value": f, "ratio": f / p},
+            {"measure": "plain loop train samples/s", "value": n * epochs / p, "ratio": None},
+            {"measure": "fit() train samples/s (all included)", "value": n * epochs / f, "ratio": p / f}]
 
 
 @torch.no_grad()
@@ -51,53 +139,61 @@ def naive_mu(model, split, n_repeats: int) -> None:
                 F.cross_entropy(model(xs).logits, yb)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small data, for a smoke run")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=None, help="also write the table as Parquet")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    n = 1000 if args.quick else 4000
+def timed(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def mu_rows(n: int) -> list[dict]:
     cfg = default_config(**{"data.n_train": n, "data.n_val": n // 4, "data.n_test": n // 4})
     data = load_data(cfg.data)
     model = build_for(cfg, data)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    steps = len(data.train) // cfg.train.batch_size
-    method = METHODS.get("vanilla").obj(None, MethodContext(model=model, modalities=data.modalities, epochs=1,
-                                                            steps_per_epoch=steps, seed=0))
-    no_autocast = torch.autocast("cpu", enabled=False)
-
-    def train_epoch() -> None:
-        model.train()
-        for xb, yb in data.train.batches(cfg.train.batch_size, shuffle=True, drop_last=True):
-            train_step(model, method, opt, xb, yb, no_autocast, epoch=1)
-
-    t_train = timed(train_epoch, repeats=1)
-    one_epoch = with_overrides(cfg, {"train.epochs": 1, "train.num_threads": args.threads})
-    t0 = time.perf_counter()
-    fit(one_epoch, data=data)
-    t_fit = time.perf_counter() - t0
     r = cfg.train.mu_repeats
     kw = dict(num_classes=data.num_classes, task=data.task)
     t_eval = timed(lambda: measure(model, data.val, modalities=(), **kw))
     t_mu = timed(lambda: measure(model, data.val, n_repeats=r, **kw))
     t_naive = timed(lambda: naive_mu(model, data.val, r))
-    rows = [
-        {"measure": "train samples/s (train_step)", "value": len(data.train) / t_train, "ratio_to_plain_eval": None},
-        {"measure": "fit() samples/s (1 epoch, eval + MU + final)", "value": len(data.train) / t_fit,
-         "ratio_to_plain_eval": None},
-        {"measure": "plain eval (s)", "value": t_eval, "ratio_to_plain_eval": 1.0},
-        {"measure": f"MU eval, feature shuffle, {r} repeats (s)", "value": t_mu, "ratio_to_plain_eval": t_mu / t_eval},
-        {"measure": f"MU eval, input re-encode, {r} repeats (s)", "value": t_naive,
-         "ratio_to_plain_eval": t_naive / t_eval},
-    ]
-    df = pd.DataFrame(rows)
-    print(f"bench_train: {len(data.train)} train / {len(data.val)} val samples, {args.threads} threads, "
-          f"model {cfg.model.name}, M = {len(data.modalities)}")
-    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return [{"measure": "plain eval of val (s)", "value": t_eval, "ratio": 1.0},
+            {"measure": f"MU eval, feature shuffle, {r} repeats (s)", "value": t_mu, "ratio": t_mu / t_eval},
+            {"measure": f"MU eval, input re-encode, {r} repeats (s)", "value": t_naive, "ratio": t_naive / t_eval}]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="resnet18 at 32 px, small data: a smoke run")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per backbone and size")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs of the fit() vs plain-loop comparison")
+    ap.add_argument("--out", default=None, help="also write the tables as Parquet (one file, a 'table' column)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    quick = args.quick
+    backbones = ("cnn", "resnet18") if quick else BACKBONES
+    sizes = [32] if quick else args.sizes
+    print(f"bench_train: {args.threads} threads, device {device}, precision {args.precision}")
+    bb = pd.DataFrame(backbone_rows(backbones, sizes, args.batch, 1 if quick else args.steps, device, args.precision))
+    fr = pd.DataFrame(fit_rows(1000 if quick else 4000, 2 if quick else args.epochs, 1 if quick else 2, device))
+    mr = pd.DataFrame(mu_rows(1000 if quick else 4000))
+    fmt = {"float_format": lambda v: f"{v:.3f}"}
+    print("\nbackbones: training samples/s through train_step, and mu_target / vanilla step time")
+    print(bb.drop(columns=[] if device.type == "cuda" else ["gpu_mem_GiB"]).to_string(index=False, **fmt))
+    print("\nfit() vs a plain PyTorch loop (same model, data, optimizer, schedule; default late cnn, 32 px)")
+    print(fr.to_string(index=False, **fmt))
+    print("\nMU evaluation vs a plain evaluation pass (val split)")
+    print(mr.to_string(index=False, **fmt))
     if args.out:
-        df.to_parquet(args.out)
+        pd.concat([bb.assign(table="backbones"), fr.assign(table="fit_vs_plain"), mr.assign(table="mu_eval")]
+                  ).to_parquet(args.out)
 
 
 if __name__ == "__main__":

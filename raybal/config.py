@@ -71,9 +71,6 @@ class FrozenMap(Mapping[str, Any]):
         return (FrozenMap, (dict(self._items),))
 
 
-# ----------------------------------------------------------------------------- fields
-
-
 def knob(default: Any, *, ge: float | None = None, gt: float | None = None,
          le: float | None = None, lt: float | None = None, doc: str = "", resource: bool = False,
          fractions: bool = False) -> Any:
@@ -270,6 +267,8 @@ class TrainConfig:
     max_failures: int = knob(2, ge=0, resource=True, doc="Ray Train: worker-group restarts (from the last epoch checkpoint)")
     cpus_per_worker: int = knob(1, ge=1, resource=True, doc="Ray Train: CPUs (torch threads) per worker")
     precision: Literal["fp32", "bf16"] = "fp32"
+    memory_format: Literal["auto", "contiguous", "channels_last"] = knob(
+        "auto", resource=True, doc="image tensors' layout; auto = channels_last on CUDA for conv models")
     select: Literal["auto", "target", "best_val", "last"] = "auto"
     mu_repeats: int = knob(3, ge=1, doc="shuffles averaged per permutation-MU estimate")
     mu_every: int = knob(1, ge=1, doc="measure val MU every N epochs (and always at the end)")

@@ -31,6 +31,7 @@ from raybal.models.pretrained import load_pretrained
 from raybal.records import RunResult
 from raybal.robustness import sweep
 from raybal.selection import Selector, resolve_mode
+from raybal.steps import check_finite, train_epoch
 from raybal.tasks import metric_name
 from raybal.utilization import (
     conditional_utilization,
@@ -39,14 +40,9 @@ from raybal.utilization import (
     mean_features,
     measure,
     squeeze_means,
-    task_metric,
 )
 
 Progress = Callable[[dict[str, Any]], None]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite: the run is stopped instead of training on garbage."""
 
 
 @dataclass
@@ -99,6 +95,14 @@ def build_for(cfg: RunConfig, data: MultiModalData) -> FusionModel:
     return build_model(cfg.model.name, cfg.model.params, data.modalities, data.shapes, data.num_classes)
 
 
+def use_channels_last(memory_format: str, device: torch.device, model: torch.nn.Module) -> bool:
+    """``train.memory_format``: auto = channels-last on CUDA when the model has 2-D convolutions
+    (cuDNN's preferred layout for convolutions under autocast); contiguous on CPU."""
+    if memory_format != "auto":
+        return memory_format == "channels_last"
+    return device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
 def pretrained_files(cfg: RunConfig) -> dict[str, str]:
     return dict(getattr(cfg.model.params, "pretrained", None) or {})
 
@@ -127,30 +131,6 @@ def _sum_over_ranks(dist: DistContext, values: list[torch.Tensor], device: torch
         out.append(part.round().to(v.dtype) if not v.dtype.is_floating_point else part.to(v.dtype))
         i += k
     return out
-
-
-def train_step(train_model: torch.nn.Module, method: BalanceMethod, optimizer: torch.optim.Optimizer,
-               xb: dict[str, torch.Tensor], yb: torch.Tensor, autocast: Any, epoch: int) -> tuple[Any, torch.Tensor]:
-    """One optimisation step: forward, the method's extra loss, backward, its gradient hook, update.
-
-    The only training step there is; every balancing method acts through its hooks here.
-    Returns the model output and the (unpenalised) task loss.
-    """
-    method.before_step()
-    xb = method.prepare_batch(xb, yb)
-    with autocast:
-        out = train_model(xb)
-        loss = method.task_loss(out, yb)
-        extra = method.extra_loss(xb, out, yb, loss)
-        total = loss + extra if extra is not None else loss
-    if not torch.isfinite(total.detach()):
-        raise NonFiniteLossError(f"non-finite loss {float(total):.4g} at epoch {epoch}")
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    method.after_backward(out, yb)
-    optimizer.step()
-    method.after_step()
-    return out, loss
 
 
 def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path | None = None,
@@ -191,6 +171,9 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
                  if tc.lr_schedule == "cosine" else None)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    channels_last = use_channels_last(tc.memory_format, device, model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
 
     result = RunResult(trial_id=trial_id, config=config)
     selector = Selector(resolve_mode(tc.select, method.has_target), method.tolerance)
@@ -222,29 +205,19 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
         train_model.train()
         method.on_train_mode(model)
         g = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
-        loss_sum = torch.zeros((), device=device)
-        n_seen = 0
-        stat_acc: torch.Tensor | None = None
-        tot_acc = torch.tensor(0)
         order = data.train.shard_order(shuffle=True, generator=g, rank=dist.rank, world=world,
                                        global_batch=global_batch)
         if dist.shard_log is not None:
             dist.shard_log(epoch, order)
-        for xb, yb in data.train.batches(bs, order=order, drop_last=True):
-            xb = {m: t.to(device, non_blocking=True) for m, t in xb.items()}
-            yb = yb.to(device, non_blocking=True)
-            out, loss = train_step(train_model, method, optimizer, xb, yb, autocast, epoch)
-            loss_sum += loss.detach() * len(yb)
-            n_seen += len(yb)
-            stat, tot = task_metric(out.logits.detach(), yb, ncls, task)
-            stat_acc = stat.cpu() if stat_acc is None else stat_acc + stat.cpu()
-            tot_acc = tot_acc + tot
+        ep = train_epoch(train_model, method, optimizer, data.train.batches(bs, order=order, drop_last=True),
+                         autocast, device=device, num_classes=ncls, task=task, channels_last=channels_last)
+        check_finite(ep, epoch)  # the epoch's one read of the device (steps.py)
         if scheduler is not None:
             scheduler.step()
         # The train-split row covers every rank's samples (sums over ranks), as with one worker.
         loss_sum, n_seen_t, stat_acc, tot_acc = _sum_over_ranks(
-            dist, [loss_sum, torch.tensor(float(n_seen)), stat_acc if stat_acc is not None else torch.tensor(0),
-                   tot_acc], device)
+            dist, [ep.loss_sum, torch.tensor(float(ep.n_seen)), ep.stat if ep.stat is not None else torch.tensor(0),
+                   ep.total], device)
         n_seen = int(n_seen_t)
         method.on_epoch_end(epoch)
         maybe_inject(config, epoch)  # no-op unless RAYBAL_FAULT is set (reliability tests)

@@ -87,37 +87,38 @@ def measure(model: FusionModel, split: Split, *, num_classes: int, task: str, n_
     model.eval()
     dev = device or next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    base_sum = 0.0
-    shuf_sum = {m: 0.0 for m in mods}
+    # Loss sums on the device, read once at the end: [intact, shuffled m_1, ..., shuffled m_k].
+    sums = torch.zeros(1 + len(mods), dtype=torch.float64, device=dev)
     count = 0
     stat_acc: Tensor | None = None
     total_acc = torch.tensor(0)
     for xb, yb in split.batches(batch_size):
         if corrupt is not None:
             xb = corrupt(xb)
-        xb = {m: t.to(dev) for m, t in xb.items()}
-        yb = yb.to(dev)
+        xb = {m: t.to(dev, non_blocking=True) for m, t in xb.items()}
+        yb = yb.to(dev, non_blocking=True)
         feats = model.encode(xb)
         out = model.fuse(feats)
         n = len(yb)
-        base_sum += float(F.cross_entropy(out.logits.double(), yb, reduction="mean")) * n
+        sums[0] += F.cross_entropy(out.logits.double(), yb, reduction="sum") / (yb.numel() / n)
         stat, total = task_metric(out.logits, yb, num_classes, task)
-        stat_acc = stat.cpu() if stat_acc is None else stat_acc + stat.cpu()
+        stat_acc = stat if stat_acc is None else stat_acc + stat
         total_acc = total_acc + total
-        for m in mods:
+        for i, m in enumerate(mods, start=1):
             for _ in range(n_repeats):
-                perm = torch.randperm(n, generator=g).to(dev)
+                perm = torch.randperm(n, generator=g).to(dev, non_blocking=True)
                 shuffled = dict(feats)
                 shuffled[m] = index_features(feats[m], perm)
                 logits = model.fuse(shuffled).logits
-                shuf_sum[m] += float(F.cross_entropy(logits.double(), yb, reduction="mean")) * n / n_repeats
+                sums[i] += F.cross_entropy(logits.double(), yb, reduction="sum") / (yb.numel() / n) / n_repeats
         count += n
     model.train(was_training)
-    loss = base_sum / max(count, 1)
-    shuffled_loss = {m: shuf_sum[m] / max(count, 1) for m in mods}
+    totals = (sums / max(count, 1)).tolist()  # the one read of the device
+    loss = totals[0]
+    shuffled_loss = {m: totals[i] for i, m in enumerate(mods, start=1)}
     raw = {m: max(shuffled_loss[m] - loss, 0.0) for m in mods}
     shares, degenerate = MUResult.shares_from_raw(raw)
-    metric = finish_metric(stat_acc if stat_acc is not None else torch.tensor(0), total_acc, task)
+    metric = finish_metric(stat_acc.cpu() if stat_acc is not None else torch.tensor(0), total_acc, task)
     return MUResult(shares, raw, loss, metric, shuffled_loss, degenerate)
 
 
@@ -259,15 +260,16 @@ def conditional_utilization(model: FusionModel, split: Split, means: list[dict[s
     return out
 
 
-def learning_speed(params: Iterable[nn.Parameter]) -> float:
-    """mu_g = sum ||grad||^2 / sum ||w||^2 over a group's tensors (Wu et al. 2022, Eq. 4)."""
-    g2 = 0.0
-    w2 = 0.0
-    for p in params:
-        if p.grad is not None:
-            g2 += float(p.grad.detach().double().pow(2).sum())
-        w2 += float(p.detach().double().pow(2).sum())
-    return g2 / w2 if w2 > 0 else 0.0
+def learning_speed(params: Iterable[nn.Parameter]) -> Tensor:
+    """mu_g = sum ||grad||^2 / sum ||w||^2 over a group's tensors (Wu et al. 2022, Eq. 4), as a 0-d
+    float64 tensor on the parameters' device (no host read: called every step)."""
+    ps = list(params)
+    if not ps:
+        return torch.zeros((), dtype=torch.float64)
+    zero = torch.zeros((), dtype=torch.float64, device=ps[0].device)
+    g2 = sum((p.grad.detach().double().pow(2).sum() for p in ps if p.grad is not None), zero)
+    w2 = sum((p.detach().double().pow(2).sum() for p in ps), zero)
+    return torch.where(w2 > 0, g2 / w2.clamp_min(1e-300), zero)
 
 
 class LearningSpeedTracker:
@@ -275,33 +277,39 @@ class LearningSpeedTracker:
 
     For modality k: S_bypass,k sums mu over its cross-modal ("bypass") parameters (its own
     gate plus the fusion parameters shared by all modalities); S_main,k over its own branch.
-    s_k = log10(S_bypass,k / S_main,k); the imbalance is d = s_0 - s_1.
+    s_k = log10(S_bypass,k / S_main,k); the imbalance is d = s_0 - s_1. The sums are kept on
+    the device (a float64 vector per group); :meth:`speeds` reads them.
     """
 
     def __init__(self, modalities: tuple[str, ...]) -> None:
         self.modalities = modalities
-        self.s_bypass = {m: 0.0 for m in modalities}
-        self.s_main = {m: 0.0 for m in modalities}
+        self.s_bypass: Tensor = torch.zeros(len(modalities), dtype=torch.float64)
+        self.s_main: Tensor = torch.zeros(len(modalities), dtype=torch.float64)
 
-    def update(self, bypass: dict[str, float], main: dict[str, float]) -> None:
-        for m in self.modalities:
-            self.s_bypass[m] += bypass[m]
-            self.s_main[m] += main[m]
+    def update(self, bypass: dict[str, Tensor | float], main: dict[str, Tensor | float]) -> None:
+        b = torch.stack([torch.as_tensor(bypass[m], dtype=torch.float64) for m in self.modalities])
+        s = torch.stack([torch.as_tensor(main[m], dtype=torch.float64) for m in self.modalities])
+        self.s_bypass = self.s_bypass.to(b.device) + b
+        self.s_main = self.s_main.to(s.device) + s
+
+    def speed_vector(self) -> Tensor:
+        """s_k per modality, on the device (NaN before the first update)."""
+        b, s = self.s_bypass, self.s_main.to(self.s_bypass.device)
+        ok = (b > 0) & (s > 0)
+        return torch.where(ok, torch.log10(b.clamp_min(1e-300) / s.clamp_min(1e-300)), torch.full_like(b, math.nan))
 
     def speeds(self) -> dict[str, float]:
-        out = {}
-        for m in self.modalities:
-            b, s = self.s_bypass[m], self.s_main[m]
-            out[m] = math.log10(b / s) if b > 0 and s > 0 else float("nan")
-        return out
+        """s_k per modality (NaN before the first update); one read of the device."""
+        return dict(zip(self.modalities, self.speed_vector().tolist()))
 
     def imbalance(self) -> float:
         s = self.speeds()
         return s[self.modalities[0]] - s[self.modalities[1]]
 
     def state_dict(self) -> dict:
-        return {"s_bypass": dict(self.s_bypass), "s_main": dict(self.s_main)}
+        return {"s_bypass": dict(zip(self.modalities, self.s_bypass.tolist())),
+                "s_main": dict(zip(self.modalities, self.s_main.tolist()))}
 
     def load_state_dict(self, st: dict) -> None:
-        self.s_bypass = dict(st["s_bypass"])
-        self.s_main = dict(st["s_main"])
+        self.s_bypass = torch.tensor([st["s_bypass"][m] for m in self.modalities], dtype=torch.float64)
+        self.s_main = torch.tensor([st["s_main"][m] for m in self.modalities], dtype=torch.float64)

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("methods", ("raybal.balancing",)),
     ("resolve", ("raybal.resolve",)),
     ("checkpoint", ("raybal.checkpoint",)),
-    ("train", ("raybal.train",)),
+    ("train", ("raybal.steps", "raybal.train")),
     ("results", ("raybal.results",)),
     ("runs", ("raybal.runner", "raybal.distributed", "raybal.distributions", "raybal.objectives", "raybal.space",
               "raybal.recorder", "raybal.study")),

@@ -74,25 +74,31 @@ def test_schedule_knobs_out_of_range_are_refused_naming_the_key(over, key) -> No
 
 # --- the adaptive weight ----------------------------------------------------------------------
 
+OK = torch.tensor(True)
+
+
 def test_adaptive_weight_rises_while_the_target_is_missed_and_falls_when_met() -> None:
     cfg = tiny_config(**MU2, **{"balance.lambda_0": 0.1, "balance.lambda_max": 10.0, "balance.warmup": 0.25})
     m = _method(cfg, 4, 25)  # 100 penalised steps: full speed crosses [0.1, 10] in 25 steps
     m.on_epoch_start(1)
     lam = []
     for _ in range(40):  # u stuck at 0.8 / 0.2: error 0.3 > tolerance
-        m._dual_step(torch.tensor([0.8, 0.2]))
-        lam.append(math.exp(m.log_lam))
+        m._dual_step(torch.tensor([0.8, 0.2]), OK)
+        lam.append(math.exp(float(m.log_lam)))
     assert all(b >= a for a, b in zip(lam, lam[1:])) and lam[-1] == pytest.approx(10.0)
     assert lam[24] == pytest.approx(10.0, rel=0.3)  # about the warm-up fraction at full speed
     for _ in range(200):  # now on target: the weight is given back to the task loss
-        m._dual_step(torch.tensor([0.5, 0.5]))
-    assert math.exp(m.log_lam) == pytest.approx(0.1)
+        m._dual_step(torch.tensor([0.5, 0.5]), OK)
+    assert math.exp(float(m.log_lam)) == pytest.approx(0.1)
+    before = m.log_lam.clone()  # a step whose estimate is undefined leaves lambda alone
+    m._dual_step(torch.tensor([0.9, 0.1]), ~OK)
+    assert torch.equal(m.log_lam, before)
     # around the set point (half the tolerance) the sign of the step follows the error's side of it
     for err, rises in ((0.03, True), (0.02, False)):
-        m.err_ema, m.log_lam = None, math.log(1.0)
-        m._dual_step(torch.tensor([0.5 + err, 0.5 - err], dtype=torch.float64))
-        assert (m.log_lam > 0.0) == rises and m.log_lam != 0.0
-        assert abs(m.log_lam) == pytest.approx(m.rate * abs(err - 0.025) / 0.025)
+        m.err_ema, m.log_lam = None, torch.tensor(0.0, dtype=torch.float64)
+        m._dual_step(torch.tensor([0.5 + err, 0.5 - err], dtype=torch.float64), OK)
+        assert bool(m.log_lam > 0.0) == rises and float(m.log_lam) != 0.0
+        assert abs(float(m.log_lam)) == pytest.approx(m.rate * abs(err - 0.025) / 0.025)
 
 
 def test_validation_feedback_moves_the_set_point_only_once_the_penalty_runs() -> None:

@@ -76,7 +76,8 @@ class GreedyGuided(BalanceMethod):
 
     def choose(self) -> str | None:
         """The modality to re-balance next (None = normal training)."""
-        s = self.tracker.speeds()
+        # The step's one host read (Wu et al. decide per step; raybal.steps): M speeds at once.
+        s = dict(zip(self.ctx.modalities, self.tracker.speed_vector().tolist()))
         if any(v != v for v in s.values()):  # NaN before the first update
             return None
         hi = max(s, key=s.get)  # type: ignore[arg-type]

@@ -73,11 +73,13 @@ class ModalityDropout(BalanceMethod):
         masks = self.masks(len(y))
         self.step += 1
         out = dict(x)
-        for m, mask in masks.items():
-            if mask.any():
+        # The masks are host tensors (drawn with a CPU generator): one host-side read per step, no device sync.
+        counts = torch.stack([mask.sum() for mask in masks.values()]).tolist()
+        for (m, mask), k in zip(masks.items(), counts):
+            if k:
                 keep = (~mask).to(x[m].device, x[m].dtype).view(-1, *([1] * (x[m].dim() - 1)))
                 out[m] = x[m] * keep
-            self.dropped += int(mask.sum())
+            self.dropped += k
         self.seen += len(y)
         return out
 

@@ -135,8 +135,11 @@ class MuTarget(BalanceMethod):
         super().__init__(params, ctx)
         self.target = torch.tensor([params.target[m] for m in ctx.modalities], dtype=torch.float64)
         self.gen = torch.Generator().manual_seed(ctx.seed + 7)
-        self.log_lam = math.log(params.lambda_0) if params.lambda_0 > 0 else -math.inf
+        # Adaptive state lives on the model's device (the dual step reads nothing on the host, steps.py).
+        self.log_lam = torch.tensor(math.log(params.lambda_0) if params.lambda_0 > 0 else -math.inf,
+                                    dtype=torch.float64)
         self.err_ema: Tensor | None = None  # adaptive: the smoothed batch error u - t'
+        self._setpoint_dev: Tensor | None = None  # this epoch's set point on the device (offset moves per epoch)
         self.offset = torch.zeros_like(self.target)  # adaptive: t' - t, from the validation feedback
         self.val_error: Tensor | None = None  # the last validation MU - t (main rank), until shared
         self.step_in_epoch = 0
@@ -164,10 +167,11 @@ class MuTarget(BalanceMethod):
                               "(the penalty needs epochs after the vanilla ones)")
 
     def _reset_log(self) -> None:
-        self.pen_sum = 0.0
-        self.lam_sum = 0.0
+        # Running sums for epoch_log: device tensors after the first step, read at the epoch's end.
+        self.pen_sum: Tensor | float = 0.0
+        self.lam_sum: Tensor | float = 0.0
         self.steps = 0
-        self.skipped = 0
+        self.skipped: Tensor | int = 0
 
     @property
     def tolerance(self) -> float:
@@ -205,6 +209,7 @@ class MuTarget(BalanceMethod):
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         self._share_validation_feedback()
+        self._setpoint_dev = None
         self.step_in_epoch = 0
         self._reset_log()
         if self.params.freeze_encoders and epoch > self.params.pretrain_epochs:
@@ -252,13 +257,13 @@ class MuTarget(BalanceMethod):
         u = d / total.clamp_min(1e-12)
         return d, u
 
-    def _weight(self) -> float:
-        """The penalty weight for the current step."""
+    def _weight(self) -> float | Tensor:
+        """The penalty weight for the current step (a device tensor when adaptive)."""
         if self.penalised_step(self.epoch, self.step_in_epoch) < 0:
             return 0.0
         if self.params.weight == "warmup":
             return self.lambda_at(self.epoch, self.step_in_epoch)
-        return math.exp(self.log_lam)
+        return self.log_lam.exp()
 
     def on_validation(self, mu: MUResult) -> None:
         """Keep the epoch's validation error for the set point; not during vanilla pretraining (its
@@ -288,32 +293,44 @@ class MuTarget(BalanceMethod):
         t = (self.target + self.offset).clamp_min(0.0)
         return t / t.sum()
 
-    def _dual_step(self, u: Tensor) -> None:
-        """Dual ascent on max_i |u_i - t_i| <= tolerance (module docstring). ``u`` is the same on
-        every rank (the gaps are all-reduced), so is lambda."""
-        err = u.detach().double().cpu() - self.setpoint()
-        self.err_ema = err if self.err_ema is None else 0.9 * self.err_ema + 0.1 * err
+    def _dual_step(self, u: Tensor, ok: Tensor) -> None:
+        """Dual ascent on max_i |u_i - t_i| <= tolerance (module docstring), on the device; a step whose
+        estimate is undefined (``ok`` false) leaves the state alone. ``u`` is the same on every rank (the
+        gaps are all-reduced), so is lambda."""
+        if self._setpoint_dev is None:
+            self._setpoint_dev = self.setpoint().to(u.device)
+        err = u.detach().double() - self._setpoint_dev
+        ema = err if self.err_ema is None else 0.9 * self.err_ema.to(err) + 0.1 * err
+        self.err_ema = torch.where(ok, ema, err if self.err_ema is None else self.err_ema.to(err))
         half = self.params.tolerance / 2
-        drive = max(-1.0, min(1.0, (float(self.err_ema.abs().max()) - half) / half))
+        drive = ((self.err_ema.abs().max() - half) / half).clamp(-1.0, 1.0)
         lo, hi = math.log(self.params.lambda_0), math.log(self.params.lambda_max)
-        self.log_lam = min(hi, max(lo, self.log_lam + self.rate * drive))
+        log_lam = self.log_lam.to(err.device)
+        self.log_lam = torch.where(ok, (log_lam + self.rate * drive).clamp(lo, hi), log_lam)
 
     def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
         self.steps += 1
         lam = self._weight()
         self.step_in_epoch += 1
-        self.lam_sum += lam
-        if lam <= 0.0:
+        self.lam_sum = self.lam_sum + (lam.detach() if isinstance(lam, Tensor) else lam)
+        if not isinstance(lam, Tensor) and lam <= 0.0:
             return None
         d, u = self.batch_utilization(out, y, loss, x)
-        if float(d.detach().sum()) <= 0.0:
-            self.skipped += 1  # u undefined and the gradient zero: skip (DESIGN.md §2 pitfall)
-            return None
-        t = (self.setpoint() if self.params.weight == "adaptive" else self.target).to(device=u.device, dtype=u.dtype)
-        pen = (u - t).pow(2).sum() if self.params.penalty == "l2" else (u - t).abs().sum()
-        self.pen_sum += float(pen.detach())
+        # sum d = 0: u undefined and the gradient zero: the step adds no penalty and is counted as
+        # skipped (DESIGN.md §2 pitfall); decided on the device, no host read.
+        ok = d.detach().sum() > 0.0
+        self.skipped = self.skipped + (~ok).long()
         if self.params.weight == "adaptive":
-            self._dual_step(u)
+            if self._setpoint_dev is None:
+                self._setpoint_dev = self.setpoint().to(u.device)
+            t = self._setpoint_dev.to(u.dtype)
+        else:
+            t = self.target.to(device=u.device, dtype=u.dtype)
+        pen = (u - t).pow(2).sum() if self.params.penalty == "l2" else (u - t).abs().sum()
+        pen = torch.where(ok, pen, torch.zeros_like(pen))
+        self.pen_sum = self.pen_sum + pen.detach()
+        if self.params.weight == "adaptive":
+            self._dual_step(u, ok)
         return lam * pen
 
     def target_error(self, mu: MUResult) -> float:
@@ -329,18 +346,20 @@ class MuTarget(BalanceMethod):
         return {"mu_target_error": self.target_error(mu)}
 
     def epoch_log(self) -> dict[str, float]:
-        used = max(self.steps - self.skipped, 1)
-        return {"lambda_mu": self.lam_sum / max(self.steps, 1), "mu_penalty": self.pen_sum / used,
-                "mu_skipped": self.skipped / max(self.steps, 1)}
+        skipped = int(self.skipped)  # the epoch's reads of the device, once it is over
+        used = max(self.steps - skipped, 1)
+        return {"lambda_mu": float(self.lam_sum) / max(self.steps, 1), "mu_penalty": float(self.pen_sum) / used,
+                "mu_skipped": skipped / max(self.steps, 1)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state(), "log_lam": self.log_lam, "err_ema": self.err_ema,
+        return {"gen": self.gen.get_state(), "log_lam": self.log_lam.cpu(),
+                "err_ema": None if self.err_ema is None else self.err_ema.cpu(),
                 "offset": self.offset, "val_error": self.val_error}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "gen" in state:
             self.gen.set_state(state["gen"])
-        self.log_lam = state.get("log_lam", self.log_lam)
+        self.log_lam = torch.as_tensor(state.get("log_lam", self.log_lam), dtype=torch.float64)  # a float before 0.2
         self.err_ema = state.get("err_ema", self.err_ema)
         self.offset = state.get("offset", self.offset)
         # every rank resumes from the main rank's state; only the main rank holds the unshared feedback

@@ -62,12 +62,13 @@ class OGMGE(BalanceMethod):
     def __init__(self, params: OGMParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
         self.gen = torch.Generator().manual_seed(ctx.seed + 13)
-        self.coef_sum = {m: 0.0 for m in ctx.modalities}
+        self.dev_gen: torch.Generator | None = None
+        self.coef_sum: Tensor | None = None  # the epoch's sum of k per modality, on the device
         self.n = 0
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
-        self.coef_sum = {m: 0.0 for m in self.ctx.modalities}
+        self.coef_sum = None
         self.n = 0
 
     def active(self) -> bool:
@@ -78,24 +79,28 @@ class OGMGE(BalanceMethod):
         return epoch >= min(self.params.start_epoch, self.ctx.epochs)
 
     @staticmethod
-    def coefficient(alpha: float, rho: float) -> float:
-        """Eq. 10: 1 - tanh(alpha * rho) for the leading modality (rho > 1), else 1."""
-        return 1.0 - math.tanh(alpha * rho) if rho > 1.0 else 1.0
+    def coefficient(alpha: float | Tensor, rho: Tensor) -> Tensor:
+        """Eq. 10: 1 - tanh(alpha * rho) for the leading modality (rho > 1), else 1 (elementwise)."""
+        rho = torch.as_tensor(rho, dtype=torch.float64)
+        return torch.where(rho > 1.0, 1.0 - torch.tanh(alpha * rho), torch.ones_like(rho))
+
+    def coefficients(self, out: ModelOutput, y: Tensor) -> dict[str, Tensor]:
+        """k_k of Eq. 10 for this batch: modality -> a 0-d tensor on the device."""
+        return dict(zip(self.ctx.modalities, self.coefficient_vector(out, y)))
 
     @torch.no_grad()
-    def coefficients(self, out: ModelOutput, y: Tensor) -> dict[str, float]:
-        """k_k of Eq. 10 for this batch."""
+    def coefficient_vector(self, out: ModelOutput, y: Tensor) -> Tensor:
+        """k_k of Eq. 10 for this batch, one per modality (in ``ctx.modalities`` order), on the device:
+        rho_k = s_k / min_{j != k} s_j with s_k = sum_i softmax(W_k phi_k)_{i, y_i}."""
         assert out.modality_logits is not None
         mods = self.ctx.modalities
         scores = torch.stack([full_precision(out.modality_logits[m]).softmax(1).gather(1, y[:, None]).sum() for m in mods])
         if self.ctx.all_reduce is not None:
             scores = self.ctx.all_reduce(scores)
-        vals = [float(v) for v in scores]  # one host read per step, for M scalars
-        coef = {}
-        for i, m in enumerate(mods):
-            weakest = min(vals[:i] + vals[i + 1:])
-            coef[m] = self.coefficient(self.params.alpha, vals[i] / max(weakest, 1e-12))
-        return coef
+        scores = scores.double()
+        others = scores[None, :].expand(len(mods), -1).clone()
+        others.fill_diagonal_(math.inf)
+        return self.coefficient(self.params.alpha, scores / others.min(1).values.clamp_min(1e-12))
 
     def _modulated(self, modality: str) -> list[torch.nn.Parameter]:
         ps = self.ctx.model.encoder_parameters(modality)
@@ -104,22 +109,37 @@ class OGMGE(BalanceMethod):
     def after_backward(self, out: ModelOutput, y: Tensor) -> None:
         if not self.active():
             return
-        coef = self.coefficients(out, y)
-        for m, k in coef.items():
-            self.coef_sum[m] += k
+        coef = self.coefficient_vector(out, y)  # no host read: the scaling is applied on the device
+        self.coef_sum = coef if self.coef_sum is None else self.coef_sum + coef
+        for m, k in zip(self.ctx.modalities, coef):
             for p in self._modulated(m):
                 if p.grad is None:
                     continue
+                kk = k.to(p.grad.dtype)
                 if self.params.ge:
                     # GE: noise with the std of the gradient *before* scaling (reference main.py).
-                    noise = torch.randn(p.grad.shape, generator=self.gen).to(p.grad) * (p.grad.std() + 1e-8)
-                    p.grad.mul_(k).add_(noise)
-                elif k != 1.0:
-                    p.grad.mul_(k)
+                    std = p.grad.std() + 1e-8
+                    noise = torch.randn(p.grad.shape, generator=self._generator(p.grad.device), device=p.grad.device)
+                    p.grad.mul_(kk).add_(noise.to(p.grad.dtype) * std)
+                else:
+                    p.grad.mul_(kk)
         self.n += 1
 
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The GE noise generator on the gradients' device: the seeded CPU stream on CPU; on a GPU, a
+        device generator seeded from it (so a resumed run, whose CPU state is restored, draws the same)."""
+        if device.type == "cpu":
+            return self.gen
+        if self.dev_gen is None or self.dev_gen.device != device:
+            seed = int(torch.randint(2**62, (1,), generator=self.gen))
+            self.dev_gen = torch.Generator(device=device).manual_seed(seed)
+        return self.dev_gen
+
     def epoch_log(self) -> dict[str, float]:
-        return {f"ogm_coef.{m}": (v / self.n if self.n else 1.0) for m, v in self.coef_sum.items()}
+        if self.coef_sum is None or not self.n:
+            return {f"ogm_coef.{m}": 1.0 for m in self.ctx.modalities}
+        means = (self.coef_sum / self.n).tolist()  # read once, at the epoch's end
+        return {f"ogm_coef.{m}": v for m, v in zip(self.ctx.modalities, means)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state()}

@@ -1,0 +1,133 @@
+"""The GPU path: no host read of a device value inside the training step or any method's hook.
+
+A read (``float(t)``, ``t.item()``, ``if t:``, ``t.cpu()``, ``t.tolist()``) waits for every queued
+kernel on a GPU. The guard below records every such call made from raybal's own code; an epoch
+of steps (``raybal.steps.train_epoch``) must make none, for every method, except the reads
+listed in ALLOWED with their reason. On this CPU-only machine the guard is the check; the
+benchmark measures the speed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+import raybal
+from raybal.balancing import METHODS, MethodContext
+from raybal.data import load_data
+from raybal.steps import EpochStats, NonFiniteLossError, check_finite, train_epoch
+from raybal.train import build_for
+from raybal.utilization import measure
+
+READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
+PKG = str(Path(raybal.__file__).parent)
+
+# (file, function) -> why the read is there
+ALLOWED = {
+    ("greedy.py", "choose"): "Wu et al. decide before each step which modality to re-balance (one read of M values)",
+    ("modality_dropout.py", "prepare_batch"): "the drop masks are drawn on the host (a CPU tensor, not the device)",
+}
+
+
+@contextmanager
+def host_reads() -> Iterator[list[tuple[str, str, int, str]]]:
+    """Record (file, function, line, method) of each tensor read called from raybal's code."""
+    sites: list[tuple[str, str, int, str]] = []
+    saved = {name: getattr(torch.Tensor, name) for name in READS}
+
+    def wrap(name: str, orig):  # noqa: ANN001, ANN202
+        def read(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+            f = sys._getframe(1)
+            if f.f_code.co_filename.startswith(PKG):
+                sites.append((Path(f.f_code.co_filename).name, f.f_code.co_name, f.f_lineno, name))
+            return orig(self, *a, **k)
+        return read
+
+    try:
+        for name, orig in saved.items():
+            setattr(torch.Tensor, name, wrap(name, orig))
+        yield sites
+    finally:
+        for name, orig in saved.items():
+            setattr(torch.Tensor, name, orig)
+
+
+def test_the_guard_sees_a_read() -> None:
+    with host_reads() as sites:
+        EpochStats(torch.device("cpu")).nonfinite.__bool__()  # from this file: not raybal's, not counted
+        stats = EpochStats(torch.device("cpu"))
+        check_finite(stats, 1)  # raybal's one read per epoch
+    assert [(f, fn) for f, fn, _, _ in sites] == [("steps.py", "check_finite")]
+
+
+METHOD_CASES = {
+    "vanilla": {},
+    "mu_target_adaptive": {"balance.method": "mu_target", "balance.target": {"eo": 0.6, "sar": 0.4}},
+    "mu_target_warmup": {"balance.method": "mu_target", "balance.target": {"eo": 0.6, "sar": 0.4},
+                         "balance.weight": "warmup"},
+    "ogm_ge": {"balance.method": "ogm_ge", "balance.start_epoch": 1},
+    "ogm": {"balance.method": "ogm_ge", "balance.start_epoch": 1, "balance.ge": False},
+    "greedy_guided": {"balance.method": "greedy_guided", "model.name": "mmtm", "balance.start_epoch": 1},
+    "modality_dropout": {"balance.method": "modality_dropout"},
+}
+
+
+@pytest.mark.parametrize("case", list(METHOD_CASES))
+def test_an_epoch_of_steps_reads_nothing_from_the_device(case: str) -> None:
+    cfg = tiny_config(**METHOD_CASES[case])
+    data = load_data(cfg.data)
+    model = build_for(cfg, data)
+    steps = len(data.train) // cfg.train.batch_size
+    method = METHODS.get(cfg.balance.method).obj(cfg.balance.params, MethodContext(
+        model=model, modalities=data.modalities, epochs=2, steps_per_epoch=steps, seed=0))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = list(data.train.batches(cfg.train.batch_size, drop_last=True))
+    for epoch in (1, 2):
+        method.on_epoch_start(epoch)
+        model.train()
+        with host_reads() as sites:
+            stats = train_epoch(model, method, opt, batches, nullcontext(), device=torch.device("cpu"),
+                                num_classes=data.num_classes, task=data.task)
+        method.on_epoch_end(epoch)
+        log = method.epoch_log()  # the epoch's reads happen here, after the steps
+        bad = [s for s in sites if (s[0], s[1]) not in ALLOWED]
+        assert not bad, f"{case}: host reads inside the steps: {sorted(set(bad))}"
+        allowed = [s for s in sites if (s[0], s[1]) in ALLOWED]
+        assert len(allowed) <= steps, allowed[:5]  # at most one per step, never per parameter or modality
+    assert stats.n_seen == steps * cfg.train.batch_size
+    assert all(v == v for v in log.values())
+
+
+def test_a_non_finite_loss_stops_the_run_at_the_end_of_its_epoch() -> None:
+    stats = EpochStats(torch.device("cpu"))
+    logits = torch.zeros(4, 3)
+
+    class Out:
+        pass
+
+    out = Out()
+    out.logits = logits
+    y = torch.zeros(4, dtype=torch.long)
+    stats.add(out, y, torch.tensor(1.0), torch.tensor(1.0), 3, "classification")
+    check_finite(stats, 3)
+    stats.add(out, y, torch.tensor(float("nan")), torch.tensor(float("nan")), 3, "classification")
+    with pytest.raises(NonFiniteLossError, match="1 step.* of epoch 3"):
+        check_finite(stats, 3)
+
+
+def test_measure_reads_the_device_once_whatever_the_number_of_batches() -> None:
+    cfg = tiny_config()
+    data = load_data(cfg.data)
+    model = build_for(cfg, data)
+    counts = []
+    for bs in (128, 16):  # 1 vs 8 batches of the val split
+        with host_reads() as sites:
+            measure(model, data.val, num_classes=data.num_classes, task=data.task, n_repeats=2, batch_size=bs)
+        counts.append(len([s for s in sites if s[0] == "utilization.py"]))
+    assert counts[0] == counts[1] and counts[0] <= 4, counts
