@@ -7,9 +7,12 @@ Three tables, each measured side by side in one process:
    step-time ratio per backbone (goal <= 1.10x: encode once, shuffle features, DESIGN §2).
    vanilla and mu_target steps alternate, so machine noise hits both alike.
 2. **fit() vs a plain loop**: the same model, data, batches, optimizer and cosine schedule, trained
-   by a hand-written loop (forward, cross-entropy, backward, step; nothing else) and by ``fit()``
-   with everything it adds (per-epoch val / test evaluation, validation MU, model selection,
-   the final measures). Goal: fit() within 1.10x of the plain loop's wall time on CPU.
+   by a hand-written loop (forward, cross-entropy, backward, step) that also computes the val and
+   test accuracy each epoch (fit records both), and by ``fit()`` with everything it adds on top
+   (validation MU each epoch, model selection, the final measures: test MU, the mean-ablation
+   utilization). Goal: fit() within 1.10x of that loop's wall time on CPU, in the same memory
+   layout. Also shown: the loop without evaluation, and in PyTorch's default NCHW layout (what a
+   hand-written loop gets without ``channels_last``).
 3. **MU evaluation**: a plain evaluation pass over val vs permutation MU (encode once +
    1 + M x repeats fusion passes) vs the naive MU that re-encodes shuffled inputs.
 
@@ -85,11 +88,23 @@ def backbone_rows(backbones, sizes, batch: int, steps: int, device: torch.device
     return rows
 
 
-def plain_loop(cfg, data, device: torch.device) -> float:
-    """The same training as fit() with nothing else: seconds."""
+@torch.no_grad()
+def plain_accuracy(model, split, device: torch.device, channels_last: bool) -> float:
+    model.eval()
+    correct = torch.zeros((), device=device)
+    for xb, yb in split.batches(256):  # raybal's own evaluation batch (utilization.EVAL_BATCH)
+        correct += (model(to_device(xb, device, channels_last)).logits.argmax(1) == yb.to(device)).sum()
+    model.train()
+    return float(correct) / len(split)
+
+
+def plain_loop(cfg, data, device: torch.device, channels_last: bool, evaluate: bool) -> float:
+    """The same training as fit(), with a per-epoch val and test accuracy if ``evaluate``: seconds."""
     tc = cfg.train
     seed_everything(tc.seed)
     model = build_for(cfg, data).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc.epochs)
     t0 = time.perf_counter()
@@ -98,31 +113,46 @@ def plain_loop(cfg, data, device: torch.device) -> float:
         g = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
         order = data.train.shard_order(shuffle=True, generator=g, rank=0, world=1, global_batch=tc.batch_size)
         for xb, yb in data.train.batches(tc.batch_size, order=order, drop_last=True):
-            xb, yb = to_device(xb, device), yb.to(device)
+            xb, yb = to_device(xb, device, channels_last), yb.to(device)
             loss = F.cross_entropy(model(xb).logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         sched.step()
+        if evaluate:
+            plain_accuracy(model, data.val, device, channels_last)
+            plain_accuracy(model, data.test, device, channels_last)
     _sync(device)
     return time.perf_counter() - t0
 
 
 def fit_rows(n: int, epochs: int, rounds: int, device: torch.device) -> list[dict]:
-    cfg = default_config(**{"data.n_train": n, "data.n_val": n // 4, "data.n_test": n // 4, "train.epochs": epochs,
-                            "train.use_gpu": device.type == "cuda"})
-    data = load_data(cfg.data)
-    t_plain, t_fit = [], []
-    for _ in range(rounds):  # alternate, keep the best of each (the least disturbed run)
-        t_plain.append(plain_loop(cfg, data, device))
-        t0 = time.perf_counter()
-        fit(cfg, data=data)
-        t_fit.append(time.perf_counter() - t0)
-    p, f = min(t_plain), min(t_fit)
-    return [{"measure": f"plain loop, {epochs} epochs (s)", "value": p, "ratio": 1.0},
-            {"measure": f"fit(), {epochs} epochs + eval + MU + final (s)", "value": f, "ratio": f / p},
-            {"measure": "plain loop train samples/s", "value": n * epochs / p, "ratio": None},
-            {"measure": "fit() train samples/s (all included)", "value": n * epochs / f, "ratio": p / f}]
+    """fit() at the default memory layout (auto) and at channels_last, each against a plain loop in the
+    same layout; rows in alternation, best of ``rounds`` each."""
+    base = {"data.n_train": n, "data.n_val": n // 4, "data.n_test": n // 4, "train.epochs": epochs,
+            "train.use_gpu": device.type == "cuda"}
+    cfgs = {"auto": default_config(**base), "channels_last": default_config(**base, **{"train.memory_format": "channels_last"})}
+    data = load_data(cfgs["auto"].data)
+    layouts = {k: use_channels_last(c.train.memory_format, device, build_for(c, data)) for k, c in cfgs.items()}
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for fmt, cfg in cfgs.items():
+            cl = layouts[fmt]
+            for what, ev in (("plain loop, train only", False), ("plain loop, train + val/test accuracy", True)):
+                times.setdefault((fmt, what), []).append(plain_loop(cfg, data, device, cl, ev))
+            t0 = time.perf_counter()
+            fit(cfg, data=data)
+            times.setdefault((fmt, "fit()"), []).append(time.perf_counter() - t0)
+    best = {k: min(v) for k, v in times.items()}
+    rows = []
+    for fmt in cfgs:
+        name = f"{fmt} ({'channels_last' if layouts[fmt] else 'NCHW'})"
+        ref = best[(fmt, "plain loop, train + val/test accuracy")]
+        for what in ("plain loop, train only", "plain loop, train + val/test accuracy", "fit()"):
+            t = best[(fmt, what)]
+            rows.append({"memory_format": name, "run": f"{what}, {epochs} epochs", "seconds": t,
+                         "train samples/s": n * epochs / t, "ratio_to_plain_with_eval": t / ref})
+    return rows
 
 
 @torch.no_grad()
@@ -172,7 +202,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per backbone and size")
-    ap.add_argument("--epochs", type=int, default=4, help="epochs of the fit() vs plain-loop comparison")
+    ap.add_argument("--epochs", type=int, default=8, help="epochs of the fit() vs plain-loop comparison (train.epochs' default)")
     ap.add_argument("--out", default=None, help="also write the tables as Parquet (one file, a 'table' column)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -34,6 +34,7 @@ from raybal.selection import Selector, resolve_mode
 from raybal.steps import check_finite, train_epoch
 from raybal.tasks import metric_name
 from raybal.utilization import (
+    MUResult,
     conditional_utilization,
     finish_metric,
     mean_ablation_utilization,
@@ -96,8 +97,11 @@ def build_for(cfg: RunConfig, data: MultiModalData) -> FusionModel:
 
 
 def use_channels_last(memory_format: str, device: torch.device, model: torch.nn.Module) -> bool:
-    """``train.memory_format``: auto = channels-last on CUDA when the model has 2-D convolutions
-    (cuDNN's preferred layout for convolutions under autocast); contiguous on CPU."""
+    """``train.memory_format``: auto = channels-last on CUDA when the model has 2-D convolutions (cuDNN's
+    preferred layout under autocast). On CPU auto keeps PyTorch's NCHW: channels-last is faster there
+    too (bench_train.py: the default model's step 0.64x the time, an evaluation pass half) but its
+    kernels round differently with the batch size, so a run would agree with its 2-worker twin only
+    to ~1e-4 instead of ~1e-6 (tests/test_worker_invariance.py); ask for it with "channels_last"."""
     if memory_format != "auto":
         return memory_format == "channels_last"
     return device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -194,6 +198,7 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
         start_epoch = st["epoch"] + 1
         t0 -= st.get("wall_s", 0.0)
 
+    val_mu: dict[int, MUResult] = {}  # epoch -> its validation MU (every modality), for _finalize
     train_model: torch.nn.Module = model
     wrapped_for: tuple[bool, ...] | None = None
     for epoch in range(start_epoch, tc.epochs + 1):
@@ -240,6 +245,7 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
         if measure_mu:
             method.on_validation(val)
         if measure_mu:
+            val_mu[epoch] = val
             result.utilization += records.utilization_rows(trial_id, epoch, "val", val, final=False,
                                                            modality_log=method.modality_log())
         # Epochs before the method acts are not candidates (BalanceMethod.selectable); raybal.selection.
@@ -263,13 +269,14 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
     if not dist.is_main:
         result.wall_s = time.perf_counter() - t0
         return result
-    _finalize(result, model, method, data, selector, ckpt_dir, progress)
+    _finalize(result, model, method, data, selector, ckpt_dir, progress, val_mu)
     result.wall_s = time.perf_counter() - t0
     return result
 
 
 def _finalize(result: RunResult, model: FusionModel, method: BalanceMethod, data: MultiModalData,
-              selector: Selector, ckpt_dir: Path | None, progress: Progress | None) -> None:
+              selector: Selector, ckpt_dir: Path | None, progress: Progress | None,
+              val_mu: dict[int, MUResult] | None = None) -> None:
     """Load the selected weights and measure them: final metrics, test MU, Wu's u(m|.), robustness."""
     cfg = result.config
     tc = cfg.train
@@ -278,8 +285,10 @@ def _finalize(result: RunResult, model: FusionModel, method: BalanceMethod, data
     if state is not None:
         model.load_state_dict(state)
     # The validation MU with the seed the selection saw for this epoch: final.val_* agrees with the selection.
-    val = measure(model, data.val, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed + best_epoch,
-                  modalities=data.modalities)
+    # (The same weights, seed and split as that epoch's measure: reused when this process measured it.)
+    val = (val_mu or {}).get(best_epoch) or measure(model, data.val, num_classes=ncls, task=task,
+                                                    n_repeats=tc.mu_repeats, seed=tc.seed + best_epoch,
+                                                    modalities=data.modalities)
     test = measure(model, data.test, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed,
                    modalities=data.modalities)
     # Wu's conditional utilization rate (gated fusions; None otherwise) and the mean-ablation utilization,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,26 @@ from raybal.data.base import Split
 from raybal.models.base import FusionModel, index_features
 
 Corrupt = Callable[[dict[str, Tensor]], dict[str, Tensor]]
+
+# Evaluation encodes at most this many samples per forward pass: on 2 CPU cores a 256-sample pass
+# is ~1.5x faster per sample than a 500-sample one (cache; benchmarks/bench_train.py). Results do
+# not depend on it (evaluation is per sample); MU's shuffle chunk (``measure(batch_size=)``) is separate.
+EVAL_BATCH = 256
+
+
+def encode_chunked(model: FusionModel, xb: dict[str, Tensor], chunk: int = EVAL_BATCH) -> Any:
+    """``model.encode(xb)`` in chunks of ``chunk`` samples, concatenated (tensors or tuples of them)."""
+    n = len(next(iter(xb.values())))
+    if n <= chunk:
+        return model.encode(xb)
+    parts = [model.encode({m: t[i:i + chunk] for m, t in xb.items()}) for i in range(0, n, chunk)]
+    return {m: _cat([p[m] for p in parts]) for m in parts[0]}
+
+
+def _cat(feats: list[Any]) -> Any:
+    if isinstance(feats[0], tuple):
+        return tuple(_cat([f[i] for f in feats]) for i in range(len(feats[0])))
+    return torch.cat(feats)
 
 
 def task_metric(logits: Tensor, y: Tensor, num_classes: int, task: str) -> tuple[Tensor, Tensor]:
@@ -97,7 +118,7 @@ def measure(model: FusionModel, split: Split, *, num_classes: int, task: str, n_
             xb = corrupt(xb)
         xb = {m: t.to(dev, non_blocking=True) for m, t in xb.items()}
         yb = yb.to(dev, non_blocking=True)
-        feats = model.encode(xb)
+        feats = encode_chunked(model, xb)
         out = model.fuse(feats)
         n = len(yb)
         sums[0] += F.cross_entropy(out.logits.double(), yb, reduction="sum") / (yb.numel() / n)
@@ -123,7 +144,7 @@ def measure(model: FusionModel, split: Split, *, num_classes: int, task: str, n_
 
 
 @torch.no_grad()
-def mean_features(model: FusionModel, split: Split, batch_size: int = 500) -> dict[str, object]:
+def mean_features(model: FusionModel, split: Split, batch_size: int = EVAL_BATCH) -> dict[str, object]:
     """Training-set mean of each modality's ``encode`` output (per feature position), for
     :func:`mean_ablation_utilization`."""
     was_training = model.training
@@ -165,7 +186,7 @@ def _tree_expand(mean: object, like: object) -> object:
 
 @torch.no_grad()
 def mean_ablation_utilization(model: FusionModel, split: Split, means: dict[str, object], *, num_classes: int,
-                              task: str, batch_size: int = 500) -> dict[str, float]:
+                              task: str, batch_size: int = EVAL_BATCH) -> dict[str, float]:
     """Mean-ablation utilization, defined for any fusion: the relative drop of the *fused* metric when
     modality m's whole feature is replaced by its training-set mean,
     (A(all) - A(m at its mean)) / A(all). Not Wu et al.'s rate (see :func:`conditional_utilization`).
@@ -196,7 +217,7 @@ def mean_ablation_utilization(model: FusionModel, split: Split, means: dict[str,
 
 
 @torch.no_grad()
-def squeeze_means(model: FusionModel, split: Split, batch_size: int = 500) -> list[dict[str, Tensor]]:
+def squeeze_means(model: FusionModel, split: Split, batch_size: int = EVAL_BATCH) -> list[dict[str, Tensor]]:
     """Training-set mean of each modality's squeezed vector at every cross-modal (MMTM) unit, normal flow
     (the ``average_squeezemaps`` of Wu et al.'s reference code)."""
     was_training = model.training
@@ -217,7 +238,7 @@ def squeeze_means(model: FusionModel, split: Split, batch_size: int = 500) -> li
 
 @torch.no_grad()
 def conditional_utilization(model: FusionModel, split: Split, means: list[dict[str, Tensor]], *, num_classes: int,
-                            task: str, batch_size: int = 500) -> dict[str, float | None]:
+                            task: str, batch_size: int = EVAL_BATCH) -> dict[str, float | None]:
     """Wu et al. 2022's conditional utilization rate (Eq. 3), per *receiving* branch m:
 
         cond_util[m] = (A_m(normal flow) - A_m(flow from the others off)) / A_m(normal flow)

@@ -174,10 +174,14 @@ def test_every_model_trains_on_32_to_256_px(name: str, backbone: str, size: int)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def test_resnet_fusion_runs_every_measure_end_to_end(tmp_path) -> None:
+@pytest.mark.parametrize("gpu_settings", [False, True])
+def test_resnet_fusion_runs_every_measure_end_to_end(tmp_path, gpu_settings: bool) -> None:
+    # The GPU path's settings (bf16 autocast, channels-last) exercised on the CPU.
+    extra = {"train.precision": "bf16", "train.memory_format": "channels_last"} if gpu_settings else {}
     cfg = _tiny_resnet(**{"model.name": "mmtm", "balance.method": "mu_target", "balance.target": {"eo": 0.6, "sar": 0.4},
-                          "train.epochs": 2, "data.image_size": 32})
+                          "train.epochs": 2, "data.image_size": 32, **extra})
     res = fit(cfg)
+    assert all(r["loss"] == r["loss"] for r in res.epochs)
     assert res.final["final.test_accuracy"] > 0.1
     assert abs(sum(res.final[f"final.mu.{m}"] for m in ("eo", "sar")) - 1.0) < 1e-6
     assert res.final["final.test_cond_util.eo"] is not None

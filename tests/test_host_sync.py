@@ -131,3 +131,23 @@ def test_measure_reads_the_device_once_whatever_the_number_of_batches() -> None:
             measure(model, data.val, num_classes=data.num_classes, task=data.task, n_repeats=2, batch_size=bs)
         counts.append(len([s for s in sites if s[0] == "utilization.py"]))
     assert counts[0] == counts[1] and counts[0] <= 4, counts
+
+
+def test_fit_reuses_the_selected_epochs_validation_mu(monkeypatch) -> None:
+    import raybal.train as train_mod
+    from raybal.train import fit
+
+    calls = []
+    real = train_mod.measure
+
+    def counting(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls.append(k.get("seed"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "measure", counting)
+    cfg = tiny_config(**{"train.epochs": 3})
+    res = fit(cfg)
+    assert len(calls) == 2 * 3 + 1, calls  # val + test per epoch, then the final test MU only
+    best = res.final["final.best_epoch"]
+    row = [u for u in res.utilization if u["epoch"] == best and u["split"] == "val" and not u["final"]]
+    assert row and all(abs(res.final[f"final.val_mu.{r['modality']}"] - r["mu"]) < 1e-12 for r in row)

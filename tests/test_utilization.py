@@ -91,3 +91,26 @@ def test_learning_speed_is_grad_over_weight_norm() -> None:
     assert tr.speeds()["a"] == pytest.approx(1.0) and tr.speeds()["b"] == pytest.approx(0.0)
     assert tr.imbalance() == pytest.approx(1.0)
     assert math.isnan(LearningSpeedTracker(("a", "b")).speeds()["a"])
+
+
+@pytest.mark.parametrize("name", ["late", "unet"])
+def test_chunked_encoding_is_the_whole_batch_encoding(name: str) -> None:
+    from raybal.data import load_data
+    from raybal.resolve import default_config
+    from raybal.train import build_for
+    from raybal.utilization import encode_chunked
+
+    over = {"model.name": name, "model.width": 4, "data.n_train": 40, "data.n_val": 10, "data.n_test": 10,
+            "data.image_size": 16}
+    if name == "unet":
+        over["data.task"] = "segmentation"
+    cfg = default_config(**over)
+    data = load_data(cfg.data)
+    model = build_for(cfg, data).eval()
+    xb, _ = next(data.train.batches(40))
+    with torch.no_grad():
+        whole, parts = model.encode(xb), encode_chunked(model, xb, chunk=7)  # 6 chunks, the last one short
+    for m in data.modalities:
+        a = whole[m] if isinstance(whole[m], tuple) else (whole[m],)
+        b = parts[m] if isinstance(parts[m], tuple) else (parts[m],)
+        assert len(a) == len(b) and all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a, b))
