@@ -1,6 +1,6 @@
 """Training throughput per backbone, fit() against a plain PyTorch loop, and the cost of MU evaluation.
 
-Three tables, each measured side by side in one process:
+Four tables, each measured side by side in one process:
 
 1. **Backbones** (cnn, resnet18, resnet34, resnet50 at 32 / 64 / 128 px): training samples/s
    through ``raybal.steps.train_step`` (the one step ``fit()`` runs), and the mu_target / vanilla
@@ -15,6 +15,8 @@ Three tables, each measured side by side in one process:
    hand-written loop gets without ``channels_last``).
 3. **MU evaluation**: a plain evaluation pass over val vs permutation MU (encode once +
    1 + M x repeats fusion passes) vs the naive MU that re-encodes shuffled inputs.
+4. **train.compile**: the default model's step, eager vs ``torch.compile``, with the compile time
+   and the number of steps after which compiling pays off (full runs only).
 
 No GPU is lent to this project's CI; on a GPU node pass ``--device cuda --precision bf16`` (and
 ``--sizes 64 128 --batch 256``) to measure the GPU path (channels-last, bf16 autocast).
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from contextlib import nullcontext
 
 import pandas as pd
 import torch
@@ -155,6 +158,37 @@ def fit_rows(n: int, epochs: int, rounds: int, device: torch.device) -> list[dic
     return rows
 
 
+def compile_rows(device: torch.device, batch: int = 64, rounds: int = 3) -> list[dict]:
+    """train_step on the default model, eager vs ``torch.compile`` (train.compile): compile time and step time."""
+    cfg = default_config(**{"data.n_train": 8 * batch, "data.n_val": 10, "data.n_test": 10})
+    data = load_data(cfg.data)
+    batches = [(to_device(x, device), y.to(device)) for x, y in data.train.batches(batch, drop_last=True)]
+    rows, base = [], None
+    for comp in (False, True):
+        seed_everything(0)
+        model = build_for(cfg, data).to(device)
+        method = METHODS.get("vanilla").obj(None, MethodContext(model=model, modalities=data.modalities, epochs=1,
+                                                                steps_per_epoch=len(batches), seed=0))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        run = torch.compile(model) if comp else model
+        t0 = time.perf_counter()
+        train_step(run, method, opt, *batches[0], nullcontext())
+        _sync(device)
+        first = time.perf_counter() - t0
+        ts = []
+        for _ in range(rounds):
+            for xb, yb in batches:
+                t = time.perf_counter()
+                train_step(run, method, opt, xb, yb, nullcontext())
+                _sync(device)
+                ts.append(time.perf_counter() - t)
+        step = statistics.median(ts)
+        base = base or step
+        rows.append({"run": "torch.compile" if comp else "eager", "first step (s)": first, "step (ms)": 1000 * step,
+                     "step ratio": step / base, "break-even steps": (first / (base - step)) if step < base else None})
+    return rows
+
+
 @torch.no_grad()
 def naive_mu(model, split, n_repeats: int) -> None:
     """Permutation MU by re-encoding shuffled inputs (the cost feature shuffling avoids)."""
@@ -201,7 +235,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per backbone and size")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per backbone and size")
     ap.add_argument("--epochs", type=int, default=8, help="epochs of the fit() vs plain-loop comparison (train.epochs' default)")
     ap.add_argument("--out", default=None, help="also write the tables as Parquet (one file, a 'table' column)")
     args = ap.parse_args()
@@ -214,6 +248,7 @@ def main() -> None:
     bb = pd.DataFrame(backbone_rows(backbones, sizes, args.batch, 1 if quick else args.steps, device, args.precision))
     fr = pd.DataFrame(fit_rows(1000 if quick else 4000, 2 if quick else args.epochs, 1 if quick else 2, device))
     mr = pd.DataFrame(mu_rows(1000 if quick else 4000))
+    cr = pd.DataFrame(compile_rows(device)) if not quick else pd.DataFrame()
     fmt = {"float_format": lambda v: f"{v:.3f}"}
     print("\nbackbones: training samples/s through train_step, and mu_target / vanilla step time")
     print(bb.drop(columns=[] if device.type == "cuda" else ["gpu_mem_GiB"]).to_string(index=False, **fmt))
@@ -221,8 +256,12 @@ def main() -> None:
     print(fr.to_string(index=False, **fmt))
     print("\nMU evaluation vs a plain evaluation pass (val split)")
     print(mr.to_string(index=False, **fmt))
+    if len(cr):
+        print("\ntrain.compile: train_step on the default model, eager vs torch.compile (first step includes compiling)")
+        print(cr.to_string(index=False, **fmt))
     if args.out:
-        pd.concat([bb.assign(table="backbones"), fr.assign(table="fit_vs_plain"), mr.assign(table="mu_eval")]
+        pd.concat([bb.assign(table="backbones"), fr.assign(table="fit_vs_plain"), mr.assign(table="mu_eval"),
+                   cr.assign(table="compile")]
                   ).to_parquet(args.out)
 
 

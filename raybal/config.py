@@ -267,6 +267,7 @@ class TrainConfig:
     max_failures: int = knob(2, ge=0, resource=True, doc="Ray Train: worker-group restarts (from the last epoch checkpoint)")
     cpus_per_worker: int = knob(1, ge=1, resource=True, doc="Ray Train: CPUs (torch threads) per worker")
     precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = knob(False, resource=True, doc="torch.compile the training forward (pays off on long runs)")
     memory_format: Literal["auto", "contiguous", "channels_last"] = knob(
         "auto", resource=True, doc="image tensors' layout; auto = channels_last on CUDA for conv models")
     select: Literal["auto", "target", "best_val", "last"] = "auto"

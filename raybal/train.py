@@ -199,7 +199,9 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
         t0 -= st.get("wall_s", 0.0)
 
     val_mu: dict[int, MUResult] = {}  # epoch -> its validation MU (every modality), for _finalize
-    train_model: torch.nn.Module = model
+    # The module the training step calls: the model, wrapped for DDP, compiled if asked (train.compile).
+    # Evaluation and the methods' extra passes (encode / fuse) run the plain model.
+    train_model: torch.nn.Module = torch.compile(model) if tc.compile else model  # type: ignore[assignment]
     wrapped_for: tuple[bool, ...] | None = None
     for epoch in range(start_epoch, tc.epochs + 1):
         method.on_epoch_start(epoch)
@@ -207,6 +209,8 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
             # (Re)wrap for DDP after the method set what trains (e.g. frozen encoders): DDP expects a
             # gradient for every parameter that required one when it was built.
             train_model, wrapped_for = dist.wrap_model(model), _trainable(model)
+            if tc.compile:
+                train_model = torch.compile(train_model)  # type: ignore[assignment]
         train_model.train()
         method.on_train_mode(model)
         g = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)

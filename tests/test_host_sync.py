@@ -151,3 +151,22 @@ def test_fit_reuses_the_selected_epochs_validation_mu(monkeypatch) -> None:
     best = res.final["final.best_epoch"]
     row = [u for u in res.utilization if u["epoch"] == best and u["split"] == "val" and not u["final"]]
     assert row and all(abs(res.final[f"final.val_mu.{r['modality']}"] - r["mu"]) < 1e-12 for r in row)
+
+
+def test_compiled_training_gives_the_eager_answer(tmp_path) -> None:
+    from raybal import checkpoint
+    from raybal.train import fit
+
+    from torch._dynamo.utils import counters
+
+    states = {}
+    for comp in (False, True):
+        counters.clear()
+        cfg = tiny_config(**{"train.epochs": 1, "train.compile": comp, "data.n_train": 96})
+        fit(cfg, checkpoint_dir=tmp_path / str(comp))
+        assert (counters["stats"]["unique_graphs"] > 0) == comp  # it did compile, and only when asked
+        states[comp] = checkpoint.load_last(tmp_path / str(comp) / checkpoint.LAST, cfg)["model"]
+    worst = max(float((states[True][k].double() - states[False][k].double()).abs().max())
+                for k in states[False] if states[False][k].is_floating_point())
+    assert worst < 1e-4, worst
+    assert cfg.digest() == tiny_config(**{"train.epochs": 1, "data.n_train": 96}).digest()  # a resource knob
