@@ -58,6 +58,8 @@ def backbone_rows(backbones, sizes, batch: int, steps: int, device: torch.device
             over = {"model.backbone": bb, "data.image_size": size, "data.n_train": batch * 2, "data.n_val": 10,
                     "data.n_test": 10, "train.batch_size": batch}
             runners = {}
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             for name, extra in (("vanilla", {}), ("mu_target", {"balance.method": "mu_target",
                                                                 "balance.target": {"eo": 0.75, "sar": 0.25}})):
                 cfg = default_config(**over, **extra)

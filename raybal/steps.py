@@ -96,8 +96,9 @@ def train_epoch(train_model: torch.nn.Module, method: BalanceMethod, optimizer: 
     return stats
 
 
-def check_finite(stats: EpochStats, epoch: int) -> None:
-    """Raise :class:`NonFiniteLossError` if any step of the epoch had a non-finite loss (one read)."""
-    bad = int(stats.nonfinite)
+def check_finite(nonfinite: Tensor, epoch: int) -> None:
+    """Raise :class:`NonFiniteLossError` if any step of the epoch had a non-finite loss (one read of
+    ``EpochStats.nonfinite``, summed over ranks by the caller so that every rank raises together)."""
+    bad = int(nonfinite)
     if bad:
         raise NonFiniteLossError(f"non-finite loss in {bad} step(s) of epoch {epoch}")

@@ -31,6 +31,7 @@ from raybal.models.pretrained import load_pretrained
 from raybal.records import RunResult
 from raybal.robustness import sweep
 from raybal.selection import Selector, resolve_mode
+from raybal.steps import NonFiniteLossError as NonFiniteLossError  # re-exported: it lived here before steps.py
 from raybal.steps import check_finite, train_epoch
 from raybal.tasks import metric_name
 from raybal.utilization import (
@@ -220,13 +221,14 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
             dist.shard_log(epoch, order)
         ep = train_epoch(train_model, method, optimizer, data.train.batches(bs, order=order, drop_last=True),
                          autocast, device=device, num_classes=ncls, task=task, channels_last=channels_last)
-        check_finite(ep, epoch)  # the epoch's one read of the device (steps.py)
+        # The train-split row covers every rank's samples (sums over ranks), as with one worker; the
+        # non-finite count too, so that every rank stops together.
+        loss_sum, n_seen_t, stat_acc, tot_acc, nonfinite = _sum_over_ranks(
+            dist, [ep.loss_sum, torch.tensor(float(ep.n_seen)), ep.stat if ep.stat is not None else torch.tensor(0),
+                   ep.total, ep.nonfinite], device)
+        check_finite(nonfinite, epoch)  # the epoch's reads of the device happen from here on (steps.py)
         if scheduler is not None:
             scheduler.step()
-        # The train-split row covers every rank's samples (sums over ranks), as with one worker.
-        loss_sum, n_seen_t, stat_acc, tot_acc = _sum_over_ranks(
-            dist, [ep.loss_sum, torch.tensor(float(ep.n_seen)), ep.stat if ep.stat is not None else torch.tensor(0),
-                   ep.total], device)
         n_seen = int(n_seen_t)
         method.on_epoch_end(epoch)
         maybe_inject(config, epoch)  # no-op unless RAYBAL_FAULT is set (reliability tests)

@@ -206,3 +206,12 @@ def test_a_shallow_resnet_unet_loads_a_full_file_and_trains_every_weight(tmp_pat
     xb, yb = next(data.train.batches(4))
     torch.nn.functional.cross_entropy(model(xb).logits, yb).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_pretrained_paths_become_absolute_so_ray_workers_read_the_same_file(tmp_path, monkeypatch) -> None:
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _tiny_resnet(**{"model.pretrained": {"eo": "weights/R18.PTH"}})
+    assert cfg.model.params.pretrained["eo"] == str(tmp_path / "weights" / "R18.PTH")
+    assert Path(cfg.model.params.pretrained["eo"]).is_absolute()

@@ -62,7 +62,7 @@ def test_the_guard_sees_a_read() -> None:
     with host_reads() as sites:
         EpochStats(torch.device("cpu")).nonfinite.__bool__()  # from this file: not raybal's, not counted
         stats = EpochStats(torch.device("cpu"))
-        check_finite(stats, 1)  # raybal's one read per epoch
+        check_finite(stats.nonfinite, 1)  # raybal's one read per epoch
     assert [(f, fn) for f, fn, _, _ in sites] == [("steps.py", "check_finite")]
 
 
@@ -115,10 +115,10 @@ def test_a_non_finite_loss_stops_the_run_at_the_end_of_its_epoch() -> None:
     out.logits = logits
     y = torch.zeros(4, dtype=torch.long)
     stats.add(out, y, torch.tensor(1.0), torch.tensor(1.0), 3, "classification")
-    check_finite(stats, 3)
+    check_finite(stats.nonfinite, 3)
     stats.add(out, y, torch.tensor(float("nan")), torch.tensor(float("nan")), 3, "classification")
     with pytest.raises(NonFiniteLossError, match="1 step.* of epoch 3"):
-        check_finite(stats, 3)
+        check_finite(stats.nonfinite, 3)
 
 
 def test_measure_reads_the_device_once_whatever_the_number_of_batches() -> None:
@@ -154,10 +154,10 @@ def test_fit_reuses_the_selected_epochs_validation_mu(monkeypatch) -> None:
 
 
 def test_compiled_training_gives_the_eager_answer(tmp_path) -> None:
+    from torch._dynamo.utils import counters
+
     from raybal import checkpoint
     from raybal.train import fit
-
-    from torch._dynamo.utils import counters
 
     states = {}
     for comp in (False, True):

@@ -90,12 +90,17 @@ def test_adaptive_weight_rises_while_the_target_is_missed_and_falls_when_met() -
     for _ in range(200):  # now on target: the weight is given back to the task loss
         m._dual_step(torch.tensor([0.5, 0.5]), OK)
     assert math.exp(float(m.log_lam)) == pytest.approx(0.1)
-    before = m.log_lam.clone()  # a step whose estimate is undefined leaves lambda alone
+    before, ema = m.log_lam.clone(), m.err_ema.clone()  # a step whose estimate is undefined leaves them alone
     m._dual_step(torch.tensor([0.9, 0.1]), ~OK)
-    assert torch.equal(m.log_lam, before)
+    assert torch.equal(m.log_lam, before) and torch.equal(m.err_ema, ema)
+    fresh = _method(cfg, 4, 25)  # ... also when it is the very first step: it does not seed the average
+    fresh.on_epoch_start(1)
+    fresh._dual_step(torch.zeros(2, dtype=torch.float64), ~OK)
+    fresh._dual_step(torch.tensor([0.6, 0.4], dtype=torch.float64), OK)
+    assert torch.allclose(fresh.err_ema, torch.tensor([0.6, 0.4], dtype=torch.float64) - fresh.setpoint())
     # around the set point (half the tolerance) the sign of the step follows the error's side of it
     for err, rises in ((0.03, True), (0.02, False)):
-        m.err_ema, m.log_lam = None, torch.tensor(0.0, dtype=torch.float64)
+        m.err_ema, m.ema_started, m.log_lam = None, torch.tensor(False), torch.tensor(0.0, dtype=torch.float64)
         m._dual_step(torch.tensor([0.5 + err, 0.5 - err], dtype=torch.float64), OK)
         assert bool(m.log_lam > 0.0) == rises and float(m.log_lam) != 0.0
         assert abs(float(m.log_lam)) == pytest.approx(m.rate * abs(err - 0.025) / 0.025)

@@ -139,6 +139,7 @@ class MuTarget(BalanceMethod):
         self.log_lam = torch.tensor(math.log(params.lambda_0) if params.lambda_0 > 0 else -math.inf,
                                     dtype=torch.float64)
         self.err_ema: Tensor | None = None  # adaptive: the smoothed batch error u - t'
+        self.ema_started = torch.tensor(False)  # adaptive: err_ema holds a defined step's error
         self._setpoint_dev: Tensor | None = None  # this epoch's set point on the device (offset moves per epoch)
         self.offset = torch.zeros_like(self.target)  # adaptive: t' - t, from the validation feedback
         self.val_error: Tensor | None = None  # the last validation MU - t (main rank), until shared
@@ -300,8 +301,12 @@ class MuTarget(BalanceMethod):
         if self._setpoint_dev is None:
             self._setpoint_dev = self.setpoint().to(u.device)
         err = u.detach().double() - self._setpoint_dev
-        ema = err if self.err_ema is None else 0.9 * self.err_ema.to(err) + 0.1 * err
-        self.err_ema = torch.where(ok, ema, err if self.err_ema is None else self.err_ema.to(err))
+        # The average starts at the first defined step (an undefined first step must not seed it).
+        prev = torch.zeros_like(err) if self.err_ema is None else self.err_ema.to(err)
+        started = self.ema_started.to(err.device)
+        ema = torch.where(started, 0.9 * prev + 0.1 * err, err)
+        self.err_ema = torch.where(ok, ema, prev)
+        self.ema_started = started | ok
         half = self.params.tolerance / 2
         drive = ((self.err_ema.abs().max() - half) / half).clamp(-1.0, 1.0)
         lo, hi = math.log(self.params.lambda_0), math.log(self.params.lambda_max)
@@ -317,8 +322,9 @@ class MuTarget(BalanceMethod):
             return None
         d, u = self.batch_utilization(out, y, loss, x)
         # sum d = 0: u undefined and the gradient zero: the step adds no penalty and is counted as
-        # skipped (DESIGN.md §2 pitfall); decided on the device, no host read.
-        ok = d.detach().sum() > 0.0
+        # skipped (DESIGN.md §2 pitfall); decided on the device, no host read. A NaN sum is not
+        # skipped: it reaches the loss, and the run stops on the non-finite loss.
+        ok = ~(d.detach().sum() <= 0.0)
         self.skipped = self.skipped + (~ok).long()
         if self.params.weight == "adaptive":
             if self._setpoint_dev is None:
@@ -331,7 +337,7 @@ class MuTarget(BalanceMethod):
         self.pen_sum = self.pen_sum + pen.detach()
         if self.params.weight == "adaptive":
             self._dual_step(u, ok)
-        return lam * pen
+        return (lam.to(pen) if isinstance(lam, Tensor) else lam) * pen  # lambda in the loss's dtype / device
 
     def target_error(self, mu: MUResult) -> float:
         """max_i |MU share_i - t_i| on a split. A degenerate MU (the model ignores every input; shares
@@ -354,13 +360,14 @@ class MuTarget(BalanceMethod):
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state(), "log_lam": self.log_lam.cpu(),
                 "err_ema": None if self.err_ema is None else self.err_ema.cpu(),
-                "offset": self.offset, "val_error": self.val_error}
+                "ema_started": self.ema_started.cpu(), "offset": self.offset, "val_error": self.val_error}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "gen" in state:
             self.gen.set_state(state["gen"])
-        self.log_lam = torch.as_tensor(state.get("log_lam", self.log_lam), dtype=torch.float64)  # a float before 0.2
+        self.log_lam = torch.as_tensor(state.get("log_lam", self.log_lam), dtype=torch.float64)  # older: a float
         self.err_ema = state.get("err_ema", self.err_ema)
+        self.ema_started = torch.as_tensor(state.get("ema_started", self.err_ema is not None))
         self.offset = state.get("offset", self.offset)
         # every rank resumes from the main rank's state; only the main rank holds the unshared feedback
         self.val_error = state.get("val_error") if self.ctx.rank == 0 else None

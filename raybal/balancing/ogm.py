@@ -63,6 +63,7 @@ class OGMGE(BalanceMethod):
         super().__init__(params, ctx)
         self.gen = torch.Generator().manual_seed(ctx.seed + 13)
         self.dev_gen: torch.Generator | None = None
+        self._dev_state: Tensor | None = None  # a checkpointed device-generator state, until the generator exists
         self.coef_sum: Tensor | None = None  # the epoch's sum of k per modality, on the device
         self.n = 0
 
@@ -127,12 +128,16 @@ class OGMGE(BalanceMethod):
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """The GE noise generator on the gradients' device: the seeded CPU stream on CPU; on a GPU, a
-        device generator seeded from it (so a resumed run, whose CPU state is restored, draws the same)."""
+        device generator seeded from it, whose state the checkpoint keeps (a resumed run draws the same)."""
         if device.type == "cpu":
             return self.gen
         if self.dev_gen is None or self.dev_gen.device != device:
-            seed = int(torch.randint(2**62, (1,), generator=self.gen))
-            self.dev_gen = torch.Generator(device=device).manual_seed(seed)
+            self.dev_gen = torch.Generator(device=device)
+            if self._dev_state is not None:  # resumed: continue the checkpointed device stream
+                self.dev_gen.set_state(self._dev_state)
+                self._dev_state = None
+            else:
+                self.dev_gen.manual_seed(int(torch.randint(2**62, (1,), generator=self.gen)))
         return self.dev_gen
 
     def epoch_log(self) -> dict[str, float]:
@@ -142,8 +147,9 @@ class OGMGE(BalanceMethod):
         return {f"ogm_coef.{m}": v for m, v in zip(self.ctx.modalities, means)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state()}
+        return {"gen": self.gen.get_state(), "dev_gen": None if self.dev_gen is None else self.dev_gen.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "gen" in state:
             self.gen.set_state(state["gen"])
+        self._dev_state = state.get("dev_gen")

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from raybal.config import ConfigError, knob
 from raybal.models.base import MODELS, Features, FusionModel, ModelOutput, make_encoder
 from raybal.models.crossrank import global_mean
-from raybal.models.pretrained import SUFFIXES
+from raybal.models.pretrained import check_files
 
 Backbone = Literal["cnn", "resnet18", "resnet34", "resnet50"]
 
@@ -35,9 +35,7 @@ class EncoderParams:
             raise ConfigError(f"{prefix}.stages", f"a {self.backbone} has 4 stages (layer1-4), got {self.stages}")
         if self.pretrained and self.backbone == "cnn":
             raise ConfigError(f"{prefix}.pretrained", "needs a resnet model.backbone (the cnn has no standard weights)")
-        for m, file in self.pretrained.items():
-            if not file.endswith(SUFFIXES):
-                raise ConfigError(f"{prefix}.pretrained.{m}", f"expected a {' / '.join(SUFFIXES)} file, got {file!r}")
+        object.__setattr__(self, "pretrained", check_files(self.pretrained, f"{prefix}.pretrained"))
 
 
 @dataclass(frozen=True)
@@ -190,7 +188,7 @@ class MMTMUnit(nn.Module):
 
 @MODELS.register("mmtm", MMTMParams)
 class MMTMFusion(FusionModel):
-    """Intermediate fusion: CNN branches exchanging information through MMTM units.
+    """Intermediate fusion: CNN or ResNet branches exchanging information through MMTM units.
 
     Each branch keeps its own linear head on its own pooled features and the fused logits
     are the mean of the heads, as in Wu et al. 2022. ``encode`` runs the branches up to the

@@ -25,19 +25,19 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from raybal.config import ConfigError
+from raybal.config import ConfigError, FrozenMap
 
 SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 def read_state_dict(path: Path, key: str) -> dict[str, Tensor]:
     """The tensors of ``path`` (unwrapped, ``module.`` stripped); errors name ``key`` and the file."""
-    if path.suffix not in SUFFIXES:
+    if path.suffix.lower() not in SUFFIXES:
         raise ConfigError(key, f"{path}: expected one of {', '.join(SUFFIXES)}")
     if not path.is_file():
         raise ConfigError(key, f"file not found: {path}")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
 
             state: object = load_file(str(path))
@@ -51,6 +51,18 @@ def read_state_dict(path: Path, key: str) -> dict[str, Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConfigError(key, f"{path}: not a state_dict (a mapping of names to tensors)")
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def check_files(pretrained: Mapping[str, str], prefix: str) -> FrozenMap:
+    """``model.pretrained`` validated on load: known suffixes, and paths made absolute (against the
+    working directory of the process that reads the run file), so that Ray workers and Tune trials,
+    which run elsewhere, read the same files."""
+    out = {}
+    for m, file in pretrained.items():
+        if not file.lower().endswith(SUFFIXES):
+            raise ConfigError(f"{prefix}.{m}", f"expected a {' / '.join(SUFFIXES)} file, got {file!r}")
+        out[m] = str(Path(file).expanduser().absolute())
+    return FrozenMap(out)
 
 
 def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:

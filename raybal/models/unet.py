@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from raybal.config import ConfigError, knob
 from raybal.models.base import DEFAULT_WIDTH, MODELS, Features, FusionModel, ModelOutput, conv_block
-from raybal.models.pretrained import SUFFIXES
+from raybal.models.pretrained import check_files
 from raybal.models.resnet import STANDARD_WIDTH, ResNet
 
 DECODER_MAX = 256  # decoder channels per level are capped (a ResNet-50's 2048 would dominate the cost)
@@ -41,9 +41,7 @@ class UNetParams:
             raise ConfigError(f"{prefix}.depth", f"a {self.backbone} encoder has 4 layers, got depth {self.depth}")
         if self.pretrained and self.backbone == "unet":
             raise ConfigError(f"{prefix}.pretrained", "needs a resnet model.backbone (the unet has no standard weights)")
-        for m, file in self.pretrained.items():
-            if not file.endswith(SUFFIXES):
-                raise ConfigError(f"{prefix}.pretrained.{m}", f"expected a {' / '.join(SUFFIXES)} file, got {file!r}")
+        object.__setattr__(self, "pretrained", check_files(self.pretrained, f"{prefix}.pretrained"))
 
 
 class _Down(nn.Module):
