@@ -2,7 +2,7 @@
 
 Four tables, each measured side by side in one process:
 
-1. **Backbones** (cnn, resnet18, resnet34, resnet50 at 32 / 64 / 128 px): training samples/s
+1. **Backbones** (cnn, resnet18, resnet34, resnet50, convnext_tiny at 32 / 64 / 128 px): training samples/s
    through ``raybal.steps.train_step`` (the one step ``fit()`` runs), and the mu_target / vanilla
    step-time ratio per backbone (goal <= 1.10x: encode once, shuffle features, DESIGN §2).
    vanilla and mu_target steps alternate, so machine noise hits both alike.
@@ -42,7 +42,7 @@ from raybal.steps import to_device, train_step
 from raybal.train import build_for, fit, seed_everything, use_channels_last
 from raybal.utilization import measure
 
-BACKBONES = ("cnn", "resnet18", "resnet34", "resnet50")
+BACKBONES = ("cnn", "resnet18", "resnet34", "resnet50", "convnext_tiny")
 
 
 def _sync(device: torch.device) -> None:

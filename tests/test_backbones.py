@@ -31,6 +31,36 @@ def test_resnets_have_torchvision_parameter_counts_and_names(arch: str) -> None:
     assert ("layer3.5.conv3.weight" in keys) == (arch == "resnet50")
 
 
+def test_convnext_tiny_has_timms_parameter_count_and_names() -> None:
+    from raybal.models.convnext import ConvNeXt
+
+    net = ConvNeXt("convnext_tiny", 3)
+    # timm's convnext_tiny: 28,589,128 with its head (LayerNorm 768 x 2, fc 768 x 1000 + 1000).
+    assert sum(p.numel() for p in net.parameters()) + 2 * 768 + 768 * 1000 + 1000 == 28_589_128
+    keys = set(net.state_dict())
+    assert {"stem.0.weight", "stem.1.bias", "stages.0.blocks.0.gamma", "stages.1.downsample.0.weight",
+            "stages.1.downsample.1.weight", "stages.2.blocks.8.mlp.fc2.weight", "stages.3.blocks.2.norm.bias"} <= keys
+    assert not any(k.startswith("stages.0.downsample") for k in keys)
+
+
+def test_a_timm_convnext_file_loads_with_its_stem_adapted(tmp_path) -> None:
+    from raybal.models.convnext import ConvNeXt
+
+    g = torch.Generator().manual_seed(4)
+    state = {k: torch.randn(v.shape, generator=g) for k, v in ConvNeXt("convnext_tiny", 3, 8).state_dict().items()}
+    state.update({"head.norm.weight": torch.ones(64), "head.fc.weight": torch.zeros(1000, 64)})
+    path = tmp_path / "cnx.pth"
+    torch.save(state, path)
+    cfg = _tiny_resnet(**{"model.backbone": "convnext_tiny", "model.width": 8,
+                          "model.pretrained": {"eo": str(path), "sar": str(path)}})
+    model = build_for(cfg, load_data(cfg.data))
+    load_pretrained(model, cfg.model.params.pretrained)
+    eo, sar = model.backbone_module("eo").state_dict(), model.backbone_module("sar").state_dict()
+    assert torch.equal(eo["stages.2.blocks.1.mlp.fc1.weight"], state["stages.2.blocks.1.mlp.fc1.weight"])
+    assert torch.equal(eo["stem.0.weight"], state["stem.0.weight"])
+    assert torch.allclose(sar["stem.0.weight"], state["stem.0.weight"].sum(1, keepdim=True))
+
+
 def _tiny_resnet(**over):
     return tiny_config(**{"model.backbone": "resnet18", "model.width": 4, "model.stages": 4, **over})
 
@@ -152,7 +182,8 @@ def test_fit_starts_from_the_pretrained_weights(tmp_path) -> None:
 
 
 MODELS = [("late", "cnn"), ("late", "resnet18"), ("sum", "resnet34"), ("mmtm", "cnn"), ("mmtm", "resnet18"),
-          ("late", "resnet50"), ("unet", "unet"), ("unet", "resnet18")]
+          ("late", "resnet50"), ("late", "convnext_tiny"), ("mmtm", "convnext_tiny"), ("unet", "unet"),
+          ("unet", "resnet18")]
 
 
 @pytest.mark.parametrize("size", [32, 64, 256])

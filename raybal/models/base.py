@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from raybal.models.convnext import STANDARD_WIDTH as CONVNEXT_WIDTH
+from raybal.models.convnext import ConvNeXt
 from raybal.models.resnet import STANDARD_WIDTH, ResNet
 from raybal.registry import RegistrationError, Registry
 
@@ -87,7 +89,7 @@ class FusionModel(nn.Module):
         """``modality``'s standard backbone (torchvision / timm layout) that ``model.pretrained`` loads
         into, or None (raybal.models.pretrained). By default the encoder, when it is a ResNet."""
         mods = self.encoder_modules(modality)
-        return mods[0] if len(mods) == 1 and isinstance(mods[0], ResNet) else None
+        return mods[0] if len(mods) == 1 and isinstance(mods[0], (ResNet, ConvNeXt)) else None
 
     @contextmanager
     def frozen_running_stats(self) -> Iterator[None]:
@@ -204,11 +206,14 @@ DEFAULT_WIDTH = 16  # the small CNN's and the MLP's width when model.width is no
 
 def make_encoder(shape: tuple[int, ...], width: int | None, stages: int, backbone: str = "cnn") -> nn.Module:
     """One modality's encoder: an image (C, H, W) gets ``backbone`` (the small CNN or a ResNet of
-    :mod:`raybal.models.resnet`), a vector (D,) an MLP. ``width`` None means the backbone's own
-    default (16; 64 for ResNets, the width of pretrained files)."""
+    :mod:`raybal.models.resnet`, ConvNeXt-T of :mod:`raybal.models.convnext`), a vector (D,) an MLP.
+    ``width`` None means the backbone's own default (16; 64 for ResNets, 96 for ConvNeXt-T: the
+    widths of pretrained files)."""
     if len(shape) == 3:
         if backbone == "cnn":
             return CNNEncoder(shape[0], width or DEFAULT_WIDTH, stages)
+        if backbone.startswith("convnext"):
+            return ConvNeXt(backbone, shape[0], width or CONVNEXT_WIDTH)
         return ResNet(backbone, shape[0], width or STANDARD_WIDTH)
     if len(shape) == 1:
         return MLPEncoder(shape[0], width or DEFAULT_WIDTH)

@@ -18,15 +18,15 @@ from raybal.models.base import MODELS, Features, FusionModel, ModelOutput, make_
 from raybal.models.crossrank import global_mean
 from raybal.models.pretrained import check_files
 
-Backbone = Literal["cnn", "resnet18", "resnet34", "resnet50"]
+Backbone = Literal["cnn", "resnet18", "resnet34", "resnet50", "convnext_tiny"]
 
 
 @dataclass(frozen=True)
 class EncoderParams:
     backbone: Backbone = "cnn"
     width: int | None = knob(None, ge=2, le=512, doc="channels of the first stage; unset = 16 for the cnn and the "
-                             "MLP of vector modalities, 64 for resnets (the torchvision width pretrained files have)")
-    stages: int = knob(4, ge=1, le=6, doc="conv stages of the cnn (each halves the resolution); resnets have 4")
+                             "MLP of vector modalities, 64 for resnets, 96 for convnext_tiny (the widths pretrained files have)")
+    stages: int = knob(4, ge=1, le=6, doc="conv stages of the cnn (each halves the resolution); resnets, convnext: 4")
     pretrained: Mapping[str, str] = knob({}, doc="modality -> local .pth / .pt / .safetensors file of ResNet "
                                           "weights in the torchvision / timm layout (never downloaded)")
 

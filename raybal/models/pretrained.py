@@ -7,7 +7,8 @@ the torchvision / timm ResNet layout (:mod:`raybal.models.resnet`). Rules:
 * a ``state_dict`` / ``model`` wrapper and a DDP ``module.`` prefix are unwrapped;
 * the classifier (``fc.*``) is ignored: fusion models have their own heads (so are the layers a
   shallower U-Net encoder does not use);
-* ``conv1.weight`` is adapted when the modality's channel count differs from the file's, as
+* the first convolution (``conv1.weight``; ConvNeXt: ``stem.0.weight``) is adapted when the
+  modality's channel count differs from the file's, as
   timm's ``adapt_input_conv`` does: 1 channel -> the sum over the file's input channels;
   C channels -> the RGB kernels repeated ceil(C / 3) times, cut to C, scaled by 3 / C (so the
   activations keep their scale; exactly, for a constant image, when C is a multiple of 3);
@@ -99,8 +100,9 @@ def load_into(module: nn.Module, path: Path, key: str) -> int:
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys ({_describe(unexpected)})")
         raise ConfigError(key, f"{path} does not match a {arch}: " + "; ".join(parts))
-    if "conv1.weight" in state:
-        state["conv1.weight"] = adapt_input_conv(state["conv1.weight"], own["conv1.weight"].shape[1])
+    first = getattr(module, "first_conv", "conv1.weight")
+    if first in state:
+        state[first] = adapt_input_conv(state[first], own[first].shape[1])
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in state and state[k].shape != v.shape]
     if wrong:

@@ -82,6 +82,7 @@ class ResNet(nn.Module):
 
     num_stages = 4
     ignored_prefixes: tuple[str, ...] = ("fc.",)  # a pretrained file's keys that this network has no use for
+    first_conv = "conv1.weight"  # adapted to the modality's channel count on loading (raybal.models.pretrained)
 
     def __init__(self, arch: str, in_chans: int, width: int = STANDARD_WIDTH) -> None:
         super().__init__()
