@@ -197,7 +197,8 @@ def _concurrency(study: Study) -> int:
 def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from raybal.searcher import StudySearch
 
     s = study.settings
     if study.base.train.workers > 1:
@@ -215,7 +216,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
     base_flat = study.base_flat
     metrics = [o.metric for o in study.objectives]
     modes = [o.mode for o in study.objectives]
-    searcher = OptunaSearch(space=_DefineByRun(study, base_flat),
+    searcher = StudySearch(space=_DefineByRun(study, base_flat),
                             metric=metrics if len(metrics) > 1 else metrics[0],
                             mode=modes if len(modes) > 1 else modes[0], sampler=study.sampler())
     scheduler = (ASHAScheduler(time_attr="epoch", metric=f"val_{metric}", mode="max", max_t=study.base.train.epochs,

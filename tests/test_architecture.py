@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("raybal.steps", "raybal.train")),
     ("results", ("raybal.results",)),
     ("runs", ("raybal.runner", "raybal.distributed", "raybal.distributions", "raybal.objectives", "raybal.space",
-              "raybal.recorder", "raybal.study")),
+              "raybal.recorder", "raybal.searcher", "raybal.study")),
     ("analysis", ("raybal.best", "raybal.plots", "raybal.report")),
     ("cli", ("raybal.cli", "raybal")),
 ]
