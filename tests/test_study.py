@@ -139,3 +139,24 @@ def test_interrupted_study_resumes_without_repeats(tmp_path: Path) -> None:
     assert (epochs[epochs["split"] == "val"].groupby("trial_id").size() == 3).all()
     # the study's directory is not reused for a different study or a run
     assert main(["study", "run", str(study), "--results", str(out)]) == 2
+
+
+def test_a_configuration_already_run_is_not_trained_again(tmp_path: Path) -> None:
+    text = STUDY.format(n=3, epochs=2).replace('scheduler = "asha"', 'scheduler = "fifo"\nmax_concurrent = 1')
+    text = text.split("[search]")[0] + '[search]\n"train.lr" = {choice = [0.002]}\n'  # every proposal the same
+    study = tmp_path / "dup.toml"
+    study.write_text(text)
+    out = tmp_path / "res"
+    assert main(["study", "run", str(study), "--results", str(out)]) == 0
+    trials = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
+    assert len(trials) == 3 and (trials["status"] == "ok").all()
+    trained = trials[trials["final.reused_from"].isna()]
+    assert len(trained) == 1, trials["final.reused_from"]
+    src = trained.index[0]
+    assert (trials["final.reused_from"].dropna() == src).all()
+    for col in ("final.val_accuracy", "final.test_accuracy", "robust.val_mean_accuracy"):
+        assert trials[col].nunique() == 1, col
+    for tid in trials.index.drop(src):
+        assert not (out / "checkpoints" / tid / "last.pt").exists()  # nothing trained
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert epochs.groupby("trial_id").size().nunique() == 1  # each trial has its (copied) epochs
