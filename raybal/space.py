@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,8 +259,9 @@ def study_from_dict(raw: Mapping[str, Any], source: str = "", overrides: Mapping
                  copy.deepcopy(dict(raw)), dict(overrides or {}))
 
 
-def _probe(space: SearchSpace, base_raw: Mapping[str, Any], base: RunConfig) -> None:
-    """Build the run config at the low and the high corner of every parameter (per method choice)."""
+def corner_points(space: SearchSpace, base: RunConfig) -> Iterator[dict[str, Any]]:
+    """The search points at the low and the high corner of every parameter, per combination of the
+    unconditional choices (e.g. each method of a ``balance.method`` choice)."""
     base_flat = flatten_dict(base.to_dict())
     choice_sets: list[dict[str, Any]] = [{}]
     for p in space.params:
@@ -273,12 +274,18 @@ def _probe(space: SearchSpace, base_raw: Mapping[str, Any], base: RunConfig) -> 
                 if p.key in values or not SearchSpace._applies(p, values, base_flat):
                     continue
                 values.update(p.dist.corner(p.key, high))
-            try:
-                space.trial_config(base_raw, values)
-            except ConfigError as exc:
-                shown = ", ".join(f"{k} = {v!r}" for k, v in values.items())
-                raise ConfigError(f"search.{exc.key}" if exc.key else "search",
-                                  f"{exc.message} (at the search point {shown})") from None
+            yield values
+
+
+def _probe(space: SearchSpace, base_raw: Mapping[str, Any], base: RunConfig) -> None:
+    """Build the run config at every corner point (:func:`corner_points`): a bad one fails the study file."""
+    for values in corner_points(space, base):
+        try:
+            space.trial_config(base_raw, values)
+        except ConfigError as exc:
+            shown = ", ".join(f"{k} = {v!r}" for k, v in values.items())
+            raise ConfigError(f"search.{exc.key}" if exc.key else "search",
+                              f"{exc.message} (at the search point {shown})") from None
 
 
 def load_study(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Study:

@@ -40,7 +40,7 @@ from raybal.recorder import (
 )
 from raybal.records import failed_result
 from raybal.results import Results, ResultsError, check_writable, environment, load_results
-from raybal.space import Study, load_study, study_from_dict
+from raybal.space import Study, corner_points, load_study, study_from_dict
 from raybal.tasks import metric_name
 from raybal.train import check_pretrained, fit
 
@@ -233,6 +233,21 @@ def _init_ray(address: str | None) -> bool:
     return init_ray(address)
 
 
+def grace_period(study: Study) -> int:
+    """ASHA's grace period: ``study.grace_period``, but never shorter than the latest epoch at which a
+    method of the search space has fully acted (``BalanceMethod.acting_epoch``: a mu_target trial is
+    not judged before its penalty can be at full weight, an OGM-GE / greedy one before its start
+    epoch), taken over the corners of the search space (the acting epoch grows with warm-up,
+    pre-training and start epochs); at most the run's epochs."""
+    from raybal.balancing import METHODS
+
+    acting = 1
+    for values in corner_points(study.space, study.base):
+        cfg = study.space.trial_config(study.base_raw, values)
+        acting = max(acting, METHODS.get(cfg.balance.method).obj.acting_epoch(cfg))
+    return min(max(study.settings.grace_period, acting), study.base.train.epochs)
+
+
 def _concurrency(study: Study) -> int:
     import ray
 
@@ -273,7 +288,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
                             metric=metrics if len(metrics) > 1 else metrics[0],
                             mode=modes if len(modes) > 1 else modes[0], sampler=study.sampler())
     scheduler = (ASHAScheduler(time_attr="epoch", metric=f"val_{metric}", mode="max", max_t=study.base.train.epochs,
-                               grace_period=min(s.grace_period, study.base.train.epochs),
+                               grace_period=grace_period(study),
                                reduction_factor=s.reduction_factor)
                  if s.scheduler == "asha" else FIFOScheduler())
     return tune.Tuner(

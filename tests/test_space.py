@@ -142,3 +142,42 @@ def test_shipped_studies_load(tmp_path: Path) -> None:
     for n in names:
         s = load_study(root / n)
         assert s.objectives and s.space.params
+
+
+def _with(search: dict, epochs: int = 8, grace: int = 1, **balance) -> object:
+    bal = {"method": "vanilla"} if balance.get("method") == "vanilla" else {**BASE["balance"], **balance}
+    raw = {**BASE, "train": {"epochs": epochs}, "balance": bal,
+           "study": {"objective": "robust.val_mean_accuracy", "scheduler": "asha", "grace_period": grace},
+           "search": search}
+    return study_from_dict(raw)
+
+
+def test_each_method_says_when_it_has_acted() -> None:
+    from raybal.balancing import METHODS
+
+    def acting(**over):  # noqa: ANN003, ANN202
+        from conftest import tiny_config
+        cfg = tiny_config(**{"train.epochs": 8, **over})
+        return METHODS.get(cfg.balance.method).obj.acting_epoch(cfg)
+
+    mu = {"balance.method": "mu_target", "balance.target": {"eo": 0.75, "sar": 0.25}}
+    assert acting() == 1  # vanilla
+    assert acting(**mu) == 2  # the default warm-up: a quarter of 8 epochs
+    assert acting(**mu, **{"balance.pretrain_epochs": 2, "balance.warmup": 0.5}) == 5  # 2 + half of 6
+    assert acting(**mu, **{"balance.schedule": "epochs", "balance.weight": "warmup", "balance.growth": 1.0}) == 6
+    assert acting(**{"balance.method": "ogm_ge", "balance.start_epoch": 3}) == 3
+    assert acting(**{"balance.method": "greedy_guided", "model.name": "mmtm", "balance.start_epoch": 12}) == 8
+
+
+def test_asha_never_judges_a_trial_before_its_method_has_acted() -> None:
+    from raybal.study import grace_period
+
+    lam = {"balance.lambda_max": {"loguniform": [2.0, 20.0]}}
+    assert grace_period(_with(lam)) == 2  # mu_target's default warm-up ends in epoch 2 of 8
+    assert grace_period(_with(lam, grace=4)) == 4  # a longer study grace stays
+    searched = {**lam, "balance.warmup": {"uniform": [0.25, 0.75]}}
+    assert grace_period(_with(searched)) == 6  # the slowest warm-up it may draw: 0.75 of 8 epochs
+    methods = {"balance.method": {"choice": ["vanilla", "ogm_ge"]},
+               "balance.start_epoch": {"int": [2, 5], "when": {"balance.method": "ogm_ge"}}}
+    assert grace_period(_with(methods, method="vanilla")) == 5
+    assert grace_period(_with(lam, epochs=3, grace=9)) == 3  # never beyond the run

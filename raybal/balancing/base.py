@@ -88,6 +88,12 @@ class BalanceMethod:
             raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs per-modality logits, "
                               f"which model {cfg.model.name!r} does not provide")
 
+    @classmethod
+    def acting_epoch(cls, cfg: RunConfig) -> int:
+        """The first epoch at whose end the method has fully acted (its warm-up done, its start epoch
+        reached): a trial scheduler must not judge a run before it (ASHA's grace period, study.py)."""
+        return 1
+
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
-from raybal.config import knob
+from raybal.config import RunConfig, knob
 from raybal.models.base import ModelOutput
 from raybal.utilization import LearningSpeedTracker, learning_speed
 
@@ -70,6 +70,10 @@ class GreedyGuided(BalanceMethod):
 
     def active(self) -> bool:
         return self.epoch >= self.params.start_epoch
+
+    @classmethod
+    def acting_epoch(cls, cfg: RunConfig) -> int:
+        return min(cfg.balance.params.start_epoch, cfg.train.epochs)
 
     def selectable(self, epoch: int) -> bool:
         return epoch >= min(self.params.start_epoch, self.ctx.epochs)

@@ -167,6 +167,19 @@ class MuTarget(BalanceMethod):
             raise ConfigError("balance.pretrain_epochs", f"must be < train.epochs = {cfg.train.epochs} "
                               "(the penalty needs epochs after the vanilla ones)")
 
+    @classmethod
+    def acting_epoch(cls, cfg: RunConfig) -> int:
+        """The epoch in which the weight can first be at lambda_max: the end of the warm-up ramp
+        (``warmup`` of the penalised epochs; the adaptive weight's full-speed crossing takes as long),
+        or, with ``schedule = "epochs"``, the epoch the per-epoch growth reaches lambda_max."""
+        p, epochs = cfg.balance.params, cfg.train.epochs
+        first = p.pretrain_epochs + 1
+        if p.schedule == "epochs" and p.lambda_0 > 0:
+            growth = 1.0 if p.growth is None else p.growth
+            k = math.ceil(math.log(p.lambda_max / p.lambda_0) / growth) if p.lambda_max > p.lambda_0 else 0
+            return min(first + k, epochs)
+        return min(max(p.pretrain_epochs + math.ceil(p.warmup * (epochs - p.pretrain_epochs)), first), epochs)
+
     def _reset_log(self) -> None:
         # Running sums for epoch_log: device tensors after the first step, read at the epoch's end.
         self.pen_sum: Tensor | float = 0.0

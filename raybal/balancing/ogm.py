@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
-from raybal.config import ConfigError, knob
+from raybal.config import ConfigError, RunConfig, knob
 from raybal.models.base import ModelOutput
 
 
@@ -75,6 +75,10 @@ class OGMGE(BalanceMethod):
     def active(self) -> bool:
         p = self.params
         return self.epoch >= p.start_epoch and (p.end_epoch == 0 or self.epoch <= p.end_epoch)
+
+    @classmethod
+    def acting_epoch(cls, cfg: RunConfig) -> int:
+        return min(cfg.balance.params.start_epoch, cfg.train.epochs)
 
     def selectable(self, epoch: int) -> bool:
         return epoch >= min(self.params.start_epoch, self.ctx.epochs)
