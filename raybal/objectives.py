@@ -56,6 +56,8 @@ class StudySettings:
     constraints: tuple[str, ...] = ()
     cpus_per_trial: int = knob(1, ge=1, doc="CPU threads per one-worker trial")
     trial_retries: int = knob(1, ge=0, doc="restarts of a trial whose process died or raised (from its last epoch)")
+    storage: str = knob("sqlite", doc="Optuna's storage: sqlite (optuna.db in the results directory), memory, "
+                        "or an RDB URL such as postgresql://host/db for a cluster")
 
     def validate(self, prefix: str) -> None:
         if self.objective and self.objectives:

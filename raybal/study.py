@@ -233,6 +233,28 @@ def _init_ray(address: str | None) -> bool:
     return init_ray(address)
 
 
+OPTUNA_DB = "optuna.db"
+
+
+def storage_url(study: Study, results_dir: Path) -> str | None:
+    """``study.storage`` as a SQLAlchemy URL (None = Optuna's in-memory storage)."""
+    url = study.settings.storage
+    if url == "memory":
+        return None
+    return f"sqlite:///{results_dir / OPTUNA_DB}" if url == "sqlite" else url
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna RDB storage; an unreachable URL (or a missing database driver) is a ConfigError."""
+    import optuna
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError, a missing DB-API module, ...
+        msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise ConfigError("study.storage", f"cannot open {url!r} ({type(exc).__name__}: {msg})") from None
+
+
 def grace_period(study: Study) -> int:
     """ASHA's grace period: ``study.grace_period``, but never shorter than the latest epoch at which a
     method of the search space has fully acted (``BalanceMethod.acting_epoch``: a mu_target trial is
@@ -284,7 +306,9 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
     base_flat = study.base_flat
     metrics = [o.metric for o in study.objectives]
     modes = [o.mode for o in study.objectives]
-    searcher = StudySearch(space=_DefineByRun(study, base_flat),
+    url = storage_url(study, results_dir)
+    searcher = StudySearch(space=_DefineByRun(study, base_flat), study_name=s.name,
+                           storage=open_storage(url) if url else None,
                             metric=metrics if len(metrics) > 1 else metrics[0],
                             mode=modes if len(modes) > 1 else modes[0], sampler=study.sampler())
     scheduler = (ASHAScheduler(time_attr="epoch", metric=f"val_{metric}", mode="max", max_t=study.base.train.epochs,
@@ -309,8 +333,11 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
     from raybal.data import load_data
 
     d = Path(results_dir or Path("results") / study.settings.name).resolve()
-    # Bad data or pretrained weights fail before anything is written (and the data cache is warm for trials).
+    # Bad data, pretrained weights or an unreachable Optuna storage fail before anything is written (and the
+    # data cache is warm for trials).
     check_pretrained(study.base, load_data(study.base.data))
+    if study.settings.storage not in ("sqlite", "memory") and not resume:
+        open_storage(study.settings.storage)
     _prepare(d, study, resume)
     atomic_write_json(study_meta(study, "running"), d / "study.json")
     recorder = Recorder(study, d, quiet=quiet)

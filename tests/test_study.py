@@ -78,6 +78,13 @@ def test_tiny_study_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert set(rob["trial_id"]) == set(ok[ok == "ok"].index)
     meta = json.loads((out / "study.json").read_text())
     assert meta["status"] == "finished" and meta["best"]["metric"] == "final.val_accuracy"
+    # Optuna's own state persists in SQLite beside the tables: a stopped trial is pruned there, not a NaN.
+    import optuna
+
+    ot = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
+    states = [t.state.name for t in ot.trials]
+    assert len(states) == 6 and states.count("COMPLETE") == (ok == "ok").sum()
+    assert states.count("PRUNED") == (ok == "stopped").sum()
     assert "trial" in capsys.readouterr().err  # live progress lines
 
     capsys.readouterr()
@@ -126,8 +133,15 @@ def test_interrupted_study_resumes_without_repeats(tmp_path: Path) -> None:
     before = pd.read_parquet(out / "trials.parquet")
     assert 2 <= len(before) < 5, "the study was not interrupted mid-way"
     assert json.loads((out / "study.json").read_text())["status"] == "interrupted"
+    import optuna
+
+    storage = f"sqlite:///{out / 'optuna.db'}"
+    killed = optuna.load_study(study_name="tiny", storage=storage)  # opens after the driver was stopped
+    assert sum(t.state.name == "COMPLETE" for t in killed.trials) >= 2
 
     assert main(["study", "resume", str(out), "--quiet"]) == 0
+    resumed = optuna.load_study(study_name="tiny", storage=storage)
+    assert sum(t.state.name == "COMPLETE" for t in resumed.trials) == 5
     after = pd.read_parquet(out / "trials.parquet")
     assert len(after) == 5 and after["trial_id"].is_unique
     assert set(before["trial_id"]) <= set(after["trial_id"])  # nothing lost
@@ -160,3 +174,13 @@ def test_a_configuration_already_run_is_not_trained_again(tmp_path: Path) -> Non
         assert not (out / "checkpoints" / tid / "last.pt").exists()  # nothing trained
     epochs = pd.read_parquet(out / "epochs.parquet")
     assert epochs.groupby("trial_id").size().nunique() == 1  # each trial has its (copied) epochs
+
+
+def test_an_unreachable_optuna_storage_is_refused_before_anything_is_written(tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "res"
+    rc = main(["study", "run", str(write_study(tmp_path)), "--results", str(out),
+               "--set", f'study.storage="sqlite:///{tmp_path}/no/such/dir/o.db"'])
+    assert rc == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "study.storage" in err[0], err
