@@ -17,7 +17,6 @@ so a driver killed between a trial's end and the merge loses nothing.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -33,8 +32,10 @@ from raybal.recorder import (
     SKIPPED,
     Recorder,
     claim_slot,
+    index_finished,
     make_callback,
     release_unfinished_slots,
+    reuse_finished,
     slot_holders,
     stopped_result,
 )
@@ -126,51 +127,6 @@ class TrialFn:
         final = {k: v for k, v in result.final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         last = {f"val_{metric}": final.get(f"final.val_{metric}"), "val_loss": final.get("final.val_loss")}
         tune.report({**last, **pending, **final, "epoch": cfg.train.epochs, "done_ok": 1})
-
-
-CONFIGS_DIR = "configs"  # <digest> -> the id of the first trial that finished that resolved config
-
-
-def index_finished(results_dir: Path, cfg: Any, tid: str) -> None:
-    """Remember that trial ``tid`` finished ``cfg`` (the first such trial wins)."""
-    d = results_dir / CONFIGS_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(d / cfg.digest(), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "w") as fh:
-        fh.write(tid)
-
-
-def reuse_finished(results_dir: Path, cfg: Any, tid: str) -> Any:
-    """The result of an earlier trial that finished the same resolved config (``RunConfig.digest``: what
-    the run computes, resources aside), as trial ``tid``'s own record, written beside its checkpoints;
-    None when there is none. Training is deterministic given the config, so the answer is the same and
-    the study's budget goes to configurations it has not seen (a sampler can propose the parameter-free
-    vanilla branch of a conditional space many times). Trials running at the same time are not merged."""
-    entry = results_dir / CONFIGS_DIR / cfg.digest()
-    if not entry.is_file():
-        return None
-    src = entry.read_text().strip()
-    try:
-        prior = pickle.loads((results_dir / "checkpoints" / src / RESULT_FILE).read_bytes())
-    except (OSError, pickle.UnpicklingError, EOFError):
-        return None
-    if prior.status != "ok" or src == tid:
-        return None
-    t0 = time.perf_counter()
-    res = copy.deepcopy(prior)
-    res.trial_id, res.config = tid, cfg  # this trial's own config (the same digest; resources may differ)
-    for rows in (res.epochs, res.utilization, res.robustness):
-        for row in rows:
-            row["trial_id"] = tid
-    res.final["final.reused_from"] = src
-    ckdir = results_dir / "checkpoints" / tid
-    ckdir.mkdir(parents=True, exist_ok=True)
-    res.wall_s = time.perf_counter() - t0
-    atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(res))
-    return res
 
 
 # ----------------------------------------------------------------------------- driver side
