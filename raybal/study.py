@@ -51,6 +51,11 @@ TUNE_DIR = "tune"
 # ----------------------------------------------------------------------------- trial side
 
 
+def _numbers(final: dict[str, Any]) -> dict[str, Any]:
+    """The numeric final metrics (what Tune and Optuna can take)."""
+    return {k: v for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 class TrialFn:
     """The Tune function trainable (a picklable callable: the same object on restore)."""
 
@@ -74,7 +79,7 @@ class TrialFn:
             return
         reused = reuse_finished(self.results_dir, cfg, tid)
         if reused is not None:  # the same resolved config already ran here: its result, not a second training
-            final = {k: v for k, v in reused.final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            final = _numbers(reused.final)
             tune.report({f"val_{metric}": final.get(f"final.val_{metric}"), "val_loss": final.get("final.val_loss"),
                          **final, "epoch": cfg.train.epochs, "done_ok": 1, "reused": 1})
             return
@@ -124,7 +129,7 @@ class TrialFn:
             raise
         atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(result))
         index_finished(self.results_dir, cfg, tid)
-        final = {k: v for k, v in result.final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        final = _numbers(result.final)
         last = {f"val_{metric}": final.get(f"final.val_{metric}"), "val_loss": final.get("final.val_loss")}
         tune.report({**last, **pending, **final, "epoch": cfg.train.epochs, "done_ok": 1})
 

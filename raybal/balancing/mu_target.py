@@ -307,13 +307,17 @@ class MuTarget(BalanceMethod):
         t = (self.target + self.offset).clamp_min(0.0)
         return t / t.sum()
 
+    def _setpoint_on(self, device: torch.device) -> Tensor:
+        """This epoch's set point (float64) on ``device``, moved there once per epoch."""
+        if self._setpoint_dev is None:
+            self._setpoint_dev = self.setpoint().to(device)
+        return self._setpoint_dev
+
     def _dual_step(self, u: Tensor, ok: Tensor) -> None:
         """Dual ascent on max_i |u_i - t_i| <= tolerance (module docstring), on the device; a step whose
         estimate is undefined (``ok`` false) leaves the state alone. ``u`` is the same on every rank (the
         gaps are all-reduced), so is lambda."""
-        if self._setpoint_dev is None:
-            self._setpoint_dev = self.setpoint().to(u.device)
-        err = u.detach().double() - self._setpoint_dev
+        err = u.detach().double() - self._setpoint_on(u.device)
         # The average starts at the first defined step (an undefined first step must not seed it).
         prev = torch.zeros_like(err) if self.err_ema is None else self.err_ema.to(err)
         started = self.ema_started.to(err.device)
@@ -340,9 +344,7 @@ class MuTarget(BalanceMethod):
         ok = ~(d.detach().sum() <= 0.0)
         self.skipped = self.skipped + (~ok).long()
         if self.params.weight == "adaptive":
-            if self._setpoint_dev is None:
-                self._setpoint_dev = self.setpoint().to(u.device)
-            t = self._setpoint_dev.to(u.dtype)
+            t = self._setpoint_on(u.device).to(u.dtype)
         else:
             t = self.target.to(device=u.device, dtype=u.dtype)
         pen = (u - t).pow(2).sum() if self.params.penalty == "l2" else (u - t).abs().sum()

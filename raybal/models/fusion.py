@@ -27,15 +27,14 @@ class EncoderParams:
     width: int | None = knob(None, ge=2, le=512, doc="channels of the first stage; unset = 16 for the cnn and the "
                              "MLP of vector modalities, 64 for resnets, 96 for convnext_tiny (the widths pretrained files have)")
     stages: int = knob(4, ge=1, le=6, doc="conv stages of the cnn (each halves the resolution); resnets, convnext: 4")
-    pretrained: Mapping[str, str] = knob({}, doc="modality -> local .pth / .pt / .safetensors file of ResNet "
-                                          "weights in the torchvision / timm layout (never downloaded)")
+    pretrained: Mapping[str, str] = knob({}, doc="modality -> local .pth / .pt / .safetensors file of ResNet / "
+                                          "ConvNeXt weights in the torchvision / timm layout (never downloaded)")
 
     def validate(self, prefix: str) -> None:
         if self.backbone != "cnn" and self.stages != 4:
             raise ConfigError(f"{prefix}.stages", f"a {self.backbone} has 4 stages (layer1-4), got {self.stages}")
-        if self.pretrained and self.backbone == "cnn":
-            raise ConfigError(f"{prefix}.pretrained", "needs a resnet model.backbone (the cnn has no standard weights)")
-        object.__setattr__(self, "pretrained", check_files(self.pretrained, f"{prefix}.pretrained"))
+        object.__setattr__(self, "pretrained",
+                           check_files(self.pretrained, f"{prefix}.pretrained", self.backbone, "cnn"))
 
 
 @dataclass(frozen=True)

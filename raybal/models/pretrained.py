@@ -54,10 +54,12 @@ def read_state_dict(path: Path, key: str) -> dict[str, Tensor]:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
-def check_files(pretrained: Mapping[str, str], prefix: str) -> FrozenMap:
-    """``model.pretrained`` validated on load: known suffixes, and paths made absolute (against the
-    working directory of the process that reads the run file), so that Ray workers and Tune trials,
-    which run elsewhere, read the same files."""
+def check_files(pretrained: Mapping[str, str], prefix: str, backbone: str, plain: str) -> FrozenMap:
+    """``model.pretrained`` validated on load: a standard backbone (not the model's own ``plain`` one),
+    known suffixes, and paths made absolute (against the working directory of the process that reads
+    the run file), so that Ray workers and Tune trials, which run elsewhere, read the same files."""
+    if pretrained and backbone == plain:
+        raise ConfigError(prefix, f"needs a resnet or convnext model.backbone (the {plain} has no standard weights)")
     out = {}
     for m, file in pretrained.items():
         if not file.lower().endswith(SUFFIXES):

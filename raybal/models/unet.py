@@ -39,9 +39,8 @@ class UNetParams:
     def validate(self, prefix: str) -> None:
         if self.backbone != "unet" and self.depth > 4:
             raise ConfigError(f"{prefix}.depth", f"a {self.backbone} encoder has 4 layers, got depth {self.depth}")
-        if self.pretrained and self.backbone == "unet":
-            raise ConfigError(f"{prefix}.pretrained", "needs a resnet model.backbone (the unet has no standard weights)")
-        object.__setattr__(self, "pretrained", check_files(self.pretrained, f"{prefix}.pretrained"))
+        object.__setattr__(self, "pretrained",
+                           check_files(self.pretrained, f"{prefix}.pretrained", self.backbone, "unet"))
 
 
 class _Down(nn.Module):
@@ -73,15 +72,14 @@ class _ResNetDown(nn.Module):
         self.backbone = ResNet(arch, cin, width)
         self.backbone.truncate(depth)
         self.full = conv_block(cin, max(width // 4, 4))
-        self.depth = depth
-        self.chans = [max(width // 4, 4), self.backbone.stem_channels, *self.backbone.out_channels[:depth]]
+        self.chans = [max(width // 4, 4), self.backbone.stem_channels, *self.backbone.out_channels]
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         outs = [self.full(x)]
         h = self.backbone.stem(x)
         outs.append(h)
         h = self.backbone.maxpool(h)
-        for i in range(self.depth):
+        for i in range(self.backbone.num_stages):
             h = self.backbone.layer(i)(h)
             outs.append(h)
         return tuple(outs)
