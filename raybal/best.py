@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from raybal.constraint import Constraint
+from raybal.intervals import Interval, mean_interval, paired_difference
 from raybal.records import target_columns
 from raybal.results import ResultsError, load_results
 from raybal.tasks import metric_of_columns
@@ -29,29 +30,80 @@ def infer_mode(metric: str) -> str:
 
 
 @dataclass
+class Comparison:
+    """The best configuration minus another one, paired by seed (:func:`raybal.intervals.paired_difference`)."""
+
+    what: str  # "the runner-up" | "the baseline (vanilla)"
+    config_id: str
+    diff: Interval
+    verdict: str  # better | worse | indistinguishable | unknown
+
+    def sentence(self, metric: str) -> str:
+        d = self.diff.format(signed=True)
+        if self.verdict == "unknown":
+            return (f"vs {self.what}: {metric} difference {d}; one seed per configuration gives no interval "
+                    "(set study.repeats >= 2 to tell them apart)")
+        if self.verdict == "indistinguishable":
+            return f"NOT distinguishable from {self.what} ({self.config_id}): difference {d} includes 0"
+        return f"{self.verdict} than {self.what} ({self.config_id}): difference {d}"
+
+    def to_json(self, metric: str) -> dict[str, Any]:
+        return {"config_id": self.config_id, "difference": self.diff.to_json(), "verdict": self.verdict,
+                "sentence": self.sentence(metric)}
+
+
+@dataclass
 class Best:
-    trial_id: str
+    trial_id: str  # the configuration's first replicate
     metric: str
     mode: str
-    value: float
+    value: float  # the mean over the configuration's seeds
     target: dict[str, float] | None
     mu: dict[str, float]
     params: dict[str, Any]
-    row: dict[str, Any]
+    row: dict[str, Any]  # the first replicate's row, numeric finals replaced by their means over seeds
     runners_up: pd.DataFrame
     pareto: pd.DataFrame | None = None
     constraints: list[str] = field(default_factory=list)
-    candidates: int = 0
+    candidates: int = 0  # candidate configurations
+    config_id: str = ""
+    interval: Interval | None = None
+    trial_ids: list[str] = field(default_factory=list)
+    vs_runner_up: Comparison | None = None
+    vs_baseline: Comparison | None = None
+    baseline: str | None = None  # the baseline method, when the study ran one
+    is_baseline: bool = False
+    study: bool = True  # False: a single run's results (nothing to compare)
+    failed: pd.DataFrame | None = None  # configurations with a failed seed: reported, never averaged
+
+    def sentences(self) -> list[str]:
+        out = []
+        if self.is_baseline:
+            out.append(f"the best configuration is the baseline ({self.baseline}) itself")
+        elif self.vs_baseline is not None:
+            out.append(self.vs_baseline.sentence(self.metric))
+        elif self.baseline is None and self.study:
+            out.append("no baseline in this study (study.baseline = \"none\"): nothing to compare the best with")
+        if self.vs_runner_up is not None:
+            out.append(self.vs_runner_up.sentence(self.metric))
+        return out
 
     def to_json(self) -> dict[str, Any]:
-        out = {"trial_id": self.trial_id, "metric": self.metric, "mode": self.mode, "value": self.value,
+        out = {"trial_id": self.trial_id, "config_id": self.config_id, "trial_ids": self.trial_ids,
+               "metric": self.metric, "mode": self.mode, "value": self.value,
+               "interval": self.interval.to_json() if self.interval else None,
                "target": self.target, "mu": self.mu, "params": self.params, "constraints": self.constraints,
-               "candidates": self.candidates,
+               "candidates": self.candidates, "baseline": self.baseline, "is_baseline": self.is_baseline,
+               "vs_baseline": self.vs_baseline.to_json(self.metric) if self.vs_baseline else None,
+               "vs_runner_up": self.vs_runner_up.to_json(self.metric) if self.vs_runner_up else None,
+               "sentences": self.sentences(),
                "test": {k: _plain(v) for k, v in self.row.items() if k.startswith("final.test_")},
                "checkpoint": _plain(self.row.get("checkpoint")),
                "runners_up": json.loads(self.runners_up.to_json(orient="records"))}
         if self.pareto is not None:
             out["pareto"] = json.loads(self.pareto.to_json(orient="records"))
+        if self.failed is not None and not self.failed.empty:
+            out["failed_configs"] = json.loads(self.failed.to_json(orient="records"))
         return out
 
 
@@ -82,9 +134,59 @@ def pareto_front(df: pd.DataFrame, objectives: list[tuple[str, str]]) -> pd.Data
     return df[keep]
 
 
+def _runs(t: pd.DataFrame) -> pd.DataFrame:
+    """The trials with the replicate bookkeeping every reader needs (results written before
+    ``study.repeats`` existed: each trial its own configuration), one row per (configuration, seed): a
+    row that reused another's result (``final.reused_from``) gives way to a trained one."""
+    t = t.copy()
+    if "config_id" not in t:
+        t["config_id"] = t["trial_id"]
+    t["config_id"] = t["config_id"].fillna(t["trial_id"]).astype(str)
+    t["role"] = t["role"].fillna("run") if "role" in t else "run"
+    t["replicate"] = pd.to_numeric(t["replicate"], errors="coerce").fillna(0) if "replicate" in t else 0
+    t["_seed"] = pd.to_numeric(t["train.seed"], errors="coerce").fillna(0).astype(int) if "train.seed" in t else 0
+    reused = t["final.reused_from"].notna() if "final.reused_from" in t else False
+    t["_rank"] = (t["status"] != "ok").astype(int) * 2 + pd.Series(reused, index=t.index).astype(int)
+    t = t.sort_values(["config_id", "_seed", "_rank"], kind="stable")
+    baseline_ids = set(t.loc[t["role"] == "baseline", "config_id"])
+    t = t.drop_duplicates(["config_id", "_seed"])
+    t.loc[t["config_id"].isin(baseline_ids), "role"] = "baseline"
+    return t.sort_values(["config_id", "replicate"], kind="stable").drop(columns="_rank")
+
+
+def config_table(t: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per configuration: its first replicate's columns, numeric ``final.*`` / ``robust.*``
+    columns as the mean over its ``ok`` seeds, and ``n_ok`` / ``n_failed`` / ``n_stopped``,
+    ``<metric>.low`` / ``.high`` (the 95 % interval of the metric, NaN under two seeds)."""
+    runs = _runs(t)
+    out = []
+    for cid, g in runs.groupby("config_id", sort=False):
+        ok = g[(g["status"] == "ok") & pd.to_numeric(g[metric], errors="coerce").notna()] if metric in g else g[:0]
+        row = (ok if not ok.empty else g).iloc[0].to_dict()
+        for c in g.columns:
+            if c.startswith(("final.", "robust.")) and not ok.empty:
+                vals = pd.to_numeric(ok[c], errors="coerce")  # text (reused_from) -> NaN; bools -> a fraction
+                if vals.notna().any():
+                    row[c] = float(vals.astype(float).mean())
+        iv = mean_interval(pd.to_numeric(ok[metric], errors="coerce").tolist()) if not ok.empty else None
+        row.update({"config_id": cid, "n_ok": len(ok), "n_failed": int((g["status"] == "failed").sum()),
+                    "n_stopped": int((g["status"] == "stopped").sum()), "trial_ids": list(g["trial_id"].astype(str)),
+                    f"{metric}.low": iv.low if iv else math.nan, f"{metric}.high": iv.high if iv else math.nan,
+                    "_values": dict(zip(ok["_seed"], pd.to_numeric(ok[metric], errors="coerce"), strict=True))})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _compare(best: dict[str, Any], other: dict[str, Any], what: str, mode: str) -> Comparison:
+    diff = paired_difference(best["_values"], other["_values"])
+    return Comparison(what, str(other["config_id"]), diff, diff.verdict(mode))
+
+
 def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | None = None,
                constraints: list[str] | None = None, top: int = 5) -> Best:
-    """The best ``ok`` trial under ``metric`` (default: the study's objective) and the constraints."""
+    """The best configuration under ``metric`` (default: the study's objective) and the constraints:
+    the highest (lowest) mean over its seeds among configurations whose every seed finished ``ok``;
+    constraints hold on the means. Compared with the runner-up and the study's baseline, paired by seed."""
     res = load_results(results_dir)
     t = res.trials
     if t.empty:
@@ -102,31 +204,45 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
     for c in cons:
         if c.metric not in t.columns:
             raise ResultsError(f"constraint {c}: {c.metric!r} is not a column of trials.parquet")
-    ok = t[(t["status"] == "ok") & pd.to_numeric(t[metric], errors="coerce").notna()]
+    configs = config_table(t, metric)
+    complete = configs[(configs["n_ok"] > 0) & (configs["n_failed"] == 0) & (configs["n_stopped"] == 0)]
+    ok = complete
     for c in cons:
         ok = ok[ok[c.metric].map(c.holds)]
     if ok.empty:
-        raise ResultsError(f"no trial with status ok meets {', '.join(map(str, cons)) or 'the selection'} "
-                           f"({len(t)} trials recorded)")
+        raise ResultsError(f"no configuration whose every seed finished ok meets "
+                           f"{', '.join(map(str, cons)) or 'the selection'} ({len(t)} trials recorded)")
     ranked = ok.sort_values(metric, ascending=mode == "min", kind="stable")
     row = ranked.iloc[0].to_dict()
     mods = [c.split(".", 2)[2] for c in t.columns if c.startswith("final.mu.")]
     tcols = target_columns(t.columns)
     target = {m: float(row[tcols[m]]) for m in mods if m in tcols and pd.notna(row[tcols[m]])} or None
     searched = searched_columns(t, res.meta)
-    show = ["trial_id", metric] + [c for c in searched if c != metric] + [f"final.mu.{m}" for m in mods]
-    show += [c for c in ("final.test_accuracy", "final.test_miou") if c in t.columns]
+    show = ["config_id", "n_ok", metric, f"{metric}.low", f"{metric}.high"] + [c for c in searched if c != metric]
+    show += [f"final.mu.{m}" for m in mods] + [c for c in ("final.test_accuracy", "final.test_miou") if c in t.columns]
+    base_method = res.meta.get("baseline") if res.meta.get("kind") == "study" else None
+    base = configs[(configs["role"] == "baseline") & (configs["n_ok"] > 0)]
+    vs_base = vs_next = None
+    is_base = bool(row["role"] == "baseline")
+    if not base.empty and not is_base:
+        vs_base = _compare(row, base.iloc[0].to_dict(), f"the baseline ({base_method})", mode)
+    if len(ranked) > 1:
+        vs_next = _compare(row, ranked.iloc[1].to_dict(), "the runner-up", mode)
     pareto = None
     objectives = res.meta.get("objectives", [])
     if len(objectives) > 1:
         objs = [(o["metric"], o["mode"]) for o in objectives if o["metric"] in ok.columns]
-        cols = list(dict.fromkeys(["trial_id"] + [m for m, _ in objs] + searched))
+        cols = list(dict.fromkeys(["config_id", "trial_id", "n_ok"] + [m for m, _ in objs] + searched))
         pareto = pareto_front(ok, objs)[cols].reset_index(drop=True)
+    failed = configs.loc[configs["n_failed"] > 0, ["config_id", "n_ok", "n_failed", "n_stopped", *searched]]
     return Best(trial_id=str(row["trial_id"]), metric=metric, mode=mode, value=float(row[metric]), target=target,
                 mu={m: float(row[f"final.mu.{m}"]) for m in mods if pd.notna(row.get(f"final.mu.{m}"))},
-                params={c: _plain(row[c]) for c in searched}, row=row,
-                runners_up=ranked[list(dict.fromkeys(show))].iloc[1:top + 1].reset_index(drop=True), pareto=pareto,
-                constraints=[str(c) for c in cons], candidates=len(ok))
+                params={c: _plain(row[c]) for c in searched}, row={k: v for k, v in row.items() if k != "_values"},
+                runners_up=ranked[list(dict.fromkeys(c for c in show if c in ranked))].iloc[1:top + 1]
+                .reset_index(drop=True), pareto=pareto, constraints=[str(c) for c in cons], candidates=len(ok),
+                config_id=str(row["config_id"]), interval=mean_interval(list(row["_values"].values())),
+                trial_ids=list(row["trial_ids"]), vs_runner_up=vs_next, vs_baseline=vs_base,
+                baseline=base_method, is_baseline=is_base, study=res.meta.get("kind") == "study", failed=failed.reset_index(drop=True))
 
 
 def best_target(results_dir: str | Path, metric: str | None = None, **kw: Any) -> dict[str, float] | None:
@@ -135,16 +251,24 @@ def best_target(results_dir: str | Path, metric: str | None = None, **kw: Any) -
 
 
 def format_best(b: Best) -> str:
-    lines = [f"best trial {b.trial_id}: {b.metric} = {b.value:.4f} ({b.mode}; {b.candidates} candidate trials"
-             + (f", constraints: {'; '.join(b.constraints)}" if b.constraints else "") + ")"]
+    n = b.interval.n if b.interval else 1
+    value = b.interval.format() if b.interval and n > 1 else f"{b.value:.4f}"
+    lines = [f"best configuration {b.config_id} (first run {b.trial_id}): {b.metric} = {value} ({b.mode}; "
+             f"{b.candidates} candidate configurations" + (f", constraints: {'; '.join(b.constraints)}"
+                                                           if b.constraints else "") + ")"]
+    lines += [f"  {s}" for s in b.sentences()]
     if b.target:
         lines.append("target utilization: " + "  ".join(f"{m} {v:.3f}" for m, v in b.target.items()))
     if b.mu:
-        lines.append("achieved test MU:   " + "  ".join(f"{m} {v:.3f}" for m, v in b.mu.items()))
+        lines.append("achieved test MU:   " + "  ".join(f"{m} {v:.3f}" for m, v in b.mu.items())
+                     + (f"  (mean of {n} seeds)" if n > 1 else ""))
     met, err, tol = b.row.get("final.target_met"), b.row.get("final.target_error"), b.row.get("balance.tolerance")
     if isinstance(err, (int, float)) and err == err and met is not None and met == met:
         within = f" (tolerance {tol:g})" if isinstance(tol, (int, float)) and tol == tol else ""
-        lines.append(f"target met on test: {'yes' if met else 'NO'}, error {err:.3f}{within}")
+        if n > 1:
+            lines.append(f"target met on test: {float(met):.0%} of seeds, mean error {err:.3f}{within}")
+        else:
+            lines.append(f"target met on test: {'yes' if met else 'NO'}, error {err:.3f}{within}")
     for k, v in b.params.items():
         lines.append(f"  {k} = {v}")
     # the test metric and the methods' own test metrics; per-modality measures stay in the tables
@@ -152,8 +276,11 @@ def format_best(b: Best) -> str:
              and "." not in k[len("final."):] and isinstance(v, (int, float)) and v == v}
     if tests:
         lines.append("reported (not optimised): " + "  ".join(f"{k} {v:.4f}" for k, v in tests.items()))
+    fmt = {"float_format": lambda v: f"{v:.4f}", "index": False}
     if not b.runners_up.empty:
-        lines += ["", "runners-up:", b.runners_up.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
+        lines += ["", "runners-up (means over seeds; .low/.high: 95 % interval):", b.runners_up.to_string(**fmt)]
     if b.pareto is not None:
-        lines += ["", "Pareto set:", b.pareto.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
+        lines += ["", "Pareto set:", b.pareto.to_string(**fmt)]
+    if b.failed is not None and not b.failed.empty:
+        lines += ["", "configurations with a failed seed (not ranked):", b.failed.to_string(**fmt)]
     return "\n".join(lines)

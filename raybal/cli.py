@@ -216,10 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--quiet", action="store_true")
     sm.set_defaults(func=cmd_study_resume)
 
-    b = sub.add_parser("best", help="the best trial's target utilization and hyperparameters",
-                       description="Pick the best trial of a results directory (status ok, constraints met) by a "
-                                   "validation metric; print its target, achieved MU, searched values, the "
-                                   "runners-up and, for multi-objective studies, the Pareto set.")
+    b = sub.add_parser("best", help="the best configuration (mean ± 95 % CI over seeds, vs baseline and runner-up)",
+                       description="Pick the best configuration of a results directory by a validation metric: "
+                                   "the best mean over its seeds (study.repeats) among configurations whose every "
+                                   "seed finished ok and whose means meet the constraints. Print the mean with its "
+                                   "95 %% interval, the difference to the study's baseline and to the runner-up "
+                                   "(paired by seed, with intervals, and whether they are distinguishable), the "
+                                   "target, achieved MU, searched values, the runners-up and, for multi-objective "
+                                   "studies, the Pareto set.")
     b.add_argument("results", help="a results directory written by raybal study run or raybal train")
     b.add_argument("--metric", help="a trials.parquet column (default: the study's objective)")
     b.add_argument("--mode", choices=["max", "min"], help="default: the study's, else min for loss/error metrics")

@@ -325,10 +325,11 @@ class RunConfig:
         """Dotted names -> scalar values (lists as JSON), for ``trials.parquet`` columns."""
         return flatten_dict(self.to_dict())
 
-    def digest(self) -> str:
-        """A hash of what the run computes: resource knobs (``knob(resource=True)``) are left out."""
+    def digest(self, *, seed: bool = True) -> str:
+        """A hash of what the run computes, resource knobs (``knob(resource=True)``) left out; with
+        ``seed=False`` also ``train.seed``: the *configuration* its replicate seeds share (``config_id``)."""
         d = self.to_dict()
-        d["train"] = {k: v for k, v in d["train"].items() if k not in RESOURCE_KEYS}
+        d["train"] = {k: v for k, v in d["train"].items() if k not in RESOURCE_KEYS and (seed or k != "seed")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -56,6 +56,9 @@ class StudySettings:
     constraints: tuple[str, ...] = ()
     cpus_per_trial: int = knob(1, ge=1, doc="CPU threads per one-worker trial")
     trial_retries: int = knob(1, ge=0, doc="restarts of a trial whose process died or raised (from its last epoch)")
+    repeats: int = knob(1, ge=1, doc="seeds per configuration (train.seed, +1, ...); Optuna sees their mean")
+    baseline: str = knob("vanilla", doc="the balancing method every answer is compared with, run with the base "
+                         "file's data, model and training settings and the same seeds; \"none\" for no baseline")
     storage: str = knob("sqlite", doc="Optuna's storage: sqlite (optuna.db in the results directory), memory, "
                         "or an RDB URL such as postgresql://host/db for a cluster")
 
@@ -64,6 +67,9 @@ class StudySettings:
             raise ConfigError(f"{prefix}.objectives", "give either objective (+ mode) or objectives, not both")
         for i, c in enumerate(self.constraints):
             Constraint.parse(c, f"{prefix}.constraints[{i}]")
+        if self.baseline != "none" and self.baseline not in METHODS:
+            raise ConfigError(f"{prefix}.baseline", f"unknown balancing method {self.baseline!r} "
+                              f"(known: {', '.join(METHODS.names())}, or \"none\")")
         for metric, mode in self.objectives.items():
             if mode not in ("max", "min"):
                 raise ConfigError(f"{prefix}.objectives.{metric}", f"mode must be 'max' or 'min', got {mode!r}")

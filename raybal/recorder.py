@@ -3,7 +3,7 @@
 * Trial slots: Tune snapshots its experiment state every second or so; a driver killed between
   snapshots forgets the trials it started since, and the restored study would start as many again
   (a re-drawn point, a new id): one trial too many. So every trial first claims one of the study's
-  ``num_samples`` slots (an O_EXCL file holding its id, on the results directory's storage). A trial
+  ``Study.runs`` slots (an O_EXCL file holding its id, on the results directory's storage). A trial
   that finds no free slot is skipped: it trains nothing and is not recorded. On resume, slots of
   trials that never finished are released.
 * :class:`Recorder`: the Tune callback on the driver, the only writer of the Parquet tables. Each
@@ -60,6 +60,7 @@ def slot_holders(results_dir: Path) -> set[str]:
 
 
 def release_unfinished_slots(results_dir: Path) -> None:
+    release_configs(results_dir)
     sd = results_dir / "slots"
     for f in sd.iterdir() if sd.is_dir() else []:
         tid = f.read_text()
@@ -74,7 +75,8 @@ def stopped_result(study: Study, tid: str, params: dict[str, Any], ckdir: Path, 
         cfg = study.space.trial_config(study.base_raw, params)
     except ConfigError:
         cfg = study.base
-    r = RunResult(trial_id=tid, config=cfg, status=status, error=error)
+    r = RunResult(trial_id=tid, config=cfg, status=status, error=error, replicate=int(params.get("_replicate", 0)),
+                  role=str(params.get("_role", "search")))
     recs = checkpoint.read_records(ckdir / checkpoint.LAST)
     if recs is not None:  # None: no checkpoint, or one torn by a killed process; the config row still counts
         r.epochs, r.utilization, r.wall_s = recs
@@ -105,7 +107,7 @@ class Recorder:
         mus = " ".join(f"{k[3:]} {v:.2f}" for k, v in result.items() if k.startswith("mu."))
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         epochs = self.study.base.train.epochs
-        status_line(f"[{done}/{self.study.settings.num_samples} done] trial {trial.trial_id} epoch "
+        status_line(f"[{done}/{self.study.runs} done] trial {trial.trial_id} epoch "
                      f"{result['epoch']}/{epochs}  {metric} {result.get(metric, float('nan')):.3f}"
                      + (f"  MU {mus}" if mus else ""))
 
@@ -120,7 +122,7 @@ class Recorder:
         path = ckdir / RESULT_FILE
         if (ckdir / SKIPPED).is_file():
             if not self.quiet:
-                status_line(f"trial {tid} skipped: the study already holds {self.study.settings.num_samples} trials")
+                status_line(f"trial {tid} skipped: the study already holds its {self.study.runs} runs")
             return None
         if path.is_file():
             result: RunResult = pickle.loads(path.read_bytes())
@@ -129,6 +131,7 @@ class Recorder:
         else:
             result = stopped_result(self.study, tid, params, ckdir, "failed", error or "trial process died")
         write_results(self.results_dir, [result])
+        release_configs(self.results_dir, tid)  # a trial waiting on this one's config goes on
         self.recorded.add(tid)
         if not self.quiet:
             what = {"ok": "finished", "stopped": "stopped early (ASHA)", "failed": f"FAILED: {result.error}"}
@@ -182,12 +185,13 @@ def index_finished(results_dir: Path, cfg: Any, tid: str) -> None:
         fh.write(tid)
 
 
-def reuse_finished(results_dir: Path, cfg: Any, tid: str) -> Any:
+def reuse_finished(results_dir: Path, cfg: Any, tid: str, replicate: int = 0, role: str = "search") -> Any:
     """The result of an earlier trial that finished the same resolved config (``RunConfig.digest``: what
     the run computes, resources aside), as trial ``tid``'s own record, written beside its checkpoints;
     None when there is none. Training is deterministic given the config, so the answer is the same and
     the study's budget goes to configurations it has not seen (a sampler can propose the parameter-free
-    vanilla branch of a conditional space many times). Trials running at the same time are not merged."""
+    vanilla branch of a conditional space many times). A trial whose config another trial is training
+    right now waits for it (:func:`await_config`)."""
     entry = results_dir / CONFIGS_DIR / cfg.digest()
     if not entry.is_file():
         return None
@@ -201,6 +205,7 @@ def reuse_finished(results_dir: Path, cfg: Any, tid: str) -> Any:
     t0 = time.perf_counter()
     res = copy.deepcopy(prior)
     res.trial_id, res.config = tid, cfg  # this trial's own config (the same digest; resources may differ)
+    res.replicate, res.role = replicate, role
     for rows in (res.epochs, res.utilization, res.robustness):
         for row in rows:
             row["trial_id"] = tid
@@ -210,3 +215,50 @@ def reuse_finished(results_dir: Path, cfg: Any, tid: str) -> Any:
     res.wall_s = time.perf_counter() - t0
     atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(res))
     return res
+
+
+RUNNING = ".running"  # configs/<digest>.running: the id of the trial training that config now
+
+
+def _claim_config(results_dir: Path, cfg: Any, tid: str) -> str | None:
+    """Claim the training of ``cfg`` for trial ``tid``: None when it is ours, else the holder's id."""
+    d = results_dir / CONFIGS_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{cfg.digest()}{RUNNING}"
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = path.read_text().strip()
+            except FileNotFoundError:
+                continue  # released between the two calls: try again
+            return None if holder in (tid, "") else holder  # "": a claim being written; ours (a restart)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(tid)
+        return None
+
+
+def await_config(results_dir: Path, cfg: Any, tid: str, replicate: int = 0, role: str = "search",
+                 poll_s: float = 0.5) -> Any:
+    """Reuse or claim ``cfg``: while another trial trains the same resolved config, wait; then its result
+    as this trial's (:func:`reuse_finished`), or None (the other trial was stopped or failed, or there was
+    none): this trial holds the claim and trains the config itself. The claim is released by
+    :func:`release_configs` when the trial ends (by the trial, and by the driver when it records it)."""
+    while _claim_config(results_dir, cfg, tid) is not None:
+        time.sleep(poll_s)
+    reused = reuse_finished(results_dir, cfg, tid, replicate, role)
+    if reused is not None:
+        release_configs(results_dir, tid)
+    return reused
+
+
+def release_configs(results_dir: Path, tid: str | None = None) -> None:
+    """Drop the training claims of trial ``tid`` (None: every claim, for a resumed study)."""
+    d = results_dir / CONFIGS_DIR
+    for f in d.glob(f"*{RUNNING}") if d.is_dir() else []:
+        try:
+            if tid is None or f.read_text().strip() == tid:
+                f.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass

@@ -34,7 +34,8 @@ KEYS = {
 }
 # Columns every table has even when no row fills them (nullable), so readers can rely on them.
 REQUIRED = {
-    "trials": ["trial_id", "status", "error", "config_json", "wall_s", "raybal_version"],
+    "trials": ["trial_id", "status", "error", "config_id", "replicate", "role", "config_json", "wall_s",
+               "raybal_version"],
     "epochs": ["trial_id", "epoch", "split", "loss", "lambda_mu"],
     "utilization": ["trial_id", "epoch", "split", "modality", "mu", "cond_util", "ablation_util", "learning_speed"],
     "robustness": ["trial_id", "split", "modality", "corruption", "level"],
@@ -59,6 +60,8 @@ class RunResult:
     final: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
     checkpoint: str | None = None
+    replicate: int = 0  # the seed index among a study configuration's `study.repeats` runs
+    role: str = "run"  # "run" (raybal train), "search" (a study's proposal) or "baseline" (study.baseline)
 
 
 def one_line(exc: BaseException) -> str:
@@ -167,6 +170,9 @@ def trial_row(r: RunResult) -> dict[str, Any]:
     row.update(r.config.flatten())
     row["config_json"] = r.config.to_json()
     row["config_digest"] = r.config.digest()
+    # the configuration without its seed: the replicates of one study configuration share it
+    row["config_id"] = r.config.digest(seed=False)
+    row["replicate"], row["role"] = r.replicate, r.role
     row.update(r.final)
     row["wall_s"] = r.wall_s
     row["raybal_version"] = __version__

@@ -10,6 +10,13 @@ told as **pruned**, a final report with a non-finite objective and a trial that 
 Optuna's sampler and any dashboard see what happened. Reports to a trial that the persistent storage
 already holds as finished (a resumed study; Tune's snapshot is older than the database) are
 ignored. Imported lazily (Ray only at the edges).
+
+Replicates and the baseline (``study.repeats``, ``study.baseline``): the first ``repeats`` trials
+this searcher hands out are the baseline's (no Optuna trial: the baseline is the reference, not a
+proposal); after them every configuration Optuna proposes is handed out ``repeats`` times, once per
+seed, one after the other so they run side by side. Optuna is told once per configuration, when its
+last replicate ends: the mean of the objectives when every replicate finished, *failed* when one
+failed, *pruned* when one was stopped. Per-epoch reports reach Optuna from the first replicate only.
 """
 
 from __future__ import annotations
@@ -20,26 +27,81 @@ from typing import Any
 from ray.tune.search.optuna import OptunaSearch
 
 
+def replicate(values: dict[str, Any], k: int, role: str, base_seed: int) -> dict[str, Any]:
+    """Search point ``values`` as its ``k``-th replicate: seed ``base_seed + k`` (replicate k of every
+    configuration shares its seed with the baseline's, so differences pair by seed). ``_replicate`` and
+    ``_role`` are for the trial (not config keys)."""
+    seeded = {"train.seed": base_seed + k} if "train.seed" not in values else {}
+    return {**values, **seeded, "_replicate": k, "_role": role}
+
+
 class StudySearch(OptunaSearch):
+    def __init__(self, *args: Any, repeats: int = 1, baseline: str | None = None, base_seed: int = 0,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._repeats, self._baseline, self._base_seed = repeats, baseline, base_seed
+        self._baseline_left = repeats if baseline else 0
+        self._queue: list[tuple[str, dict[str, Any], int]] = []  # (leader, values, replicate) still to hand out
+        self._leader: dict[str, str] = {}  # Tune trial id -> the id of its configuration's first replicate
+        self._outcomes: dict[str, dict[str, tuple[dict[str, Any] | None, bool]]] = {}  # leader -> tid -> told
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        k, seed = self._repeats, self._base_seed
+        if self._baseline_left:
+            self._baseline_left -= 1
+            return replicate({"balance.method": self._baseline}, k - 1 - self._baseline_left, "baseline", seed)
+        if self._queue:
+            leader, values, rep = self._queue.pop(0)
+            self._leader[trial_id] = leader
+            return replicate(values, rep, "search", seed)
+        values = super().suggest(trial_id)
+        if values is None:
+            return None
+        self._leader[trial_id] = trial_id
+        self._outcomes[trial_id] = {}
+        self._queue.extend((trial_id, dict(values), rep) for rep in range(1, k))
+        return replicate(values, 0, "search", seed)
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         # A resumed study restores this searcher from Tune's last snapshot while a persistent storage
         # (study.storage) is newer: a trial the snapshot thought running may be finished there already.
         # Its reports are then history, not news (optuna refuses them: UpdateFinishedTrialError).
         from optuna.exceptions import UpdateFinishedTrialError
 
+        if self._leader.get(trial_id) != trial_id:
+            return  # the baseline, or a later replicate
         try:
             super().on_trial_result(trial_id, result)
         except UpdateFinishedTrialError:
             pass
 
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+    def _told(self, result: dict[str, Any] | None, error: bool) -> tuple[dict[str, Any] | None, bool]:
+        """What Optuna should hear about one run: (result, error); (None, False) is pruned."""
         if error:
-            result = None  # a trial that raised after some reports: failed (Ray would tell its last value)
-        elif result:
+            return None, True  # a trial that raised after some reports: failed (Ray would tell its last value)
+        if not result or not result.get("done_ok"):
+            return None, False  # stopped early (or skipped): pruned
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [result.get(m) for m in metrics]
+        if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+            return None, True  # finished without a finite objective: failed
+        return result, False
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        leader = self._leader.get(trial_id)
+        if leader is None or leader not in self._outcomes:
+            return  # the baseline (or a configuration already told)
+        runs = self._outcomes[leader]
+        runs[trial_id] = self._told(result, error)
+        if len(runs) < self._repeats:
+            return
+        del self._outcomes[leader]
+        told = list(runs.values())
+        if any(err for _, err in told):
+            super().on_trial_complete(leader, result=None, error=True)
+        elif any(r is None for r, _ in told):
+            super().on_trial_complete(leader, result=None, error=False)
+        else:
             metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-            values = [result.get(m) for m in metrics]
-            if not result.get("done_ok"):
-                result = None  # stopped early (or skipped): OptunaSearch tells it as pruned
-            elif any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
-                result, error = None, True  # finished without a finite objective: failed
-        super().on_trial_complete(trial_id, result=result, error=error)
+            mean = {m: sum(float(r[m]) for r, _ in told) / len(told) for m in metrics}  # type: ignore[index]
+            super().on_trial_complete(leader, result=mean, error=False)

@@ -154,6 +154,12 @@ class Study:
         return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
 
     @property
+    def runs(self) -> int:
+        """The runs (Tune trials) the study makes: (num_samples + the baseline) x repeats."""
+        s = self.settings
+        return (s.num_samples + (s.baseline != "none")) * s.repeats
+
+    @property
     def base_flat(self) -> dict[str, Any]:
         return flatten_dict(self.base.to_dict())
 
@@ -255,6 +261,15 @@ def study_from_dict(raw: Mapping[str, Any], source: str = "", overrides: Mapping
     objectives = resolve_objectives(settings, base, space.methods())
     constraints = tuple(Constraint.parse(c, f"study.constraints[{i}]") for i, c in enumerate(settings.constraints))
     _probe(space, base_raw, base)
+    if settings.repeats > 1 and "train.seed" in {p.key for p in space.params}:
+        raise ConfigError("search.train.seed", "cannot be searched with study.repeats > 1 (the replicates' seeds "
+                          "are train.seed, train.seed + 1, ...)")
+    if settings.baseline != "none":
+        try:
+            space.trial_config(base_raw, {"balance.method": settings.baseline})
+        except ConfigError as exc:
+            raise ConfigError("study.baseline", f"{settings.baseline!r} cannot run on this base file: "
+                              f"{exc.key}: {exc.message}") from None
     return Study(settings, dict(base_raw), base, space, objectives, constraints, source,
                  copy.deepcopy(dict(raw)), dict(overrides or {}))
 

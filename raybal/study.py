@@ -31,11 +31,12 @@ from raybal.recorder import (
     RESULT_FILE,
     SKIPPED,
     Recorder,
+    await_config,
     claim_slot,
     index_finished,
     make_callback,
+    release_configs,
     release_unfinished_slots,
-    reuse_finished,
     slot_holders,
     stopped_result,
 )
@@ -69,15 +70,16 @@ class TrialFn:
 
         tid = tune.get_context().get_trial_id()
         values = dict(params)
+        rep, role = int(values.get("_replicate", 0)), str(values.get("_role", "search"))
         cfg = self.study.space.trial_config(self.study.base_raw, values)
         metric = metric_name(cfg.data.params.task)
-        if not claim_slot(self.results_dir, tid, self.study.settings.num_samples):
+        if not claim_slot(self.results_dir, tid, self.study.runs):
             atomic_write_bytes(self.results_dir / "checkpoints" / tid / SKIPPED, b"")
             nan = {o.metric: math.nan for o in self.study.objectives}
             tune.report({**nan, f"val_{metric}": math.nan, "val_loss": math.nan, "epoch": cfg.train.epochs,
                          "skipped": 1})
             return
-        reused = reuse_finished(self.results_dir, cfg, tid)
+        reused = await_config(self.results_dir, cfg, tid, rep, role)  # None: this trial trains it
         if reused is not None:  # the same resolved config already ran here: its result, not a second training
             final = _numbers(reused.final)
             tune.report({f"val_{metric}": final.get(f"final.val_{metric}"), "val_loss": final.get("final.val_loss"),
@@ -106,7 +108,8 @@ class TrialFn:
             if "epoch" not in event:
                 return
             if event["epoch"] < event["epochs"]:
-                tune.report(epoch_report(event))
+                if role != "baseline":  # the baseline is the reference: ASHA never sees it before its end
+                    tune.report(epoch_report(event))
             else:  # the last epoch is reported once, with the final metrics
                 pending.update(epoch_report(event))
 
@@ -123,12 +126,16 @@ class TrialFn:
                 result = fit(cfg, trial_id=tid, checkpoint_dir=ckdir, progress=progress)
         except Exception as exc:
             failed = failed_result(cfg, tid, exc, time.perf_counter() - t0)
+            failed.replicate, failed.role = rep, role
             done = stopped_result(self.study, tid, values, ckdir, "failed", failed.error)
             failed.epochs, failed.utilization = done.epochs, done.utilization  # the epochs it did finish
             atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(failed))
+            release_configs(self.results_dir, tid)
             raise
+        result.replicate, result.role = rep, role
         atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(result))
         index_finished(self.results_dir, cfg, tid)
+        release_configs(self.results_dir, tid)
         final = _numbers(result.final)
         last = {f"val_{metric}": final.get(f"final.val_{metric}"), "val_loss": final.get("final.val_loss")}
         tune.report({**last, **pending, **final, "epoch": cfg.train.epochs, "done_ok": 1})
@@ -154,6 +161,7 @@ def study_meta(study: Study, status: str, extra: dict[str, Any] | None = None) -
         "study_resolved": study.resolved, "overrides": study.overrides,
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in study.objectives],
         "constraints": [str(c) for c in study.constraints], "num_samples": s.num_samples, "seed": s.seed,
+        "repeats": s.repeats, "baseline": None if s.baseline == "none" else s.baseline, "runs": study.runs,
         "scheduler": s.scheduler, "base_config": study.base.to_dict(), "searched": study.space.columns(), "versions": environment(),
         "best": {"metric": study.objectives[0].metric, "mode": study.objectives[0].mode,
                  "constraints": [str(c) for c in study.constraints],
@@ -242,7 +250,7 @@ def _concurrency(study: Study) -> int:
         n = min(n, max(int(ray.available_resources().get("GPU", 0)) // max(tc.workers, 1), 1))
     if s.max_concurrent:
         n = min(n, s.max_concurrent)
-    return max(min(n, s.num_samples), 1)
+    return max(min(n, study.runs), 1)
 
 
 def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -> Any:
@@ -268,7 +276,8 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
     metrics = [o.metric for o in study.objectives]
     modes = [o.mode for o in study.objectives]
     url = storage_url(study, results_dir)
-    searcher = StudySearch(space=_DefineByRun(study, base_flat), study_name=s.name,
+    searcher = StudySearch(space=_DefineByRun(study, base_flat), study_name=s.name, repeats=s.repeats,
+                           baseline=None if s.baseline == "none" else s.baseline, base_seed=study.base.train.seed,
                            storage=open_storage(url) if url else None,
                             metric=metrics if len(metrics) > 1 else metrics[0],
                             mode=modes if len(modes) > 1 else modes[0], sampler=study.sampler())
@@ -278,7 +287,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
                  if s.scheduler == "asha" else FIFOScheduler())
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=study.runs,
                                     max_concurrent_trials=_concurrency(study), reuse_actors=True),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(results_dir), verbose=0,
                                   callbacks=[make_callback(recorder)],
@@ -311,7 +320,7 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
         reconcile(study, d, recorder, grid)
         results = load_results(d)
         n = len(results.trials)
-        status = "finished" if n >= study.settings.num_samples else "interrupted"
+        status = "finished" if n >= study.runs else "interrupted"
     finally:
         meta = study_meta(study, status, {"wall_s": time.perf_counter() - t0})
         atomic_write_json(meta, d / "study.json")

@@ -39,3 +39,35 @@ def test_multi_objective_stopped_trials_are_pruned_too() -> None:
     s.on_trial_complete("b", {"robust.val_mean_accuracy": 0.7, "final.val_accuracy": 0.9, "done_ok": 1})
     assert [t.state for t in s._ot_study.trials] == [TrialState.PRUNED, TrialState.COMPLETE]
     assert s._ot_study.trials[1].values == [0.7, 0.9]
+
+
+def test_replicates_share_a_point_and_optuna_hears_their_mean_once() -> None:
+    s = StudySearch(space={"x": tune.uniform(0.0, 1.0)}, metric="m", mode="max", repeats=3, baseline="vanilla",
+                    base_seed=10, sampler=optuna.samplers.RandomSampler(seed=0))
+    base = [s.suggest(f"b{k}") for k in range(3)]
+    assert [b["train.seed"] for b in base] == [10, 11, 12] and {b["_role"] for b in base} == {"baseline"}
+    assert all(b["balance.method"] == "vanilla" for b in base)
+    a = [s.suggest(f"a{k}") for k in range(3)]  # one Optuna point, three seeds
+    c = [s.suggest(f"c{k}") for k in range(3)]
+    assert len({p["x"] for p in a}) == 1 and [p["train.seed"] for p in a] == [10, 11, 12]
+    assert [p["_replicate"] for p in c] == [0, 1, 2] and c[0]["x"] != a[0]["x"]
+    assert len(s._ot_study.trials) == 2  # the baseline is not an Optuna trial
+    for k, v in enumerate([0.5, 0.6, 0.7]):
+        s.on_trial_result(f"a{k}", {"m": v, "training_iteration": 1})  # only a0's reaches Optuna
+        s.on_trial_complete(f"b{k}", {"m": 0.1, "done_ok": 1})  # ignored
+    s.on_trial_complete("a1", {"m": 0.6, "done_ok": 1})
+    s.on_trial_complete("a0", {"m": 0.5, "done_ok": 1})
+    assert s._ot_study.trials[0].state == TrialState.RUNNING  # waits for its last seed
+    s.on_trial_complete("a2", {"m": 0.7, "done_ok": 1})
+    first = s._ot_study.trials[0]
+    assert first.state == TrialState.COMPLETE and first.value == 0.6 and first.intermediate_values == {1: 0.5}
+    # one failed seed fails the configuration (not averaged over the rest); a stopped one prunes it
+    s.on_trial_complete("c0", {"m": 0.9, "done_ok": 1})
+    s.on_trial_complete("c1", {"m": 0.9, "done_ok": 1})
+    s.on_trial_complete("c2", None, error=True)
+    assert s._ot_study.trials[1].state == TrialState.FAIL
+    d = [s.suggest(f"d{k}") for k in range(3)]
+    assert d[0] is not None
+    for k in range(3):
+        s.on_trial_complete(f"d{k}", {"m": 0.9, "epoch": 1} if k == 1 else {"m": 0.9, "done_ok": 1})
+    assert s._ot_study.trials[2].state == TrialState.PRUNED

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from raybal.best import best_trial
 from raybal.cli import main
 
 STUDY = """
@@ -62,12 +63,16 @@ def test_tiny_study_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = tmp_path / "res"
     rc = main(["study", "run", str(write_study(tmp_path)), "--results", str(out)])
     assert rc == 0
-    trials = pd.read_parquet(out / "trials.parquet")
-    assert len(trials) == 6 and trials["trial_id"].is_unique
+    everything = pd.read_parquet(out / "trials.parquet")
+    assert len(everything) == 7 and everything["trial_id"].is_unique  # 6 proposals + the vanilla baseline
+    baseline = everything[everything["role"] == "baseline"]
+    assert len(baseline) == 1 and baseline["status"].iloc[0] == "ok"  # ASHA never judges the baseline
+    assert baseline["balance.method"].iloc[0] == "vanilla" and baseline["train.lr"].iloc[0] == 0.002  # base file's
+    trials = everything[everything["role"] == "search"]
     assert set(trials["status"]) <= {"ok", "stopped"} and (trials["status"] == "ok").any()
     assert (trials["status"] == "stopped").any(), "ASHA stopped no trial (lr spans 1e-5..1e-2)"
     # every trial carries its config; searched values differ between trials and the target sums to 1
-    assert trials["balance.target.eo"].nunique() == 6
+    assert trials["balance.target.eo"].nunique() == 6 and trials["config_id"].nunique() == 6
     assert ((trials["balance.target.eo"] + trials["balance.target.sar"]) - 1).abs().max() < 1e-9
     epochs = pd.read_parquet(out / "epochs.parquet")
     assert not epochs.duplicated(["trial_id", "epoch", "split"]).any()
@@ -75,7 +80,7 @@ def test_tiny_study_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     ok = trials.set_index("trial_id")["status"]
     assert (per_trial[ok[ok == "ok"].index] == 4).all() and (per_trial[ok[ok == "stopped"].index] < 4).all()
     rob = pd.read_parquet(out / "robustness.parquet")
-    assert set(rob["trial_id"]) == set(ok[ok == "ok"].index)
+    assert set(rob["trial_id"]) == set(ok[ok == "ok"].index) | set(baseline["trial_id"])
     meta = json.loads((out / "study.json").read_text())
     assert meta["status"] == "finished" and meta["best"]["metric"] == "final.val_accuracy"
     # Optuna's own state persists in SQLite beside the tables: a stopped trial is pruned there, not a NaN.
@@ -90,10 +95,17 @@ def test_tiny_study_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     capsys.readouterr()
     assert main(["best", str(out), "--json"]) == 0
     best = json.loads(capsys.readouterr().out)
-    cand = trials[(trials["status"] == "ok") & (trials["final.val_accuracy"] >= 0.2)]
+    cand = everything[(everything["status"] == "ok") & (everything["final.val_accuracy"] >= 0.2)]
     assert best["trial_id"] in set(cand["trial_id"])
     assert best["value"] == pytest.approx(cand["final.val_accuracy"].max())
-    assert set(best["target"]) == {"eo", "sar"} and abs(sum(best["target"].values()) - 1) < 1e-9
+    if best["trial_id"] in set(trials["trial_id"]):
+        assert set(best["target"]) == {"eo", "sar"} and abs(sum(best["target"].values()) - 1) < 1e-9
+        # one seed: the difference to the baseline is known, its interval is not
+        diff = best["value"] - baseline["final.val_accuracy"].iloc[0]
+        assert best["vs_baseline"]["difference"]["mean"] == pytest.approx(diff)
+        assert best["vs_baseline"]["verdict"] == "unknown" and best["interval"]["low"] is None
+    else:
+        assert best["is_baseline"]
     # a stricter constraint from the command line changes the candidate set, never picks a failed/stopped trial
     capsys.readouterr()
     assert main(["best", str(out), "--json", "--metric", "final.val_loss"]) == 0
@@ -113,11 +125,12 @@ def test_best_on_empty_or_foreign_dir(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_interrupted_study_resumes_without_repeats(tmp_path: Path) -> None:
     # The file says 4 epochs; the study is started with --set train.epochs=3, and resume must run that study.
-    study, out = write_study(tmp_path, n=5, epochs=4), tmp_path / "res"
+    # Two configurations and the baseline, each with two seeds: 6 runs.
+    study, out = write_study(tmp_path, n=2, epochs=4), tmp_path / "res"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "raybal.cli", "study", "run", str(study), "--results", str(out),
                              "--set", "study.max_concurrent=1", "--set", "study.scheduler=\"fifo\"",
-                             "--set", "train.epochs=3"],
+                             "--set", "train.epochs=3", "--set", "study.repeats=2"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -131,21 +144,28 @@ def test_interrupted_study_resumes_without_repeats(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     proc.wait(timeout=120)
     before = pd.read_parquet(out / "trials.parquet")
-    assert 2 <= len(before) < 5, "the study was not interrupted mid-way"
+    assert 2 <= len(before) < 6, "the study was not interrupted mid-way"
     assert json.loads((out / "study.json").read_text())["status"] == "interrupted"
     import optuna
 
     storage = f"sqlite:///{out / 'optuna.db'}"
     killed = optuna.load_study(study_name="tiny", storage=storage)  # opens after the driver was stopped
-    assert sum(t.state.name == "COMPLETE" for t in killed.trials) >= 2
+    assert len(killed.trials) <= 2
 
     assert main(["study", "resume", str(out), "--quiet"]) == 0
     resumed = optuna.load_study(study_name="tiny", storage=storage)
-    assert sum(t.state.name == "COMPLETE" for t in resumed.trials) == 5
     after = pd.read_parquet(out / "trials.parquet")
-    assert len(after) == 5 and after["trial_id"].is_unique
+    assert len(after) == 6 and after["trial_id"].is_unique
     assert set(before["trial_id"]) <= set(after["trial_id"])  # nothing lost
     assert (after["status"] == "ok").all()
+    # every configuration (and the baseline) ran its two seeds, across the interruption; Optuna was told
+    # each configuration once, with the mean over its seeds
+    groups = after.groupby("config_id")
+    assert len(groups) == 3 and (groups["train.seed"].apply(sorted).map(tuple) == (0, 1)).all()
+    assert (after.groupby("role")["config_id"].nunique() == pd.Series({"baseline": 1, "search": 2})).all()
+    told = sorted(t.value for t in resumed.trials if t.state.name == "COMPLETE")
+    means = sorted(after[after["role"] == "search"].groupby("config_id")["final.val_accuracy"].mean())
+    assert told == pytest.approx(means)
     assert (after["train.epochs"] == 3).all()  # every trial, before and after the resume, carries the override
     assert json.loads((out / "study.json").read_text())["overrides"]["train.epochs"] == 3
     epochs = pd.read_parquet(out / "epochs.parquet")
@@ -156,24 +176,31 @@ def test_interrupted_study_resumes_without_repeats(tmp_path: Path) -> None:
 
 
 def test_a_configuration_already_run_is_not_trained_again(tmp_path: Path) -> None:
-    text = STUDY.format(n=3, epochs=2).replace('scheduler = "asha"', 'scheduler = "fifo"\nmax_concurrent = 1')
-    text = text.split("[search]")[0] + '[search]\n"train.lr" = {choice = [0.002]}\n'  # every proposal the same
+    # Every proposal is the baseline's own configuration (vanilla, base settings). Two trials run at a time,
+    # so the first proposal starts while the baseline trains: it waits for it instead of training it again;
+    # later ones reuse the finished result.
+    text = STUDY.format(n=3, epochs=2).replace('scheduler = "asha"', 'scheduler = "fifo"\nmax_concurrent = 2')
+    text = text.split("[search]")[0] + '[search]\n"balance.method" = {choice = ["vanilla"]}\n'
     study = tmp_path / "dup.toml"
     study.write_text(text)
     out = tmp_path / "res"
     assert main(["study", "run", str(study), "--results", str(out)]) == 0
     trials = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
-    assert len(trials) == 3 and (trials["status"] == "ok").all()
+    assert len(trials) == 4 and (trials["status"] == "ok").all() and trials["config_id"].nunique() == 1
     trained = trials[trials["final.reused_from"].isna()]
     assert len(trained) == 1, trials["final.reused_from"]
     src = trained.index[0]
+    assert (trials["role"] == "baseline").sum() == 1  # either of the first two may have won the claim
     assert (trials["final.reused_from"].dropna() == src).all()
     for col in ("final.val_accuracy", "final.test_accuracy", "robust.val_mean_accuracy"):
         assert trials[col].nunique() == 1, col
     for tid in trials.index.drop(src):
         assert not (out / "checkpoints" / tid / "last.pt").exists()  # nothing trained
+    assert not list((out / "configs").glob("*.running"))  # every claim released
     epochs = pd.read_parquet(out / "epochs.parquet")
     assert epochs.groupby("trial_id").size().nunique() == 1  # each trial has its (copied) epochs
+    b = best_trial(out)  # the duplicates are one configuration, counted once
+    assert b.is_baseline and b.candidates == 1 and b.interval.n == 1
 
 
 def test_an_unreachable_optuna_storage_is_refused_before_anything_is_written(tmp_path: Path,

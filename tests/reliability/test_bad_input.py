@@ -152,6 +152,24 @@ def test_bad_search_space(search: str, expect: str, tmp_path: Path, capsys: pyte
     assert not (tmp_path / "res").exists()
 
 
+STUDY_CASES = [
+    ("repeats = 0", '"train.lr" = {uniform = [0.001, 0.01]}', "study.repeats: must be >= 1"),
+    ('baseline = "magic"', '"train.lr" = {uniform = [0.001, 0.01]}', "study.baseline: unknown balancing method"),
+    ('baseline = "greedy_guided"', '"train.lr" = {uniform = [0.001, 0.01]}', "study.baseline: 'greedy_guided' cannot"),
+    ("repeats = 2", '"train.seed" = {int = [0, 9]}', "search.train.seed: cannot be searched with study.repeats"),
+]
+
+
+@pytest.mark.parametrize("setting, search, expect", STUDY_CASES, ids=[c[0] for c in STUDY_CASES])
+def test_bad_study_settings(setting: str, search: str, expect: str, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    study = tmp_path / "study.toml"
+    study.write_text(TINY + f'[study]\nobjective = "final.val_accuracy"\n{setting}\n[search]\n{search}\n')
+    assert main(["study", "run", str(study), "--results", str(tmp_path / "res")]) == 2
+    assert expect in one_error_line(capsys)
+    assert not (tmp_path / "res").exists()
+
+
 def test_results_dir_of_another_study_or_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "res"
     d.mkdir()

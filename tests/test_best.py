@@ -1,0 +1,96 @@
+"""``raybal best`` over replicates: intervals, paired differences, failed seeds (tables written directly)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+
+from raybal.best import best_trial, format_best
+from raybal.intervals import mean_interval, paired_difference
+from raybal.records import RunResult
+from raybal.results import ResultsError, write_results
+
+T_975_2 = 4.302652729749462  # Student's t, 97.5 % quantile, 2 degrees of freedom (tables: 4.303)
+
+
+def test_mean_interval_matches_the_closed_form() -> None:
+    iv = mean_interval([1.0, 2.0, 3.0])  # mean 2, s = 1
+    assert iv.mean == 2.0 and iv.n == 3
+    assert iv.high - iv.mean == pytest.approx(T_975_2 / math.sqrt(3), rel=1e-9)
+    assert iv.low == pytest.approx(2.0 - T_975_2 / math.sqrt(3), rel=1e-9)
+    one = mean_interval([0.7])
+    assert one.mean == 0.7 and not one.defined and one.verdict("max") == "unknown"
+    # paired by seed: a constant difference has zero spread, whatever the seeds' own spread
+    d = paired_difference({0: 0.9, 1: 0.5, 2: 0.7, 7: 0.1}, {0: 0.8, 1: 0.4, 2: 0.6, 5: 0.3})
+    assert d.n == 3 and d.mean == pytest.approx(0.1) and d.high - d.low == pytest.approx(0.0, abs=1e-12)
+    assert d.verdict("max") == "better" and d.verdict("min") == "worse"
+    assert paired_difference({0: 1.0, 1: 0.0}, {0: 0.0, 1: 1.0}).verdict("max") == "indistinguishable"
+
+
+def _run(tid: str, method: str, seed: int, val: float, test: float, status: str = "ok", role: str = "search",
+         **kw: float) -> RunResult:
+    extra = {"balance.target": {"eo": 0.75, "sar": 0.25}} if method == "mu_target" else {}
+    cfg = tiny_config(balance__method=method, train__seed=seed, **extra, **kw)
+    final = {"final.val_accuracy": val, "final.test_accuracy": test, "final.mu.eo": 0.8, "final.mu.sar": 0.2}
+    return RunResult(trial_id=tid, config=cfg, status=status, final=final if status == "ok" else {},
+                     replicate=seed, role=role)
+
+
+def _study_dir(tmp_path: Path, runs: list[RunResult]) -> Path:
+    d = tmp_path / "res"
+    d.mkdir()
+    (d / "study.json").write_text(json.dumps({
+        "kind": "study", "status": "finished", "baseline": "vanilla", "searched": ["train.lr"],
+        "objectives": [{"metric": "final.val_accuracy", "mode": "max"}],
+        "best": {"metric": "final.val_accuracy", "mode": "max", "constraints": []}}))
+    write_results(d, runs)
+    return d
+
+
+def test_best_ranks_means_over_seeds_and_compares_paired_by_seed(tmp_path: Path) -> None:
+    runs = [_run(f"b{s}", "vanilla", s, v, 0.5, role="baseline") for s, v in enumerate([0.60, 0.70, 0.65])]
+    # A: +0.10 over the baseline on every seed (a tight paired difference despite the seeds' spread)
+    runs += [_run(f"a{s}", "vanilla", s, v + 0.10, 0.6, train__lr=0.004) for s, v in enumerate([0.60, 0.70, 0.65])]
+    # B: one seed higher than any of A's, but a lower mean
+    runs += [_run(f"c{s}", "vanilla", s, v, 0.7, train__lr=0.008) for s, v in enumerate([0.90, 0.55, 0.60])]
+    # C: the highest values, but one seed failed: reported, never averaged
+    runs += [_run("d0", "vanilla", 0, 0.99, 0.9, train__lr=0.001), _run("d1", "vanilla", 1, 0.99, 0.9, train__lr=0.001),
+             _run("d2", "vanilla", 2, 0.0, 0.0, status="failed", train__lr=0.001)]
+    b = best_trial(_study_dir(tmp_path, runs))
+    assert b.trial_ids == ["a0", "a1", "a2"] and b.trial_id == "a0"
+    assert b.value == pytest.approx(0.75) and b.interval.n == 3
+    assert b.interval.high - b.value == pytest.approx(T_975_2 * 0.05 / math.sqrt(3), rel=1e-6)  # s = 0.05
+    assert b.row["final.test_accuracy"] == pytest.approx(0.6)  # means over seeds
+    assert b.candidates == 3  # A, B, the baseline; C is out
+    assert b.vs_baseline.diff.mean == pytest.approx(0.10) and b.vs_baseline.verdict == "better"
+    assert b.vs_baseline.diff.high - b.vs_baseline.diff.low < 1e-9
+    nxt = b.vs_runner_up  # A - B per seed: -0.20, +0.25, +0.15
+    assert nxt.diff.mean == pytest.approx((-0.20 + 0.25 + 0.15) / 3) and nxt.verdict == "indistinguishable"
+    assert list(b.failed["n_failed"]) == [1] and list(b.failed["n_ok"]) == [2]
+    text = format_best(b)
+    assert "better than the baseline (vanilla)" in text and "NOT distinguishable from the runner-up" in text
+    assert "95% CI" in text and "configurations with a failed seed" in text
+    js = b.to_json()
+    assert js["vs_baseline"]["verdict"] == "better" and js["interval"]["n"] == 3
+    assert js["failed_configs"][0]["n_failed"] == 1 and len(js["sentences"]) == 2
+
+
+def test_constraints_hold_on_the_means_and_duplicates_count_once(tmp_path: Path) -> None:
+    runs = [_run(f"b{s}", "vanilla", s, v, 0.5, role="baseline") for s, v in enumerate([0.6, 0.8])]
+    runs += [_run("dup0", "vanilla", 0, 0.6, 0.5), _run("dup1", "vanilla", 1, 0.8, 0.5)]  # the baseline, re-proposed
+    for r in runs[2:]:
+        r.final["final.reused_from"] = "b" + r.trial_id[-1]
+    runs += [_run(f"a{s}", "vanilla", s, v, 0.5, train__lr=0.004) for s, v in enumerate([0.95, 0.5])]
+    d = _study_dir(tmp_path, runs)
+    b = best_trial(d)
+    assert b.trial_ids == ["a0", "a1"] and b.value == pytest.approx(0.725)
+    assert b.candidates == 2  # A and the baseline: the re-proposed baseline is the same configuration
+    assert b.vs_baseline.diff.mean == pytest.approx(0.025) and b.vs_baseline.diff.n == 2
+    with pytest.raises(ResultsError, match="no configuration"):  # one seed's 0.95 is not A's mean
+        best_trial(d, constraints=["final.val_accuracy >= 0.9"])
+    low = best_trial(d, constraints=["final.val_accuracy <= 0.71"])
+    assert low.is_baseline and low.trial_ids == ["b0", "b1"] and "baseline (vanilla) itself" in format_best(low)
