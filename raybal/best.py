@@ -122,7 +122,8 @@ def searched_columns(trials: pd.DataFrame, meta: dict[str, Any] | None = None) -
 
 
 def pareto_front(df: pd.DataFrame, objectives: list[tuple[str, str]]) -> pd.DataFrame:
-    """Rows not dominated on the objectives (mode 'max' or 'min' each)."""
+    """Rows not dominated on the objectives (mode 'max' or 'min' each); rows missing one are left out."""
+    df = df[df[[m for m, _ in objectives]].apply(pd.to_numeric, errors="coerce").notna().all(axis=1)]
     vals = df[[m for m, _ in objectives]].to_numpy(dtype=float).copy()
     for j, (_, mode) in enumerate(objectives):
         if mode == "min":

@@ -106,9 +106,12 @@ def _study_summary(res: Any) -> int:
 
     t = res.trials
     objectives = [o["metric"] for o in res.meta.get("objectives", [])]
-    cols = ["trial_id", "status"] + [c for c in objectives if c in t] + searched_columns(t, res.meta)
+    cols = ["trial_id", "role", "train.seed", "status"] + [c for c in objectives if c in t] + searched_columns(t, res.meta)
     cols += [c for c in t.columns if c.startswith("final.mu.")] + ["wall_s"]
-    print(f"study {res.meta.get('name')}: {len(t)} trials ({', '.join(f'{n} {s}' for s, n in t['status'].value_counts().items())}), "
+    reps, base = res.meta.get("repeats", 1), res.meta.get("baseline")
+    counts = ", ".join(f"{n} {s}" for s, n in t["status"].value_counts().items())
+    plan = f"{res.meta.get('num_samples')} configurations" + (f" + the {base} baseline" if base else "")
+    print(f"study {res.meta.get('name')}: {len(t)} runs ({counts}; {plan}, x {reps} seed{'s' if reps != 1 else ''}), "
           f"status {res.meta.get('status')}")
     print(t[list(dict.fromkeys(c for c in cols if c in t))].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     try:

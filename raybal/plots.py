@@ -81,8 +81,17 @@ def mu_over_epochs(res: Results, split: str = "val") -> plt.Figure:
     return fig
 
 
+def _t_band(values: Any) -> tuple[float, float]:
+    """seaborn's errorbar: Student's t 95 % interval of the mean (:mod:`raybal.intervals`); none for one run."""
+    from raybal.intervals import mean_interval
+
+    iv = mean_interval(list(values))
+    return (iv.low, iv.high) if iv.defined else (iv.mean, iv.mean)
+
+
 def accuracy_vs_noise(res: Results, split: str | None = None) -> plt.Figure:
-    """2. Accuracy vs corruption level per corrupted modality, one curve per method / target (mean ± sd)."""
+    """2. Accuracy vs corruption level per corrupted modality, one curve per method / target (mean and 95 %
+    t interval over its runs: the seeds of a configuration, or trials sharing a label)."""
     r = res.robustness
     if r.empty:
         raise NoData("robustness.parquet is empty (no [robustness] sweep was run)")
@@ -97,13 +106,13 @@ def accuracy_vs_noise(res: Results, split: str | None = None) -> plt.Figure:
     order = sorted(r["method"].unique())
     for ax, p in zip(axes[0], panels, strict=True):
         sns.lineplot(data=r[r["panel"] == p], x="level", y=metric, hue="method", hue_order=order, marker="o",
-                     errorbar="sd", ax=ax, legend=ax is axes[0][-1], palette=PALETTE)
+                     errorbar=_t_band, ax=ax, legend=ax is axes[0][-1], palette=PALETTE)
         corruption = p.split(" · ")[1]
         unit = "noise variance" if corruption == "gaussian" else "level"
         ax.set(title=p, xlabel=f"{corruption} {unit}", ylabel=f"{split} {metric}")
     if axes[0][-1].get_legend() is not None:
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8, title="method")
-    fig.suptitle(f"Robustness: {split} {metric} under corruption of one modality (mean ± sd over trials)")
+    fig.suptitle(f"Robustness: {split} {metric} under corruption of one modality (mean and 95 % t interval over runs)")
     fig.tight_layout()
     return fig
 
@@ -131,8 +140,25 @@ def achieved_vs_target(res: Results) -> plt.Figure:
     return fig
 
 
+def _configs(res: Results, objective: str) -> pd.DataFrame:
+    """One row per study configuration: means over its ok seeds, the objective's 95 % interval."""
+    from raybal.best import config_table
+
+    c = config_table(res.trials, objective)
+    c = c[(c["n_ok"] > 0) & (c["n_failed"] == 0) & (c["n_stopped"] == 0)]
+    return c.assign(label=c["trial_id"].map(trial_labels(res.trials)),
+                    err_lo=c[objective] - c[f"{objective}.low"], err_hi=c[f"{objective}.high"] - c[objective])
+
+
+def _errorbars(ax: Any, df: pd.DataFrame, x: str, y: str, **kw: Any) -> None:
+    """Points with asymmetric error bars (none where the interval is undefined: a single seed)."""
+    ax.errorbar(df[x], df[y], yerr=[df["err_lo"].fillna(0), df["err_hi"].fillna(0)], fmt="o", capsize=3, **kw)
+
+
 def search(res: Results, objective: str | None = None) -> plt.Figure:
-    """4. The objective vs each searched parameter; the Pareto front for multi-objective studies."""
+    """4. The objective vs each searched parameter, one point per configuration (the mean over its seeds,
+    95 % interval as error bars), the baseline as a line with its interval as a band; the Pareto front of
+    configuration means for multi-objective studies."""
     from raybal.best import pareto_front, searched_columns
 
     t = res.trials
@@ -144,34 +170,81 @@ def search(res: Results, objective: str | None = None) -> plt.Figure:
     params = [c for c in params if c not in targets[1:]] if len(targets) == 2 else params  # M = 2: one is 1 - other
     if res.kind != "study" or not objective or objective not in t or not params:
         raise NoData("not a study with searched parameters (a single run has no search)")
-    ok = t[t["status"] == "ok"]
+    conf = _configs(res, objective)
+    base = conf[conf["role"] == "baseline"]
     multi = len(objectives) > 1
     n = len(params) + (1 if multi else 0)
     _style()
+    colors = sns.color_palette(PALETTE)
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.2), squeeze=False)
     for ax, p in zip(axes[0], params, strict=False):
-        sns.scatterplot(data=ok, x=p, y=objective, hue="balance.method" if "balance.method" in ok else None,
-                        ax=ax, s=55, palette=PALETTE, legend=ax is axes[0][0])
-        if p.endswith("lambda_max") or (ok[p].dtype.kind == "f" and ok[p].min() > 0 and ok[p].max() / ok[p].min() > 50):
+        methods = list(dict.fromkeys(conf["balance.method"])) if "balance.method" in conf else [None]
+        for i, m in enumerate(methods):
+            sub = conf[(conf["balance.method"] == m) & conf[p].notna()] if m is not None else conf[conf[p].notna()]
+            if not sub.empty:
+                _errorbars(ax, sub, p, objective, color=colors[i % len(colors)], label=m)
+        if not base.empty and pd.api.types.is_numeric_dtype(conf[p]):
+            b = base.iloc[0]
+            ax.axhline(b[objective], color="0.3", ls="--", lw=1, label=f"baseline ({b['balance.method']})")
+            if pd.notna(b[f"{objective}.low"]):
+                ax.axhspan(b[f"{objective}.low"], b[f"{objective}.high"], color="0.5", alpha=0.12, lw=0)
+        numeric = conf[p].dropna()
+        if p.endswith("lambda_max") or (numeric.dtype.kind == "f" and numeric.min() > 0
+                                        and numeric.max() / numeric.min() > 50):
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set(xlabel=p, ylabel=objective, title=f"{objective} vs {p.rsplit('.', 1)[-1]}")
+        if ax is axes[0][0]:
+            ax.legend(fontsize=7)
     if multi:
         ax = axes[0][-1]
         (m1, d1), (m2, d2) = [(o["metric"], o["mode"]) for o in objectives[:2]]
-        sns.scatterplot(data=ok, x=m1, y=m2, ax=ax, color="0.6", s=40, label="trials")
-        front = pareto_front(ok, [(m1, d1), (m2, d2)]).sort_values(m1)
-        ax.plot(front[m1], front[m2], "o-", color=sns.color_palette(PALETTE)[3], label="Pareto front")
+        sns.scatterplot(data=conf, x=m1, y=m2, ax=ax, color="0.6", s=40, label="configurations (means)")
+        front = pareto_front(conf, [(m1, d1), (m2, d2)]).sort_values(m1)
+        ax.plot(front[m1], front[m2], "o-", color=colors[3], label="Pareto front")
         ax.set(xlabel=f"{m1} ({d1})", ylabel=f"{m2} ({d2})", title="Pareto front")
         ax.legend(fontsize=8)
+    seeds = int(conf["n_ok"].max()) if not conf.empty else 0
     stopped = int((t["status"] == "stopped").sum())
-    fig.suptitle(f"Search: {len(ok)} finished trials" + (f" ({stopped} stopped early, not shown)" if stopped else ""))
+    fig.suptitle(f"Search: {len(conf)} configurations, mean and 95 % interval over {seeds} seed{'s' * (seeds != 1)}"
+                 + (f" ({stopped} runs stopped early, not shown)" if stopped else ""))
+    fig.tight_layout()
+    return fig
+
+
+def configurations(res: Results, objective: str | None = None) -> plt.Figure:
+    """5. Every configuration's objective, ranked: the mean over its seeds with its 95 % t interval; the
+    baseline's mean and interval as a band (is the best distinguishable from it?)."""
+    objectives = res.meta.get("objectives", [])
+    objective = objective or (objectives[0]["metric"] if objectives else None)
+    if res.kind != "study" or not objective or objective not in res.trials:
+        raise NoData("not a study (a single run has no configurations to compare)")
+    mode = objectives[0]["mode"] if objectives and objectives[0]["metric"] == objective else "max"
+    conf = _configs(res, objective).sort_values(objective, ascending=mode == "max").reset_index(drop=True)
+    if conf.empty:
+        raise NoData("no configuration whose every seed finished ok")
+    _style()
+    colors = sns.color_palette(PALETTE)
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.38 * len(conf)))
+    is_base = conf["role"] == "baseline"
+    for flag, color, name in ((False, colors[0], "configuration"), (True, colors[3], "baseline")):
+        sub = conf[is_base == flag]
+        ax.errorbar(sub[objective], sub.index, xerr=[sub["err_lo"].fillna(0), sub["err_hi"].fillna(0)], fmt="o",
+                    capsize=3, color=color, label=name)
+    if is_base.any():
+        b = conf[is_base].iloc[0]
+        if pd.notna(b[f"{objective}.low"]):
+            ax.axvspan(b[f"{objective}.low"], b[f"{objective}.high"], color=colors[3], alpha=0.1, lw=0)
+    ax.set_yticks(conf.index, [f"{lab} · {cid[:6]} (n={n})" for lab, cid, n in
+                               zip(conf["label"], conf["config_id"], conf["n_ok"], strict=True)], fontsize=8)
+    ax.set(xlabel=f"{objective} ({mode})", title="Configurations: mean and 95 % t interval over seeds")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 
 
 def greedy(res: Results) -> plt.Figure:
-    """5. Wu et al.: learning-speed imbalance over training and the final conditional utilization imbalance."""
+    """6. Wu et al.: learning-speed imbalance over training and the final conditional utilization imbalance."""
     e, t = res.epochs, res.trials
     if "speed_imbalance" not in e or e["speed_imbalance"].dropna().empty:
         raise NoData("no learning-speed records (no trial of a method that tracks conditional learning speed)")
@@ -203,6 +276,9 @@ FIGURES: dict[str, tuple[Any, str]] = {
     "mu_over_epochs": (mu_over_epochs, "MU per modality over epochs, target ±0.05 as a band"),
     "accuracy_vs_noise": (accuracy_vs_noise, "accuracy vs noise level per corrupted modality"),
     "achieved_vs_target": (achieved_vs_target, "achieved vs target utilization, identity line and ±0.10 band"),
-    "search": (search, "the objective vs each searched parameter; Pareto front for multi-objective studies"),
+    "search": (search, "the objective vs each searched parameter (configuration means, 95 % intervals); "
+               "Pareto front for multi-objective studies"),
+    "configurations": (configurations, "every configuration's objective: mean and 95 % interval over its seeds, "
+                       "the baseline's as a band"),
     "greedy": (greedy, "learning-speed and conditional utilization imbalance (Wu et al. 2022)"),
 }

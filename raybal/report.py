@@ -32,7 +32,7 @@ def summary_table(res) -> pd.DataFrame:  # noqa: ANN001 - Results
     t = res.trials
     if t.empty:
         return t
-    cols = ["trial_id", "status", "balance.method"] + searched_columns(t, res.meta)
+    cols = ["trial_id", "config_id", "role", "train.seed", "status", "balance.method"] + searched_columns(t, res.meta)
     cols += [c for c in t.columns if c.startswith(("final.val_", "final.test_")) and not c.endswith("loss")
              and "mu" not in c]
     cols += [c for c in t.columns if c.startswith("final.mu.")]
@@ -77,7 +77,8 @@ def _write_index(res, out: Path, figures: list[Figure]) -> None:  # noqa: ANN001
              "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
              "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
              ".note{color:#666}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-             f"<p>Results directory: <code>{html.escape(str(res.path))}</code></p>", "<h2>Trials</h2>",
+             f"<p>Results directory: <code>{html.escape(str(res.path))}</code></p>", *_best_section(res),
+             "<h2>Runs</h2>",
              table.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="", border=0)]
     for f in figures:
         parts.append(f"<h2>{html.escape(f.name)}</h2><p>{html.escape(f.caption)}</p>")
@@ -88,3 +89,17 @@ def _write_index(res, out: Path, figures: list[Figure]) -> None:  # noqa: ANN001
     parts.append("</body></html>")
     with atomic_path(out / "index.html") as tmp:
         Path(tmp).write_text("\n".join(parts))
+
+
+def _best_section(res) -> list[str]:  # noqa: ANN001 - Results
+    """``raybal best``'s answer (mean ± interval, vs baseline and runner-up, the Pareto set) for a study."""
+    from raybal.best import best_trial, format_best
+    from raybal.results import ResultsError
+
+    if res.kind != "study":
+        return []
+    try:
+        text = format_best(best_trial(res.path))
+    except ResultsError as exc:
+        text = f"no best configuration: {exc}"
+    return ["<h2>Best configuration</h2>", f"<pre>{html.escape(text)}</pre>"]

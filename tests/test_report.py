@@ -39,10 +39,11 @@ measure_mu = true
 [study]
 name = "tiny_report"
 objectives = {"final.val_accuracy" = "max", "robust.val_mean_accuracy" = "max"}
-num_samples = 6
+num_samples = 4
+repeats = 2
 scheduler = "fifo"
 seed = 1
-startup_trials = 6
+startup_trials = 4
 [search]
 "balance.method" = {choice = ["vanilla", "mu_target", "greedy_guided"]}
 "balance.target.eo" = {uniform = [0.5, 0.9], when = {"balance.method" = "mu_target"}}
@@ -59,7 +60,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from raybal.study import run_study
 
     study = study_from_dict(tomllib.loads(STUDY), source=STUDY)
-    # Make sure every method is drawn at least once: the 6 trials cover the choice with seed 1.
+    # Make sure every method is drawn at least once: the 4 configurations cover the choice with seed 1.
     out = tmp_path_factory.mktemp("report") / "res"
     res = run_study(study, out, quiet=True)
     methods = set(res.trials["balance.method"])
@@ -70,7 +71,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_report_writes_every_figure(study_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = study_dir / "rep"
     assert main(["report", str(study_dir), "--out", str(out)]) == 0
-    expected = ["mu_over_epochs", "accuracy_vs_noise", "achieved_vs_target", "search", "greedy"]
+    expected = ["mu_over_epochs", "accuracy_vs_noise", "achieved_vs_target", "search", "configurations", "greedy"]
     html = (out / "index.html").read_text()
     for name in expected:
         png = out / f"{name}.png"
@@ -82,6 +83,9 @@ def test_report_writes_every_figure(study_dir: Path, capsys: pytest.CaptureFixtu
             assert im.format == "PNG" and w >= 400 and h >= 300 and w * h < 6000 * 3000
         assert f"src='{name}.png'" in html
     assert "<table" in html and "skipped" not in html
+    # the best configuration with its interval, its difference to the baseline, and the Pareto set
+    assert "Best configuration" in html and "95% CI" in html and "baseline (vanilla)" in html
+    assert "Pareto set" in html
     assert not list(out.glob(".*.tmp"))  # no temporary leftovers
 
 
