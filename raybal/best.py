@@ -184,7 +184,7 @@ def _compare(best: dict[str, Any], other: dict[str, Any], what: str, mode: str) 
 
 
 def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | None = None,
-               constraints: list[str] | None = None, top: int = 5) -> Best:
+               constraints: list[str] | None = None, top: int = 5, method: str | None = None) -> Best:
     """The best configuration under ``metric`` (default: the study's objective) and the constraints:
     the highest (lowest) mean over its seeds among configurations whose every seed finished ``ok``;
     constraints hold on the means. Compared with the runner-up and the study's baseline, paired by seed."""
@@ -206,8 +206,10 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
         if c.metric not in t.columns:
             raise ResultsError(f"constraint {c}: {c.metric!r} is not a column of trials.parquet")
     configs = config_table(t, metric)
+    if method is not None:  # the best of one method (the baseline stays the reference)
+        configs = configs[(configs["balance.method"] == method) | (configs["role"] == "baseline")]
     complete = configs[(configs["n_ok"] > 0) & (configs["n_failed"] == 0) & (configs["n_stopped"] == 0)]
-    ok = complete
+    ok = complete[complete["balance.method"] == method] if method is not None else complete
     for c in cons:
         ok = ok[ok[c.metric].map(c.holds)]
     if ok.empty:
@@ -244,6 +246,33 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
                 config_id=str(row["config_id"]), interval=mean_interval(list(row["_values"].values())),
                 trial_ids=list(row["trial_ids"]), vs_runner_up=vs_next, vs_baseline=vs_base,
                 baseline=base_method, is_baseline=is_base, study=res.meta.get("kind") == "study", failed=failed.reset_index(drop=True))
+
+
+def best_per_method(results_dir: str | Path, metric: str | None = None, mode: str | None = None,
+                    constraints: list[str] | None = None) -> pd.DataFrame:
+    """One row per balancing method of the results: its best configuration's mean and 95 % interval,
+    the paired difference to the baseline, the test metric and MU (means over seeds); a method with no
+    candidate configuration says why. (A ``study.per_method`` study gives each the same budget.)"""
+    t = load_results(results_dir).trials
+    if t.empty:
+        raise ResultsError(f"{results_dir}: no trials recorded yet")
+    rows = []
+    for m in dict.fromkeys(t["balance.method"].dropna().astype(str)):
+        try:
+            b = best_trial(results_dir, metric, mode, constraints, method=m)
+        except ResultsError as exc:
+            rows.append({"method": m, "note": str(exc)})
+            continue
+        iv, diff = b.interval, b.vs_baseline.diff if b.vs_baseline else None
+        test = next((k for k in b.row if k.startswith("final.test_") and k[11:] in ("accuracy", "miou")), None)
+        rows.append({"method": m, "configs": int((t.loc[t["balance.method"] == m, "config_id"]).nunique()),
+                     "config_id": b.config_id, "n": iv.n, "metric": b.metric, "mean": b.value, "low": iv.low,
+                     "high": iv.high, "vs_baseline": diff.mean if diff else (0.0 if b.is_baseline else math.nan),
+                     "vs_baseline.low": diff.low if diff else math.nan,
+                     "vs_baseline.high": diff.high if diff else math.nan,
+                     "verdict": b.vs_baseline.verdict if b.vs_baseline else ("baseline" if b.is_baseline else ""),
+                     **({test: b.row[test]} if test else {}), **{f"mu.{k}": v for k, v in b.mu.items()}})
+    return pd.DataFrame(rows)
 
 
 def best_target(results_dir: str | Path, metric: str | None = None, **kw: Any) -> dict[str, float] | None:

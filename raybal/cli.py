@@ -42,7 +42,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     distributed = cfg.train.workers > 1 or args.address
     # In a Ray Train worker, stdout reaches this console through Ray's log forwarding.
     progress = _progress(args.quiet, "stdout" if distributed else "stderr")
-    result = train_to_dir(cfg, results, progress=progress, address=args.address, quiet=args.quiet)
+    result = train_to_dir(cfg, results, progress=progress, address=args.address, quiet=args.quiet,
+                          mlflow=args.mlflow)
     _print_summary(result, results)
     return 0
 
@@ -88,7 +89,10 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     from raybal.space import load_study
     from raybal.study import run_study
 
-    study = load_study(args.study, _overrides(args.set))
+    overrides = _overrides(args.set)
+    if args.mlflow:
+        overrides["study.mlflow"] = args.mlflow
+    study = load_study(args.study, overrides)
     results = Path(args.results) if args.results else Path("results") / study.settings.name
     res = run_study(study, results, address=args.address, quiet=args.quiet)
     return _study_summary(res)
@@ -110,7 +114,7 @@ def _study_summary(res: Any) -> int:
     cols += [c for c in t.columns if c.startswith("final.mu.")] + ["wall_s"]
     reps, base = res.meta.get("repeats", 1), res.meta.get("baseline")
     counts = ", ".join(f"{n} {s}" for s, n in t["status"].value_counts().items())
-    plan = f"{res.meta.get('num_samples')} configurations" + (f" + the {base} baseline" if base else "")
+    plan = f"{res.meta.get('configurations', res.meta.get('num_samples'))} configurations" + (f" + the {base} baseline" if base else "")
     print(f"study {res.meta.get('name')}: {len(t)} runs ({counts}; {plan}, x {reps} seed{'s' if reps != 1 else ''}), "
           f"status {res.meta.get('status')}")
     print(t[list(dict.fromkeys(c for c in cols if c in t))].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -129,6 +133,13 @@ def cmd_best(args: argparse.Namespace) -> int:
     from raybal.best import best_trial, format_best
 
     cons = list(args.constraint) + (["final.target_met == true"] if args.target_met else [])
+    if args.per_method:
+        from raybal.best import best_per_method
+
+        df = best_per_method(args.results, args.metric, args.mode, cons)
+        print(df.to_json(orient="records", indent=2) if args.json
+              else df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        return 0
     b = best_trial(args.results, args.metric, args.mode, cons, top=args.top)
     print(json.dumps(b.to_json(), indent=2) if args.json else format_best(b))
     return 0
@@ -185,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--gpu", action="store_true", help="one GPU per worker (sets train.use_gpu)")
     t.add_argument("--address", help="join a running Ray cluster (e.g. auto) instead of training in-process")
     t.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    t.add_argument("--mlflow", metavar="URI", help="also log the run to this MLflow tracking URI, e.g. "
+                   "sqlite:///mlflow.db (needs the mlflow extra)")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("robustness", help="noise sweep of one trained model",
@@ -208,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("study", help="study file (TOML)")
     sr.add_argument("--results", help="results directory (default: results/<study.name>)")
     sr.add_argument("--address", help="join a running Ray cluster, e.g. auto")
+    sr.add_argument("--mlflow", metavar="URI", help="also log every run to this MLflow tracking URI (sets "
+                    "study.mlflow; needs the mlflow extra)")
     _add_set(sr, "override a value of the file, e.g. --set study.num_samples=4")
     sr.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     sr.set_defaults(func=cmd_study_run)
@@ -236,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only trials whose test utilization met their target (final.target_met, within "
                         "balance.tolerance); same as --constraint 'final.target_met == true'")
     b.add_argument("--top", type=int, default=5, help="runners-up to show")
+    b.add_argument("--per-method", action="store_true",
+                   help="the best configuration of each balancing method, with intervals and its difference "
+                        "to the baseline (a method comparison: see study.per_method)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_best)
 

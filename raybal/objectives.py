@@ -56,9 +56,13 @@ class StudySettings:
     constraints: tuple[str, ...] = ()
     cpus_per_trial: int = knob(1, ge=1, doc="CPU threads per one-worker trial")
     trial_retries: int = knob(1, ge=0, doc="restarts of a trial whose process died or raised (from its last epoch)")
+    per_method: bool = knob(False, doc="num_samples configurations for each method of the balance.method choice "
+                            "(every method gets the same budget: a fair comparison)")
     repeats: int = knob(1, ge=1, doc="seeds per configuration (train.seed, +1, ...); Optuna sees their mean")
     baseline: str = knob("vanilla", doc="the balancing method every answer is compared with, run with the base "
                          "file's data, model and training settings and the same seeds; \"none\" for no baseline")
+    mlflow: str = knob("", doc="log every run to this MLflow tracking URI (the [mlflow] extra), e.g. "
+                       "sqlite:///mlflow.db; empty = off")
     storage: str = knob("sqlite", doc="Optuna's storage: sqlite (optuna.db in the results directory), memory, "
                         "or an RDB URL such as postgresql://host/db for a cluster")
 

@@ -86,10 +86,11 @@ def stopped_result(study: Study, tid: str, params: dict[str, Any], ckdir: Path, 
 class Recorder:
     """Tune callback on the driver: progress lines and the Parquet tables as trials end."""
 
-    def __init__(self, study: Study, results_dir: Path, quiet: bool = False) -> None:
+    def __init__(self, study: Study, results_dir: Path, quiet: bool = False, tracker: Any = None) -> None:
         self.study = study
         self.results_dir = results_dir
         self.quiet = quiet
+        self.tracker = tracker  # raybal.tracking.Tracker (study.mlflow) or None
         self.recorded: set[str] = set()
 
     def setup(self, **info: Any) -> None:
@@ -133,6 +134,8 @@ class Recorder:
         write_results(self.results_dir, [result])
         release_configs(self.results_dir, tid)  # a trial waiting on this one's config goes on
         self.recorded.add(tid)
+        if self.tracker is not None:
+            self.tracker.log(result)
         if not self.quiet:
             what = {"ok": "finished", "stopped": "stopped early (ASHA)", "failed": f"FAILED: {result.error}"}
             status_line(f"trial {tid} {what.get(result.status, result.status)}")

@@ -69,17 +69,23 @@ def record_run(d: Path, result: RunResult, kind: str = "run", extra: dict[str, A
 
 
 def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress | None = None,
-                 address: str | None = None, quiet: bool = False) -> RunResult:
+                 address: str | None = None, quiet: bool = False, mlflow: str | None = None) -> RunResult:
     """Run ``fit`` and record it; a failure is recorded as ``status = failed`` and re-raised.
 
     ``train.workers > 1`` or an ``address`` runs it data-parallel on Ray Train
     (:mod:`raybal.distributed`); otherwise plain ``fit()`` in this process, no Ray at all.
     ``progress`` receives per-epoch events (in rank 0's worker when distributed: it must pickle);
-    ``quiet`` drops it.
+    ``quiet`` drops it. ``mlflow``: a tracking URI the run is also logged to (:mod:`raybal.tracking`).
     """
     progress = None if quiet else progress
     data = load_data(cfg.data)  # bad data (missing file, unpaired chip, ...) fails here: nothing written yet
     check_pretrained(cfg, data)  # so does a missing or mismatched model.pretrained file
+    tracker = None
+    if mlflow:
+        from raybal.tracking import Tracker, check_uri
+
+        check_uri(mlflow, "--mlflow")  # so does an unusable tracking URI
+        tracker = Tracker(mlflow, "raybal-train")
     d = prepare_dir(results_dir, cfg)
     atomic_write_json(run_meta(cfg, "running"), d / "run.json")
     t0 = time.perf_counter()
@@ -96,9 +102,14 @@ def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress 
         atomic_write_json(run_meta(cfg, "interrupted"), d / "run.json")
         raise
     except Exception as exc:
-        record_run(d, failed_result(cfg, RUN_TRIAL_ID, exc, time.perf_counter() - t0))
+        failed = failed_result(cfg, RUN_TRIAL_ID, exc, time.perf_counter() - t0)
+        record_run(d, failed)
+        if tracker is not None:
+            tracker.log(failed)
         raise
     record_run(d, result)
+    if tracker is not None:
+        tracker.log(result)
     return result
 
 

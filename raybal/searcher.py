@@ -14,7 +14,9 @@ ignored. Imported lazily (Ray only at the edges).
 Replicates and the baseline (``study.repeats``, ``study.baseline``): the first ``repeats`` trials
 this searcher hands out are the baseline's (no Optuna trial: the baseline is the reference, not a
 proposal); after them every configuration Optuna proposes is handed out ``repeats`` times, once per
-seed, one after the other so they run side by side. Optuna is told once per configuration, when its
+seed, one after the other so they run side by side. With ``study.per_method`` the methods of the
+``balance.method`` choice take turns (the method is fixed with ``enqueue_trial``, Optuna samples
+its knobs), so every method gets ``num_samples`` configurations. Optuna is told once per configuration, when its
 last replicate ends: the mean of the objectives when every replicate finished, *failed* when one
 failed, *pruned* when one was stopped. Per-epoch reports reach Optuna from the first replicate only.
 """
@@ -37,9 +39,10 @@ def replicate(values: dict[str, Any], k: int, role: str, base_seed: int) -> dict
 
 class StudySearch(OptunaSearch):
     def __init__(self, *args: Any, repeats: int = 1, baseline: str | None = None, base_seed: int = 0,
-                 **kwargs: Any) -> None:
+                 per_method: tuple[str, ...] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._repeats, self._baseline, self._base_seed = repeats, baseline, base_seed
+        self._per_method, self._proposed = per_method, 0
         self._baseline_left = repeats if baseline else 0
         self._queue: list[tuple[str, dict[str, Any], int]] = []  # (leader, values, replicate) still to hand out
         self._leader: dict[str, str] = {}  # Tune trial id -> the id of its configuration's first replicate
@@ -54,6 +57,10 @@ class StudySearch(OptunaSearch):
             leader, values, rep = self._queue.pop(0)
             self._leader[trial_id] = leader
             return replicate(values, rep, "search", seed)
+        if self._per_method and trial_id not in self._ot_trials:
+            # the same budget for every method: they take turns; Optuna samples the method's own knobs
+            self._ot_study.enqueue_trial({"balance.method": self._per_method[self._proposed % len(self._per_method)]})
+            self._proposed += 1
         values = super().suggest(trial_id)
         if values is None:
             return None

@@ -154,10 +154,16 @@ class Study:
         return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
 
     @property
-    def runs(self) -> int:
-        """The runs (Tune trials) the study makes: (num_samples + the baseline) x repeats."""
+    def configurations(self) -> int:
+        """The configurations the search proposes: num_samples, per method with ``study.per_method``."""
         s = self.settings
-        return (s.num_samples + (s.baseline != "none")) * s.repeats
+        return s.num_samples * (len(self.space.methods()) if s.per_method else 1)
+
+    @property
+    def runs(self) -> int:
+        """The runs (Tune trials) the study makes: (the configurations + the baseline) x repeats."""
+        s = self.settings
+        return (self.configurations + (s.baseline != "none")) * s.repeats
 
     @property
     def base_flat(self) -> dict[str, Any]:
@@ -261,6 +267,9 @@ def study_from_dict(raw: Mapping[str, Any], source: str = "", overrides: Mapping
     objectives = resolve_objectives(settings, base, space.methods())
     constraints = tuple(Constraint.parse(c, f"study.constraints[{i}]") for i, c in enumerate(settings.constraints))
     _probe(space, base_raw, base)
+    if settings.per_method and not any(p.key == "balance.method" and not p.when for p in space.params
+                                       if isinstance(p.dist, Choice)):
+        raise ConfigError("study.per_method", "needs an unconditional \"balance.method\" = {choice = [...]} in [search]")
     if settings.repeats > 1 and "train.seed" in {p.key for p in space.params}:
         raise ConfigError("search.train.seed", "cannot be searched with study.repeats > 1 (the replicates' seeds "
                           "are train.seed, train.seed + 1, ...)")

@@ -162,6 +162,7 @@ def study_meta(study: Study, status: str, extra: dict[str, Any] | None = None) -
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in study.objectives],
         "constraints": [str(c) for c in study.constraints], "num_samples": s.num_samples, "seed": s.seed,
         "repeats": s.repeats, "baseline": None if s.baseline == "none" else s.baseline, "runs": study.runs,
+        "per_method": s.per_method, "configurations": study.configurations,
         "scheduler": s.scheduler, "base_config": study.base.to_dict(), "searched": study.space.columns(), "versions": environment(),
         "best": {"metric": study.objectives[0].metric, "mode": study.objectives[0].mode,
                  "constraints": [str(c) for c in study.constraints],
@@ -278,6 +279,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
     url = storage_url(study, results_dir)
     searcher = StudySearch(space=_DefineByRun(study, base_flat), study_name=s.name, repeats=s.repeats,
                            baseline=None if s.baseline == "none" else s.baseline, base_seed=study.base.train.seed,
+                           per_method=study.space.methods() if s.per_method else (),
                            storage=open_storage(url) if url else None,
                             metric=metrics if len(metrics) > 1 else metrics[0],
                             mode=modes if len(modes) > 1 else modes[0], sampler=study.sampler())
@@ -308,9 +310,16 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
     check_pretrained(study.base, load_data(study.base.data))
     if study.settings.storage not in ("sqlite", "memory") and not resume:
         open_storage(study.settings.storage)
+    tracker = None
+    if study.settings.mlflow:
+        from raybal.tracking import Tracker, check_uri
+
+        check_uri(study.settings.mlflow, "study.mlflow")
     _prepare(d, study, resume)
+    if study.settings.mlflow:
+        tracker = Tracker(study.settings.mlflow, study.settings.name)
     atomic_write_json(study_meta(study, "running"), d / "study.json")
-    recorder = Recorder(study, d, quiet=quiet)
+    recorder = Recorder(study, d, quiet=quiet, tracker=tracker)
     started = _init_ray(address)
     t0 = time.perf_counter()
     status = "interrupted"

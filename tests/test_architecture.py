@@ -24,10 +24,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("resolve", ("raybal.resolve",)),
     ("checkpoint", ("raybal.checkpoint",)),
     ("train", ("raybal.steps", "raybal.train")),
-    ("results", ("raybal.results",)),
+    ("results", ("raybal.results", "raybal.tracking")),
     ("runs", ("raybal.runner", "raybal.distributed", "raybal.distributions", "raybal.objectives", "raybal.space",
               "raybal.recorder", "raybal.searcher", "raybal.study")),
-    ("analysis", ("raybal.best", "raybal.plots", "raybal.report")),
+    ("analysis", ("raybal.intervals", "raybal.best", "raybal.plots", "raybal.report")),
     ("cli", ("raybal.cli", "raybal")),
 ]
 

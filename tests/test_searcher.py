@@ -71,3 +71,29 @@ def test_replicates_share_a_point_and_optuna_hears_their_mean_once() -> None:
     for k in range(3):
         s.on_trial_complete(f"d{k}", {"m": 0.9, "epoch": 1} if k == 1 else {"m": 0.9, "done_ok": 1})
     assert s._ot_study.trials[2].state == TrialState.PRUNED
+
+
+def _space(trial):  # noqa: ANN001, ANN202 - a define-by-run space: the method, then its own knob
+    method = trial.suggest_categorical("balance.method", ["vanilla", "mu_target", "ogm_ge"])
+    if method == "mu_target":
+        trial.suggest_float("balance.target.eo", 0.5, 0.9)
+    if method == "ogm_ge":
+        trial.suggest_float("balance.alpha", 0.1, 1.0)
+    return None
+
+
+def test_per_method_gives_every_method_the_same_budget() -> None:
+    s = StudySearch(space=_space, metric="m", mode="max", per_method=("vanilla", "mu_target", "ogm_ge"), repeats=2,
+                    sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2))
+    points = []
+    for i in range(9):  # 9 configurations x 2 seeds
+        for k in range(2):
+            p = s.suggest(f"t{i}-{k}")
+            if k == 0:
+                points.append(p)
+            s.on_trial_complete(f"t{i}-{k}", {"m": 0.9 if p["balance.method"] == "ogm_ge" else 0.1, "done_ok": 1})
+    methods = [p["balance.method"] for p in points]
+    assert sorted(methods) == sorted(["vanilla", "mu_target", "ogm_ge"] * 3)  # TPE alone would favour ogm_ge
+    assert all(("balance.alpha" in p) == (p["balance.method"] == "ogm_ge") for p in points)
+    assert all(("balance.target.eo" in p) == (p["balance.method"] == "mu_target") for p in points)
+    assert [t.state for t in s._ot_study.trials].count(TrialState.COMPLETE) == 9

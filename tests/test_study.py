@@ -211,3 +211,39 @@ def test_an_unreachable_optuna_storage_is_refused_before_anything_is_written(tmp
     assert rc == 2 and not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "study.storage" in err[0], err
+
+
+def test_per_method_studies_give_every_method_its_configurations_and_seeds(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    text = STUDY.format(n=1, epochs=1).replace('scheduler = "asha"', 'scheduler = "fifo"\nper_method = true\nrepeats = 2')
+    text = text.replace('constraints = ["final.val_accuracy >= 0.2"]', "")
+    text = text.split("[search]")[0] + ('[search]\n"balance.method" = {choice = ["mu_target", "ogm_ge"]}\n'
+                                        '"balance.alpha" = {uniform = [0.1, 1.0], when = {"balance.method" = "ogm_ge"}}\n'
+                                        '"balance.target.eo" = {uniform = [0.5, 0.9], when = {"balance.method" = "mu_target"}}\n')
+    study = tmp_path / "pm.toml"
+    study.write_text(text)
+    out = tmp_path / "res"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # and every run logged to MLflow (the mlflow extra)
+    assert main(["study", "run", str(study), "--results", str(out), "--quiet", "--mlflow", uri]) == 0
+    t = pd.read_parquet(out / "trials.parquet")
+    assert len(t) == 6 and (t["status"] == "ok").all()  # (2 methods x 1 configuration + the baseline) x 2 seeds
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    logged = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert sorted(r.data.tags["raybal.trial_id"] for r in logged) == sorted(t["trial_id"])
+    assert sorted(r.data.tags["raybal.role"] for r in logged) == sorted(t["role"])
+    assert all("final.val_accuracy" in r.data.metrics for r in logged)
+    per = t.groupby("balance.method")["config_id"].nunique()
+    assert per.to_dict() == {"mu_target": 1, "ogm_ge": 1, "vanilla": 1}
+    assert (t.groupby("config_id")["train.seed"].apply(sorted).map(tuple) == (0, 1)).all()
+    capsys.readouterr()
+    assert main(["best", str(out), "--per-method", "--json"]) == 0
+    rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"vanilla", "mu_target", "ogm_ge"} and rows["vanilla"]["verdict"] == "baseline"
+    for m in ("mu_target", "ogm_ge"):
+        runs = t[t["balance.method"] == m]
+        base = t[t["role"] == "baseline"].set_index("train.seed")["final.val_accuracy"]
+        assert rows[m]["n"] == 2 and rows[m]["mean"] == pytest.approx(runs["final.val_accuracy"].mean())
+        diff = (runs.set_index("train.seed")["final.val_accuracy"] - base).mean()
+        assert rows[m]["vs_baseline"] == pytest.approx(diff)
