@@ -275,9 +275,23 @@ def best_per_method(results_dir: str | Path, metric: str | None = None, mode: st
     return pd.DataFrame(rows)
 
 
-def best_target(results_dir: str | Path, metric: str | None = None, **kw: Any) -> dict[str, float] | None:
-    """The best trial's target utilization (modality -> fraction), or None when it had none."""
-    return best_trial(results_dir, metric, **kw).target
+class BestTarget(dict):
+    """The best configuration's target (modality -> fraction, a plain dict to read) that also carries
+    its uncertainty: ``interval`` (the metric's mean and 95 % interval over seeds), ``vs_baseline`` /
+    ``vs_runner_up`` (paired differences), ``sentences`` and the whole :class:`Best` as ``best``."""
+
+    def __init__(self, best: Best) -> None:
+        super().__init__(best.target or {})
+        self.best = best
+        self.interval, self.vs_baseline, self.vs_runner_up = best.interval, best.vs_baseline, best.vs_runner_up
+        self.sentences = best.sentences()
+
+
+def best_target(results_dir: str | Path, metric: str | None = None, **kw: Any) -> BestTarget | None:
+    """The best configuration's target utilization (modality -> fraction, with its uncertainty attached:
+    :class:`BestTarget`), or None when it had none (e.g. the vanilla baseline won)."""
+    b = best_trial(results_dir, metric, **kw)
+    return BestTarget(b) if b.target else None
 
 
 def format_best(b: Best) -> str:

@@ -94,3 +94,40 @@ def test_constraints_hold_on_the_means_and_duplicates_count_once(tmp_path: Path)
         best_trial(d, constraints=["final.val_accuracy >= 0.9"])
     low = best_trial(d, constraints=["final.val_accuracy <= 0.71"])
     assert low.is_baseline and low.trial_ids == ["b0", "b1"] and "baseline (vanilla) itself" in format_best(low)
+
+
+def test_the_pareto_set_is_over_configuration_means_of_three_objectives(tmp_path: Path) -> None:
+    objs = [("final.val_accuracy", "max"), ("robust.val_mean_accuracy", "max"), ("final.val_mu_target_error", "min")]
+    runs = []
+    # (clean, robust, target error) per seed; means: A (0.9, 0.8, 0.02), B (0.95, 0.7, 0.05), C dominated by A
+    for name, per_seed in {"a": [(0.9, 0.85, 0.01), (0.9, 0.75, 0.03)], "b": [(0.95, 0.7, 0.05), (0.95, 0.7, 0.05)],
+                           "c": [(0.85, 0.8, 0.03), (0.85, 0.7, 0.03)]}.items():
+        for s, (clean, robust, err) in enumerate(per_seed):
+            r = _run(f"{name}{s}", "mu_target", s, clean, 0.5, train__lr={"a": 0.001, "b": 0.002, "c": 0.003}[name])
+            r.final.update({"robust.val_mean_accuracy": robust, "final.val_mu_target_error": err})
+            runs.append(r)
+    runs += [_run(f"v{s}", "vanilla", s, 0.99, 0.5, role="baseline") for s in range(2)]  # no target error: not on it
+    for r in runs[-2:]:
+        r.final["robust.val_mean_accuracy"] = 0.5
+    d = _study_dir(tmp_path, runs)
+    meta = json.loads((d / "study.json").read_text())
+    meta["objectives"] = [{"metric": m, "mode": mode} for m, mode in objs]
+    (d / "study.json").write_text(json.dumps(meta))
+    b = best_trial(d)
+    assert b.is_baseline  # the best clean accuracy, the first objective
+    front = b.pareto.set_index("trial_id")
+    assert set(front.index) == {"a0", "b0"}
+    assert front.loc["a0", "robust.val_mean_accuracy"] == pytest.approx(0.8)  # the mean, not one seed's
+    assert "Pareto set" in format_best(b)
+
+
+def test_best_target_is_the_target_with_its_uncertainty_attached(tmp_path: Path) -> None:
+    from raybal.best import best_target
+
+    runs = [_run(f"b{s}", "vanilla", s, v, 0.5, role="baseline") for s, v in enumerate([0.6, 0.7, 0.8])]
+    runs += [_run(f"m{s}", "mu_target", s, v + 0.05, 0.5) for s, v in enumerate([0.6, 0.7, 0.8])]
+    bt = best_target(_study_dir(tmp_path, runs))
+    assert bt == {"eo": 0.75, "sar": 0.25} and isinstance(bt, dict)
+    assert bt.interval.mean == pytest.approx(0.75) and bt.interval.n == 3
+    assert bt.vs_baseline.diff.mean == pytest.approx(0.05) and bt.vs_baseline.verdict == "better"
+    assert any("better than the baseline" in line for line in bt.sentences)
