@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from raybal.balancing import METHODS
+from raybal.balancing.base import BASELINE
 from raybal.config import ConfigError, FrozenMap, knob
 from raybal.constraint import Constraint
 from raybal.tasks import metric_name
@@ -59,7 +60,7 @@ class StudySettings:
     per_method: bool = knob(False, doc="num_samples configurations for each method of the balance.method choice "
                             "(every method gets the same budget: a fair comparison)")
     repeats: int = knob(1, ge=1, doc="seeds per configuration (train.seed, +1, ...); Optuna sees their mean")
-    baseline: str = knob("vanilla", doc="the balancing method every answer is compared with, run with the base "
+    baseline: str = knob(BASELINE, doc="the balancing method every answer is compared with, run with the base "
                          "file's data, model and training settings and the same seeds; \"none\" for no baseline")
     mlflow: str = knob("", doc="log every run to this MLflow tracking URI (the [mlflow] extra), e.g. "
                        "sqlite:///mlflow.db; empty = off")

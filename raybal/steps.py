@@ -15,6 +15,7 @@ which it happened (before that epoch is checkpointed), rather than at the step.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,13 +47,16 @@ def train_step(train_model: torch.nn.Module, method: BalanceMethod, optimizer: t
     """
     method.before_step()
     xb = method.prepare_batch(xb, yb)
-    with autocast:
-        out = train_model(xb)
-        loss = method.task_loss(out, yb)
-        extra = method.extra_loss(xb, out, yb, loss)
-        total = loss + extra if extra is not None else loss
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    # A method that makes its own gradients averages them over ranks itself: DDP must not (no_sync).
+    own = method.owns_gradients and hasattr(train_model, "no_sync")
+    with train_model.no_sync() if own else nullcontext():  # type: ignore[operator]
+        with autocast:
+            out = train_model(xb)
+            loss = method.task_loss(out, yb)
+            extra = method.extra_loss(xb, out, yb, loss)
+            total = loss + extra if extra is not None else loss
+        optimizer.zero_grad(set_to_none=True)
+        method.backward(loss, extra)
     method.after_backward(out, yb)
     optimizer.step()
     method.after_step()

@@ -32,7 +32,7 @@ from raybal.records import RunResult
 from raybal.robustness import sweep
 from raybal.selection import Selector, resolve_mode
 from raybal.steps import NonFiniteLossError as NonFiniteLossError  # re-exported: it lived here before steps.py
-from raybal.steps import check_finite, train_epoch
+from raybal.steps import check_finite, to_device, train_epoch
 from raybal.tasks import metric_name
 from raybal.utilization import (
     MUResult,
@@ -219,6 +219,12 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
                                        global_batch=global_batch)
         if dist.shard_log is not None:
             dist.shard_log(epoch, order)
+        if method.training_pass:  # e.g. PMR's prototypes, from this rank's shard of the epoch's batches
+            model.eval()
+            method.on_training_data(model, ((to_device(xb, device, channels_last), yb.to(device, non_blocking=True))
+                                            for xb, yb in data.train.batches(bs, order=order, drop_last=True)))
+            train_model.train()
+            method.on_train_mode(model)
         ep = train_epoch(train_model, method, optimizer, data.train.batches(bs, order=order, drop_last=True),
                          autocast, device=device, num_classes=ncls, task=task, channels_last=channels_last)
         # The train-split row covers every rank's samples (sums over ranks), as with one worker; the

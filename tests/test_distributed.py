@@ -100,7 +100,7 @@ def test_multi_worker_trials_in_a_study(tmp_path: Path) -> None:
 
     study = tmp_path / "s.toml"
     study.write_text(RUN.format(epochs=2, method="vanilla", balance="").replace("n_train = 1000", "n_train = 256")
-                     + "workers = 2\n[study]\nobjective = \"final.val_accuracy\"\nnum_samples = 1\n"
+                     + "workers = 2\n[study]\nobjective = \"final.val_accuracy\"\nnum_samples = 1\nbaseline = \"none\"\n"
                        "[search]\n\"train.lr\" = {loguniform = [1e-3, 1e-2]}\n")
     assert main(["study", "run", str(study), "--results", str(tmp_path / "res"), "--quiet"]) == 0
     t = pd.read_parquet(tmp_path / "res" / "trials.parquet")

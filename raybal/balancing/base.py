@@ -3,11 +3,13 @@
 The loop in :mod:`raybal.train` calls, per epoch and per step::
 
     on_epoch_start(epoch)            # e.g. warm-up of a penalty weight, freezing encoders
+    on_training_data(model, batches) # only if training_pass: a look at the epoch's training batches
+                                     # (eval mode, this rank's shard), e.g. PMR's class prototypes
     before_step()                    # per-step mode, e.g. Wu's re-balancing gate override
     x = prepare_batch(x, y)          # e.g. modality dropout
     out = model(x); loss = task_loss(out, y)   # CE of the fused logits; Wu's guided: sum of branch CEs
-    loss += extra_loss(x, out, y, loss)  # e.g. the mu_target penalty
-    loss.backward()
+    extra = extra_loss(x, out, y, loss)  # e.g. the mu_target penalty
+    backward(loss, extra)            # (loss + extra).backward(); e.g. MMPareto's per-loss gradients
     after_backward(out, y)           # e.g. OGM-GE gradient modulation, learning-speed sums
     optimizer.step(); after_step()
     on_epoch_end(epoch)              # before the epoch's evaluation
@@ -69,6 +71,15 @@ class BalanceMethod:
     # A method with a utilization target (``target_error``, ``tolerance``) gets target-aware model
     # selection (``train.select = "auto"``) and ``final.target_met`` / ``final.target_error``.
     has_target: ClassVar[bool] = False
+    # on_training_data is called each epoch with the epoch's training batches (a per-epoch data pass)
+    training_pass: ClassVar[bool] = False
+    # The method's ``backward`` makes the gradients itself (several backward passes, gradient surgery) and
+    # averages them over data-parallel ranks itself (:meth:`all_reduce_tensors`): the loop runs its step
+    # without DDP's own gradient averaging.
+    owns_gradients: ClassVar[bool] = False
+    # The method cannot work with more than this many modalities (None: any M >= 2); refused at load.
+    max_modalities: ClassVar[int | None] = None
+    needs_pooled_features: ClassVar[bool] = False
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         self.params = params
@@ -84,6 +95,12 @@ class BalanceMethod:
         if cfg.train.select == "target" and not cls.has_target:
             raise ConfigError("train.select", f"\"target\" needs a method with a utilization target (mu_target), "
                               f"not {cfg.balance.method!r}; use \"auto\", \"best_val\" or \"last\"")
+        if cls.max_modalities is not None and len(cfg.modalities) > cls.max_modalities:
+            raise ConfigError("balance.method", f"{cfg.balance.method!r} is defined for at most {cls.max_modalities} "
+                              f"modalities; the data set has {len(cfg.modalities)} ({', '.join(cfg.modalities)})")
+        if cls.needs_pooled_features and not model_cls.pooled_features:
+            raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs one pooled feature vector "
+                              f"per modality (model.name = \"late\" or \"sum\"), not {cfg.model.name!r}")
         if cls.needs_modality_logits and not model_cls.has_modality_logits:
             raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs per-modality logits, "
                               f"which model {cfg.model.name!r} does not provide")
@@ -100,6 +117,11 @@ class BalanceMethod:
     def on_train_mode(self, model: FusionModel) -> None:
         """Called after ``model.train()``; e.g. keep frozen encoders in eval mode."""
 
+    def on_training_data(self, model: FusionModel, batches: Any) -> None:
+        """With ``training_pass``: called at the start of each epoch, before training, with the model
+        in eval mode and an iterator over this rank's training batches of the epoch (on the device,
+        ``(x, y)``); a method reading statistics from them averages them over ranks itself."""
+
     def before_step(self) -> None:
         pass
 
@@ -113,6 +135,20 @@ class BalanceMethod:
 
     def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
         return None
+
+    def backward(self, loss: Tensor, extra: Tensor | None) -> None:
+        """Make the step's gradients: by default one backward pass of the total loss. A method with
+        ``owns_gradients`` overrides this and averages its gradients over ranks (:meth:`all_reduce_tensors`)."""
+        (loss + extra if extra is not None else loss).backward()
+
+    def all_reduce_tensors(self, tensors: list[Tensor]) -> None:
+        """Average ``tensors`` (e.g. gradients) over data-parallel ranks in place, in one collective
+        (a no-op in a single process)."""
+        if self.ctx.all_reduce is None or self.ctx.world_size == 1 or not tensors:
+            return
+        flat = self.ctx.all_reduce(torch.cat([t.reshape(-1) for t in tensors]))
+        for t, new in zip(tensors, torch.split(flat, [t.numel() for t in tensors])):
+            t.copy_(new.view_as(t))
 
     def after_backward(self, out: ModelOutput, y: Tensor) -> None:
         pass
@@ -181,6 +217,7 @@ def _check_method(name: str, obj: Any, params: type | None) -> None:
 
 
 METHODS: Registry[type[BalanceMethod]] = Registry("balancing method", _check_method)
+BASELINE = "vanilla"  # the method a study compares every answer with by default (study.baseline)
 
 
 @METHODS.register("vanilla")

@@ -55,6 +55,8 @@ class FusionModel(nn.Module):
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     has_modality_logits: ClassVar[bool] = True
     has_gates: ClassVar[bool] = False
+    # ``encode`` returns one pooled vector (N, D) per modality (late / sum fusion), not feature maps
+    pooled_features: ClassVar[bool] = False
 
     def __init__(self, modalities: tuple[str, ...]) -> None:
         super().__init__()

@@ -51,6 +51,8 @@ class LateFusion(FusionModel):
     exactly W_m f_m + b / M (the decomposition OGM-GE uses, Peng et al. 2022 Eq. 1-2).
     """
 
+    pooled_features = True
+
     def __init__(self, p: LateParams, modalities: tuple[str, ...], shapes: dict[str, tuple[int, ...]],
                  num_classes: int) -> None:
         super().__init__(modalities)
@@ -91,6 +93,8 @@ class LateFusion(FusionModel):
 @MODELS.register("sum", EncoderParams)
 class SumFusion(FusionModel):
     """Each modality has its own linear head; the fused logits are their sum."""
+
+    pooled_features = True
 
     def __init__(self, p: EncoderParams, modalities: tuple[str, ...], shapes: dict[str, tuple[int, ...]],
                  num_classes: int) -> None:

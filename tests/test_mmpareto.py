@@ -1,0 +1,74 @@
+"""``mmpareto`` (Wei & Hu 2024): the min-norm weight, the integrated encoder gradients, a run."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+
+from raybal.balancing import METHODS, MethodContext
+from raybal.data import load_data
+from raybal.train import build_for, fit
+
+
+def test_min_norm_weight_is_the_closest_point_to_the_origin() -> None:
+    from raybal.balancing.mmpareto import MMPareto
+
+    g1, g2 = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    c = MMPareto.min_norm_weight(g1, g2)
+    assert float(c) == 0.6  # (|g2|^2 - <g1,g2>) / |g1 - g2|^2 = 3 / 5
+    d = c * g1 + (1 - c) * g2
+    assert abs(float(d @ (g1 - g2))) < 1e-12  # the minimum-norm point of the segment
+    grid = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    norms = ((grid[:, None] * g1 + (1 - grid[:, None]) * g2) ** 2).sum(1)
+    assert float(grid[norms.argmin()]) == 0.6
+    # at the ends the reference's clamps: one gradient inside the other's half-space
+    assert float(MMPareto.min_norm_weight(g1, 3 * g1)) == 0.999
+    assert float(MMPareto.min_norm_weight(3 * g1, g1)) == 0.001
+
+
+def test_encoder_gradients_are_the_integrated_ones_and_heads_get_the_plain_sum() -> None:
+    cfg = tiny_config(**{"balance.method": "mmpareto", "model.name": "sum", "balance.gamma": 1.5})
+    data = load_data(cfg.data)
+    torch.manual_seed(0)
+    model = build_for(cfg, data)
+    entry = METHODS.get("mmpareto")
+    method = entry.obj(cfg.balance.params, MethodContext(model=model, modalities=data.modalities, epochs=1,
+                                                          steps_per_epoch=1, seed=0))
+    xb, yb = next(iter(data.train.batches(64, shuffle=False)))
+    out = model(xb)
+    l_mm = F.cross_entropy(out.logits, yb)
+    l_u = {m: F.cross_entropy(out.modality_logits[m], yb) for m in data.modalities}
+    params = [p for p in model.parameters() if p.requires_grad]
+    plain = torch.autograd.grad(l_mm + sum(l_u.values()), params, retain_graph=True)
+    expect = {id(p): g for p, g in zip(params, plain)}
+    conflicts = 0
+    for m in data.modalities:  # the formula, from gradients computed independently
+        enc = model.encoder_parameters(m)
+        gm = torch.autograd.grad(l_mm, enc, retain_graph=True)
+        gu = torch.autograd.grad(l_u[m], enc, retain_graph=True)
+        fm, fu = torch.cat([g.flatten() for g in gm]).double(), torch.cat([g.flatten() for g in gu]).double()
+        cos = float(fm @ fu) / float(fm.norm() * fu.norm())
+        c = float(method.min_norm_weight(fm, fu)) if cos <= 0 else 0.5
+        conflicts += cos <= 0
+        for p, a, b in zip(enc, gm, gu):
+            new = 2 * (c * a + (1 - c) * b)
+            expect[id(p)] = 1.5 * max(1.0, float((a + b).norm() / new.norm())) * new
+    method.on_epoch_start(1)
+    model.zero_grad()
+    out = model(xb)
+    method.backward(F.cross_entropy(out.logits, yb), method.extra_loss(xb, out, yb, None))
+    for p in params:
+        assert torch.allclose(p.grad, expect[id(p)], rtol=1e-4, atol=1e-7)
+    enc_ids = {id(p) for m in data.modalities for p in model.encoder_parameters(m)}
+    heads = [p for p in params if id(p) not in enc_ids]
+    assert heads and all(torch.allclose(p.grad, g) for p, g in zip(params, plain) if id(p) not in enc_ids)
+    log = method.epoch_log()
+    assert sum(log.values()) == conflicts and set(log) == {f"pareto_conflict.{m}" for m in data.modalities}
+
+
+def test_trains_end_to_end_on_late_fusion_with_three_modalities() -> None:
+    cfg = tiny_config(**{"balance.method": "mmpareto", "data.extra_modalities": ["ir"], "train.epochs": 4})
+    r = fit(cfg)
+    assert r.status == "ok" and r.final["final.test_accuracy"] > 0.2
+    assert {"pareto_conflict.eo", "pareto_conflict.sar", "pareto_conflict.ir"} <= set(r.epochs[0])
