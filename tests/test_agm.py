@@ -67,7 +67,7 @@ def test_the_loss_keeps_its_value_and_scales_each_modality_gradient() -> None:
     out = model(x)
     loss = method.task_loss(out, y)
     assert loss.item() == pytest.approx(F.cross_entropy(out.logits, y).item(), rel=1e-4)  # sum_m m_m = T
-    k = method.coef_sum
+    k = method.coefs.total
     # now (an untrained model) both respond alike: eo is behind its history and is sped up, sar ahead of
     # its own and is slowed (r_sar > rbar_sar)
     assert k[0] > 1.5 and k[1] < 1

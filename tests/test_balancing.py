@@ -22,6 +22,9 @@ METHOD_OVERRIDES = {
     "greedy_random": {"model.name": "mmtm", "model.fuse_after": [2], "balance.start_epoch": 1},
     "ogm_ge": {"balance.alpha": 1.0},
     "modality_dropout": {"balance.p": 0.3},
+    "pmr": {"balance.alpha": 1.0},
+    "mmpareto": {"balance.gamma": 1.5},
+    "agm": {"balance.alpha": 1.0},
 }
 
 

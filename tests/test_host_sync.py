@@ -75,6 +75,9 @@ METHOD_CASES = {
     "ogm": {"balance.method": "ogm_ge", "balance.start_epoch": 1, "balance.ge": False},
     "greedy_guided": {"balance.method": "greedy_guided", "model.name": "mmtm", "balance.start_epoch": 1},
     "modality_dropout": {"balance.method": "modality_dropout"},
+    "pmr": {"balance.method": "pmr", "balance.scaling": "continuous"},
+    "mmpareto": {"balance.method": "mmpareto", "model.name": "sum"},
+    "agm": {"balance.method": "agm"},
 }
 
 
@@ -90,6 +93,9 @@ def test_an_epoch_of_steps_reads_nothing_from_the_device(case: str) -> None:
     batches = list(data.train.batches(cfg.train.batch_size, drop_last=True))
     for epoch in (1, 2):
         method.on_epoch_start(epoch)
+        if method.training_pass:  # the per-epoch data pass (PMR's prototypes) is not a step
+            model.eval()
+            method.on_training_data(model, iter(batches))
         model.train()
         with host_reads() as sites:
             stats = train_epoch(model, method, opt, batches, nullcontext(), device=torch.device("cpu"),

@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
-from raybal.config import ConfigError, RunConfig, knob
+from raybal.balancing.base import METHODS, MethodContext, ModalityMeans, WindowedMethod, full_precision
+from raybal.config import knob
 from raybal.models.base import ModelOutput
 
 
@@ -63,12 +63,11 @@ class AGMParams:
     end_epoch: int = knob(0, ge=0, doc="last modulated epoch (0 = until the end)")
 
     def validate(self, prefix: str) -> None:
-        if self.end_epoch and self.end_epoch < self.start_epoch:
-            raise ConfigError(f"{prefix}.end_epoch", f"must be >= start_epoch = {self.start_epoch} (or 0)")
+        WindowedMethod.check_window(self, prefix)
 
 
 @METHODS.register("agm", AGMParams)
-class AGM(BalanceMethod):
+class AGM(WindowedMethod):
     """Li et al. 2023: scale each modality's Shapley response by its drift from its own history."""
 
     def __init__(self, params: AGMParams, ctx: MethodContext) -> None:
@@ -76,23 +75,11 @@ class AGM(BalanceMethod):
         self.running: Tensor | None = None  # cumulative mean of s per modality, over every step so far
         self.steps = 0
         self._x: dict[str, Tensor] | None = None
-        self.coef_sum: Tensor | None = None
-        self.n = 0
-
-    @classmethod
-    def acting_epoch(cls, cfg: RunConfig) -> int:
-        return min(cfg.balance.params.start_epoch, cfg.train.epochs)
-
-    def selectable(self, epoch: int) -> bool:
-        return epoch >= min(self.params.start_epoch, self.ctx.epochs)
-
-    def active(self) -> bool:
-        p = self.params
-        return self.epoch >= p.start_epoch and (p.end_epoch == 0 or self.epoch <= p.end_epoch)
+        self.coefs = ModalityMeans("agm_coef", 1.0)
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
-        self.coef_sum, self.n = None, 0
+        self.coefs.reset()
 
     def prepare_batch(self, x: dict[str, Tensor], y: Tensor) -> dict[str, Tensor]:
         self._x = x  # the masked passes of task_loss use the step's inputs
@@ -152,8 +139,7 @@ class AGM(BalanceMethod):
             if self.ctx.all_reduce is not None:
                 scores = self.ctx.all_reduce(scores)
             kappa = self.coefficients(scores).float()
-        self.coef_sum = kappa if self.coef_sum is None else self.coef_sum + kappa
-        self.n += 1
+        self.coefs.add(kappa)
         return kappa
 
     def after_backward(self, out: ModelOutput, y: Tensor) -> None:
@@ -171,10 +157,7 @@ class AGM(BalanceMethod):
             torch._foreach_mul_(grads, factor)
 
     def epoch_log(self) -> dict[str, float]:
-        if self.coef_sum is None or not self.n:
-            return {f"agm_coef.{m}": 1.0 for m in self.ctx.modalities}
-        means = (self.coef_sum / self.n).tolist()  # read once, at the epoch's end
-        return {f"agm_coef.{m}": v for m, v in zip(self.ctx.modalities, means)}
+        return self.coefs.log(self.ctx.modalities)
 
     def state_dict(self) -> dict[str, Any]:
         return {"running": None if self.running is None else self.running.cpu(), "steps": self.steps}

@@ -202,6 +202,49 @@ class BalanceMethod:
         pass
 
 
+class WindowedMethod(BalanceMethod):
+    """A method that acts from ``params.start_epoch`` to ``params.end_epoch`` (inclusive; 0 = to the end):
+    the window's checks, ASHA's acting epoch and best-validation selection from its start."""
+
+    @staticmethod
+    def check_window(params: Any, prefix: str) -> None:
+        if params.end_epoch and params.end_epoch < params.start_epoch:
+            raise ConfigError(f"{prefix}.end_epoch", f"must be >= start_epoch = {params.start_epoch} (or 0)")
+
+    @classmethod
+    def acting_epoch(cls, cfg: RunConfig) -> int:
+        return min(cfg.balance.params.start_epoch, cfg.train.epochs)
+
+    def selectable(self, epoch: int) -> bool:
+        return epoch >= min(self.params.start_epoch, self.ctx.epochs)
+
+    def active(self) -> bool:
+        p = self.params
+        return self.epoch >= p.start_epoch and (p.end_epoch == 0 or self.epoch <= p.end_epoch)
+
+
+class ModalityMeans:
+    """Per-modality values summed on the device step by step and read once, at the epoch's end, as
+    their means (``<prefix>.<modality>`` columns of ``epochs.parquet``; ``idle`` when none was added)."""
+
+    def __init__(self, prefix: str, idle: float) -> None:
+        self.prefix, self.idle = prefix, idle
+        self.reset()
+
+    def reset(self) -> None:
+        self.total: Tensor | None = None
+        self.n = 0
+
+    def add(self, values: Tensor) -> None:
+        self.total = values if self.total is None else self.total + values
+        self.n += 1
+
+    def log(self, modalities: tuple[str, ...] | list[str]) -> dict[str, float]:
+        if self.total is None or not self.n:
+            return {f"{self.prefix}.{m}": self.idle for m in modalities}
+        return {f"{self.prefix}.{m}": v for m, v in zip(modalities, (self.total / self.n).tolist())}
+
+
 def full_precision(t: Tensor) -> Tensor:
     """``t`` in at least float32 (a loss under bf16 autocast is computed in float32; float64 stays)."""
     return t if t.dtype == torch.float64 else t.float()

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
+from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, ModalityMeans, full_precision
 from raybal.config import knob
 from raybal.models.base import ModelOutput
 
@@ -53,12 +53,11 @@ class MMPareto(BalanceMethod):
 
     def __init__(self, params: MMParetoParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
-        self.conflict_sum: Tensor | None = None  # per modality: steps with cos <= 0 this epoch (on the device)
-        self.n = 0
+        self.conflicts = ModalityMeans("pareto_conflict", 0.0)  # share of steps with cos <= 0, per modality
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
-        self.conflict_sum, self.n = None, 0
+        self.conflicts.reset()
 
     def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
         assert out.modality_logits is not None
@@ -109,16 +108,10 @@ class MMPareto(BalanceMethod):
                                     torch.ones_like(norm_new))
                 p.grad = self.params.gamma * boost * g_new
         if conflicts:
-            cs = torch.stack(conflicts)
-            self.conflict_sum = cs if self.conflict_sum is None else self.conflict_sum + cs
-            self.n += 1
+            self.conflicts.add(torch.stack(conflicts))
 
     def epoch_log(self) -> dict[str, float]:
-        mods = [m for m in self.ctx.modalities if any(True for _ in self.ctx.model.encoder_parameters(m))]
-        if self.conflict_sum is None or not self.n:
-            return {f"pareto_conflict.{m}": 0.0 for m in mods}
-        shares = (self.conflict_sum / self.n).tolist()  # read once, at the epoch's end
-        return {f"pareto_conflict.{m}": v for m, v in zip(mods, shares)}
+        return self.conflicts.log([m for m in self.ctx.modalities if self.ctx.model.encoder_parameters(m)])
 
     def state_dict(self) -> dict[str, Any]:
         return {}

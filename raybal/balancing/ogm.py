@@ -35,8 +35,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
-from raybal.config import ConfigError, RunConfig, knob
+from raybal.balancing.base import METHODS, MethodContext, ModalityMeans, WindowedMethod, full_precision
+from raybal.config import knob
 from raybal.models.base import ModelOutput
 
 
@@ -49,12 +49,11 @@ class OGMParams:
     params: Literal["weights", "all"] = "weights"
 
     def validate(self, prefix: str) -> None:
-        if self.end_epoch and self.end_epoch < self.start_epoch:
-            raise ConfigError(f"{prefix}.end_epoch", f"must be >= start_epoch = {self.start_epoch} (or 0)")
+        WindowedMethod.check_window(self, prefix)
 
 
 @METHODS.register("ogm_ge", OGMParams)
-class OGMGE(BalanceMethod):
+class OGMGE(WindowedMethod):
     """Peng et al. 2022: slow the dominant modality's encoder, add gradient noise."""
 
     needs_modality_logits = True
@@ -64,24 +63,11 @@ class OGMGE(BalanceMethod):
         self.gen = torch.Generator().manual_seed(ctx.seed + 13)
         self.dev_gen: torch.Generator | None = None
         self._dev_state: Tensor | None = None  # a checkpointed device-generator state, until the generator exists
-        self.coef_sum: Tensor | None = None  # the epoch's sum of k per modality, on the device
-        self.n = 0
+        self.coefs = ModalityMeans("ogm_coef", 1.0)  # the epoch's mean k per modality
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
-        self.coef_sum = None
-        self.n = 0
-
-    def active(self) -> bool:
-        p = self.params
-        return self.epoch >= p.start_epoch and (p.end_epoch == 0 or self.epoch <= p.end_epoch)
-
-    @classmethod
-    def acting_epoch(cls, cfg: RunConfig) -> int:
-        return min(cfg.balance.params.start_epoch, cfg.train.epochs)
-
-    def selectable(self, epoch: int) -> bool:
-        return epoch >= min(self.params.start_epoch, self.ctx.epochs)
+        self.coefs.reset()
 
     @staticmethod
     def coefficient(alpha: float | Tensor, rho: Tensor) -> Tensor:
@@ -115,7 +101,7 @@ class OGMGE(BalanceMethod):
         if not self.active():
             return
         coef = self.coefficient_vector(out, y)  # no host read: the scaling is applied on the device
-        self.coef_sum = coef if self.coef_sum is None else self.coef_sum + coef
+        self.coefs.add(coef)
         for m, k in zip(self.ctx.modalities, coef):
             for p in self._modulated(m):
                 if p.grad is None:
@@ -128,7 +114,6 @@ class OGMGE(BalanceMethod):
                     p.grad.mul_(kk).add_(noise.to(p.grad.dtype) * std)
                 else:
                     p.grad.mul_(kk)
-        self.n += 1
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """The GE noise generator on the gradients' device: the seeded CPU stream on CPU; on a GPU, a
@@ -145,10 +130,7 @@ class OGMGE(BalanceMethod):
         return self.dev_gen
 
     def epoch_log(self) -> dict[str, float]:
-        if self.coef_sum is None or not self.n:
-            return {f"ogm_coef.{m}": 1.0 for m in self.ctx.modalities}
-        means = (self.coef_sum / self.n).tolist()  # read once, at the epoch's end
-        return {f"ogm_coef.{m}": v for m, v in zip(self.ctx.modalities, means)}
+        return self.coefs.log(self.ctx.modalities)
 
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state(), "dev_gen": None if self.dev_gen is None else self.dev_gen.get_state()}

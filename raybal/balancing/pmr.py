@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
-from raybal.config import ConfigError, RunConfig, knob
+from raybal.balancing.base import METHODS, MethodContext, ModalityMeans, WindowedMethod, full_precision
+from raybal.config import knob
 from raybal.models.base import FusionModel, ModelOutput
 
 
@@ -61,12 +61,11 @@ class PMRParams:
     end_epoch: int = knob(0, ge=0, doc="last epoch with the prototypical loss (0 = until the end)")
 
     def validate(self, prefix: str) -> None:
-        if self.end_epoch and self.end_epoch < self.start_epoch:
-            raise ConfigError(f"{prefix}.end_epoch", f"must be >= start_epoch = {self.start_epoch} (or 0)")
+        WindowedMethod.check_window(self, prefix)
 
 
 @METHODS.register("pmr", PMRParams)
-class PMR(BalanceMethod):
+class PMR(WindowedMethod):
     """Fan et al. 2023: prototypical cross-entropy for the lagging modality."""
 
     training_pass = True
@@ -75,23 +74,11 @@ class PMR(BalanceMethod):
     def __init__(self, params: PMRParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
         self.prototypes: dict[str, Tensor] | None = None  # modality -> (classes, dim)
-        self.coef_sum: Tensor | None = None
-        self.n = 0
-
-    @classmethod
-    def acting_epoch(cls, cfg: RunConfig) -> int:
-        return min(cfg.balance.params.start_epoch, cfg.train.epochs)
-
-    def selectable(self, epoch: int) -> bool:
-        return epoch >= min(self.params.start_epoch, self.ctx.epochs)
-
-    def active(self) -> bool:
-        p = self.params
-        return self.epoch >= p.start_epoch and (p.end_epoch == 0 or self.epoch <= p.end_epoch)
+        self.coefs = ModalityMeans("pmr_coef", 0.0)
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
-        self.coef_sum, self.n = None, 0
+        self.coefs.reset()
 
     @torch.no_grad()
     def on_training_data(self, model: FusionModel, batches: Any) -> None:
@@ -144,15 +131,11 @@ class PMR(BalanceMethod):
             if self.ctx.all_reduce is not None:
                 scores = self.ctx.all_reduce(scores)
             coef = self.coefficient_vector(scores.double()).float()
-        self.coef_sum = coef if self.coef_sum is None else self.coef_sum + coef
-        self.n += 1
+        self.coefs.add(coef)
         return sum(coef[i] * F.cross_entropy(sims[m], y) for i, m in enumerate(self.ctx.modalities))
 
     def epoch_log(self) -> dict[str, float]:
-        if self.coef_sum is None or not self.n:
-            return {f"pmr_coef.{m}": 0.0 for m in self.ctx.modalities}
-        means = (self.coef_sum / self.n).tolist()  # read once, at the epoch's end
-        return {f"pmr_coef.{m}": v for m, v in zip(self.ctx.modalities, means)}
+        return self.coefs.log(self.ctx.modalities)
 
     def state_dict(self) -> dict[str, Any]:
         return {"prototypes": None if self.prototypes is None else {m: t.cpu() for m, t in self.prototypes.items()}}
