@@ -34,6 +34,9 @@ VARIANTS = [  # (name, model, balance overrides, baseline name)
     ("mu_target (input re-encode)", "late", {"balance.method": "mu_target", "balance.shuffle": "inputs",
                                              "balance.target": {"eo": 0.75, "sar": 0.25}}, "vanilla"),
     ("ogm_ge", "late", {"balance.method": "ogm_ge"}, "vanilla"),
+    ("pmr", "late", {"balance.method": "pmr"}, "vanilla"),
+    ("mmpareto", "late", {"balance.method": "mmpareto"}, "vanilla"),
+    ("agm", "late", {"balance.method": "agm"}, "vanilla"),
     ("vanilla (mmtm)", "mmtm", {}, "vanilla (mmtm)"),
     ("greedy_guided", "mmtm", {"balance.method": "greedy_guided"}, "vanilla (mmtm)"),
     ("greedy_random", "mmtm", {"balance.method": "greedy_random"}, "vanilla (mmtm)"),
@@ -63,6 +66,9 @@ def main() -> None:
         method = METHODS.get(cfg.balance.method).obj(cfg.balance.params, MethodContext(
             model=model, modalities=data.modalities, epochs=cfg.train.epochs, steps_per_epoch=len(batches), seed=0))
         method.on_epoch_start(cfg.train.epochs)  # fully active: lambda at lambda_max, past start epochs
+        if method.training_pass:  # PMR's prototypes (their per-epoch pass, ~proto_fraction of an epoch's
+            model.eval()          # forwards in eval mode, is not part of the step time)
+            method.on_training_data(model, iter(batches))
         model.train()
         method.on_train_mode(model)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
