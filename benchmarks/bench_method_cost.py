@@ -37,6 +37,7 @@ VARIANTS = [  # (name, model, balance overrides, baseline name)
     ("pmr", "late", {"balance.method": "pmr"}, "vanilla"),
     ("mmpareto", "late", {"balance.method": "mmpareto"}, "vanilla"),
     ("agm", "late", {"balance.method": "agm"}, "vanilla"),
+    ("inforeg", "late", {"balance.method": "inforeg"}, "vanilla"),
     ("vanilla (mmtm)", "mmtm", {}, "vanilla (mmtm)"),
     ("greedy_guided", "mmtm", {"balance.method": "greedy_guided"}, "vanilla (mmtm)"),
     ("greedy_random", "mmtm", {"balance.method": "greedy_random"}, "vanilla (mmtm)"),

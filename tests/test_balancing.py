@@ -25,6 +25,7 @@ METHOD_OVERRIDES = {
     "pmr": {"balance.alpha": 1.0},
     "mmpareto": {"balance.gamma": 1.5},
     "agm": {"balance.alpha": 1.0},
+    "inforeg": {"balance.beta": 0.95},
 }
 
 

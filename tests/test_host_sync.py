@@ -78,6 +78,7 @@ METHOD_CASES = {
     "pmr": {"balance.method": "pmr", "balance.scaling": "continuous"},
     "mmpareto": {"balance.method": "mmpareto", "model.name": "sum"},
     "agm": {"balance.method": "agm"},
+    "inforeg": {"balance.method": "inforeg"},
 }
 
 

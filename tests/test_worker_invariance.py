@@ -29,6 +29,7 @@ CASES = {
     "pmr": {"balance.proto_fraction": 0.4},  # prototypes from the first 2 global batches, split across ranks
     "mmpareto": {},  # its own gradient averaging (no DDP) before the conflict test
     "agm": {},
+    "inforeg": {},  # scores summed over the global batch, Fisher sums of the averaged gradients
 }
 
 
