@@ -170,6 +170,8 @@ def config_table(t: pd.DataFrame, metric: str) -> pd.DataFrame:
                 if vals.notna().any():
                     row[c] = float(vals.astype(float).mean())
         iv = mean_interval(pd.to_numeric(ok[metric], errors="coerce").tolist()) if not ok.empty else None
+        if iv is not None:
+            row[metric] = iv.mean  # whatever the column (final.*, robust.*, wall_s, ...): ranked by the mean
         row.update({"config_id": cid, "n_ok": len(ok), "n_failed": int((g["status"] == "failed").sum()),
                     "n_stopped": int((g["status"] == "stopped").sum()), "trial_ids": list(g["trial_id"].astype(str)),
                     f"{metric}.low": iv.low if iv else math.nan, f"{metric}.high": iv.high if iv else math.nan,
@@ -206,9 +208,10 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
         if c.metric not in t.columns:
             raise ResultsError(f"constraint {c}: {c.metric!r} is not a column of trials.parquet")
     configs = config_table(t, metric)
+    expected = int(res.meta.get("repeats") or 1)  # seeds every configuration should have (study.repeats)
     if method is not None:  # the best of one method (the baseline stays the reference)
         configs = configs[(configs["balance.method"] == method) | (configs["role"] == "baseline")]
-    complete = configs[(configs["n_ok"] > 0) & (configs["n_failed"] == 0) & (configs["n_stopped"] == 0)]
+    complete = configs[(configs["n_ok"] >= expected) & (configs["n_failed"] == 0) & (configs["n_stopped"] == 0)]
     ok = complete[complete["balance.method"] == method] if method is not None else complete
     for c in cons:
         ok = ok[ok[c.metric].map(c.holds)]
@@ -237,7 +240,10 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
         objs = [(o["metric"], o["mode"]) for o in objectives if o["metric"] in ok.columns]
         cols = list(dict.fromkeys(["config_id", "trial_id", "n_ok"] + [m for m, _ in objs] + searched))
         pareto = pareto_front(ok, objs)[cols].reset_index(drop=True)
-    failed = configs.loc[configs["n_failed"] > 0, ["config_id", "n_ok", "n_failed", "n_stopped", *searched]]
+    # reported, never ranked: a failed seed, or fewer ok seeds than study.repeats (an interrupted study)
+    failed = configs.loc[(configs["n_failed"] > 0) | ((configs["n_ok"] > 0) & (configs["n_ok"] < expected)
+                                                      & (configs["n_stopped"] == 0)),
+                         ["config_id", "n_ok", "n_failed", "n_stopped", *searched]]
     return Best(trial_id=str(row["trial_id"]), metric=metric, mode=mode, value=float(row[metric]), target=target,
                 mu={m: float(row[f"final.mu.{m}"]) for m in mods if pd.notna(row.get(f"final.mu.{m}"))},
                 params={c: _plain(row[c]) for c in searched}, row={k: v for k, v in row.items() if k != "_values"},
@@ -256,7 +262,7 @@ def best_per_method(results_dir: str | Path, metric: str | None = None, mode: st
     t = load_results(results_dir).trials
     if t.empty:
         raise ResultsError(f"{results_dir}: no trials recorded yet")
-    rows = []
+    rows, runs = [], _runs(t)
     for m in dict.fromkeys(t["balance.method"].dropna().astype(str)):
         try:
             b = best_trial(results_dir, metric, mode, constraints, method=m)
@@ -265,7 +271,7 @@ def best_per_method(results_dir: str | Path, metric: str | None = None, mode: st
             continue
         iv, diff = b.interval, b.vs_baseline.diff if b.vs_baseline else None
         test = next((k for k in b.row if k.startswith("final.test_") and k[11:] in ("accuracy", "miou")), None)
-        rows.append({"method": m, "configs": int((t.loc[t["balance.method"] == m, "config_id"]).nunique()),
+        rows.append({"method": m, "configs": int(runs.loc[runs["balance.method"] == m, "config_id"].nunique()),
                      "config_id": b.config_id, "n": iv.n, "metric": b.metric, "mean": b.value, "low": iv.low,
                      "high": iv.high, "vs_baseline": diff.mean if diff else (0.0 if b.is_baseline else math.nan),
                      "vs_baseline.low": diff.low if diff else math.nan,
@@ -326,5 +332,5 @@ def format_best(b: Best) -> str:
     if b.pareto is not None:
         lines += ["", "Pareto set:", b.pareto.to_string(**fmt)]
     if b.failed is not None and not b.failed.empty:
-        lines += ["", "configurations with a failed seed (not ranked):", b.failed.to_string(**fmt)]
+        lines += ["", "configurations with a failed or missing seed (not ranked):", b.failed.to_string(**fmt)]
     return "\n".join(lines)

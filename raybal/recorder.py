@@ -234,9 +234,13 @@ def _claim_config(results_dir: Path, cfg: Any, tid: str) -> str | None:
         except FileExistsError:
             try:
                 holder = path.read_text().strip()
+                age = time.time() - path.stat().st_mtime
             except FileNotFoundError:
                 continue  # released between the two calls: try again
-            return None if holder in (tid, "") else holder  # "": a claim being written; ours (a restart)
+            if holder == "" and age > 30:  # created by a process that died before writing its id
+                path.unlink(missing_ok=True)
+                continue
+            return None if holder == tid else holder or "?"  # ours (a restarted trial), or held
         with os.fdopen(fd, "w") as fh:
             fh.write(tid)
         return None

@@ -88,6 +88,11 @@ class SearchSpace:
         out += [f"{key}.{last}" for key, last in self.complement.items()]
         return list(dict.fromkeys(out))
 
+    def method_choice(self) -> tuple[str, ...]:
+        """The methods of the unconditional ``balance.method`` choice, each once (``study.per_method``)."""
+        return tuple(dict.fromkeys(m for p in self.params if p.key == "balance.method" and not p.when
+                                   and isinstance(p.dist, Choice) for m in p.dist.choices))
+
     def methods(self) -> tuple[str, ...]:
         """Balancing methods the search may choose (``balance.method`` choices)."""
         return tuple(m for p in self.params if p.key == "balance.method" and isinstance(p.dist, Choice)
@@ -157,7 +162,7 @@ class Study:
     def configurations(self) -> int:
         """The configurations the search proposes: num_samples, per method with ``study.per_method``."""
         s = self.settings
-        return s.num_samples * (len(self.space.methods()) if s.per_method else 1)
+        return s.num_samples * (len(self.space.method_choice()) if s.per_method else 1)
 
     @property
     def runs(self) -> int:

@@ -279,7 +279,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
     url = storage_url(study, results_dir)
     searcher = StudySearch(space=_DefineByRun(study, base_flat), study_name=s.name, repeats=s.repeats,
                            baseline=None if s.baseline == "none" else s.baseline, base_seed=study.base.train.seed,
-                           per_method=study.space.methods() if s.per_method else (),
+                           per_method=study.space.method_choice() if s.per_method else (),
                            storage=open_storage(url) if url else None,
                             metric=metrics if len(metrics) > 1 else metrics[0],
                             mode=modes if len(modes) > 1 else modes[0], sampler=study.sampler())
@@ -379,6 +379,8 @@ def resume_study(results_dir: str | Path, *, address: str | None = None, quiet: 
     try:
         # Resume exactly the study that ran: the file with the --set overrides it was started with.
         resolved = meta.get("study_resolved") or tomllib.loads(source)
+        if "repeats" not in meta:  # started before replicates and baselines existed: resume it as it ran
+            resolved.setdefault("study", {}).update(baseline="none", repeats=1)
         study = study_from_dict(resolved, source=source, overrides=meta.get("overrides") or {})
     except (ConfigError, tomllib.TOMLDecodeError) as exc:
         raise ResultsError(f"{meta_path}: the stored study file is not valid ({exc})") from None

@@ -66,7 +66,10 @@ class Tracker:
         self._warned = False
 
     def log(self, result: RunResult) -> str | None:
-        """Log one run; returns its MLflow run id (None when it was logged before or logging failed)."""
+        """Log one run; returns its MLflow run id (None when it was logged before or logging failed; after a
+        failure the tracker stops trying, so a lost server does not cost each later run a timeout)."""
+        if self._warned:
+            return None
         try:
             return self._log(result)
         except Exception as exc:

@@ -73,7 +73,7 @@ def test_best_ranks_means_over_seeds_and_compares_paired_by_seed(tmp_path: Path)
     assert list(b.failed["n_failed"]) == [1] and list(b.failed["n_ok"]) == [2]
     text = format_best(b)
     assert "better than the baseline (vanilla)" in text and "NOT distinguishable from the runner-up" in text
-    assert "95% CI" in text and "configurations with a failed seed" in text
+    assert "95% CI" in text and "configurations with a failed or missing seed" in text
     js = b.to_json()
     assert js["vs_baseline"]["verdict"] == "better" and js["interval"]["n"] == 3
     assert js["failed_configs"][0]["n_failed"] == 1 and len(js["sentences"]) == 2
@@ -131,3 +131,20 @@ def test_best_target_is_the_target_with_its_uncertainty_attached(tmp_path: Path)
     assert bt.interval.mean == pytest.approx(0.75) and bt.interval.n == 3
     assert bt.vs_baseline.diff.mean == pytest.approx(0.05) and bt.vs_baseline.verdict == "better"
     assert any("better than the baseline" in line for line in bt.sentences)
+
+
+def test_a_configuration_missing_seeds_is_reported_not_ranked(tmp_path: Path) -> None:
+    runs = [_run(f"b{s}", "vanilla", s, 0.6, 0.5, role="baseline") for s in range(3)]
+    runs += [_run(f"a{s}", "vanilla", s, 0.7, 0.5, train__lr=0.004) for s in range(3)]
+    runs += [_run("c0", "vanilla", 0, 0.99, 0.5, train__lr=0.008)]  # an interrupted study: 1 of 3 seeds
+    for r, w in zip(runs, [5.0, 0.0, 0.0, 1.0, 2.0, 3.0, 9.0]):
+        r.wall_s = w
+    d = _study_dir(tmp_path, runs)
+    meta = json.loads((d / "study.json").read_text())
+    (d / "study.json").write_text(json.dumps({**meta, "repeats": 3}))
+    b = best_trial(d)
+    assert b.trial_ids == ["a0", "a1", "a2"] and b.candidates == 2
+    assert list(b.failed["n_ok"]) == [1] and "failed or missing seed" in format_best(b)
+    # a metric outside final.* / robust.* is ranked by its mean too (the baseline's first seed is the largest)
+    slow = best_trial(d, metric="wall_s", mode="max")
+    assert slow.trial_ids == ["a0", "a1", "a2"] and slow.value == pytest.approx(2.0)

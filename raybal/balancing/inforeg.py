@@ -27,7 +27,8 @@ Differences from the reference code (GeWu-Lab/InfoReg_CVPR2025, ``main.py``) and
   leading, the reference's behaviour), for any M;
 * the unimodal logits are the model's (separate heads for ``sum`` / ``mmtm``; for ``late``, the linear
   head's per-modality slices); the reference has separate unimodal heads;
-* the score is a batch *sum*, as the reference (so tanh saturates and beta is ~beta_0 e while active).
+* the score is a batch *sum*, as the reference (so tanh saturates and beta is ~beta_0 e while active);
+  the Fisher sums square the gradient after the proximal term is added, as the reference does.
 
 Under data-parallel training the scores are summed over ranks (the global batch's sum), and the
 Fisher sums use the averaged gradients, so every rank makes the same decision.
@@ -105,7 +106,9 @@ class InfoReg(BalanceMethod):
         lead = scores >= scores.max()
         lead &= torch.cumsum(lead.long(), 0) == 1  # one leader on a tie: the first
         beta = self.params.beta * torch.exp(torch.tanh(scores - others.max(1).values))
-        return torch.where(lead & self.open.to(scores.device), beta, torch.zeros_like(beta))
+        if self.open.device != scores.device:  # once per epoch (on_epoch_start makes it on the CPU)
+            self.open = self.open.to(scores.device)
+        return torch.where(lead & self.open, beta, torch.zeros_like(beta))
 
     @torch.no_grad()
     def after_backward(self, out: ModelOutput, y: Tensor) -> None:
