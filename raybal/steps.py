@@ -47,6 +47,8 @@ def train_step(train_model: torch.nn.Module, method: BalanceMethod, optimizer: t
     """
     method.before_step()
     xb = method.prepare_batch(xb, yb)
+    if method.owns_update:  # e.g. MLA: one optimizer step per modality
+        return method.update(optimizer, xb, yb, autocast)
     # A method that makes its own gradients averages them over ranks itself: DDP must not (no_sync).
     own = method.owns_gradients and hasattr(train_model, "no_sync")
     with train_model.no_sync() if own else nullcontext():  # type: ignore[operator]

@@ -26,6 +26,7 @@ METHOD_OVERRIDES = {
     "mmpareto": {"balance.gamma": 1.5},
     "agm": {"balance.alpha": 1.0},
     "inforeg": {"balance.beta": 0.95},
+    "mla": {"model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"},
 }
 
 

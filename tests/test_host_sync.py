@@ -79,6 +79,7 @@ METHOD_CASES = {
     "mmpareto": {"balance.method": "mmpareto", "model.name": "sum"},
     "agm": {"balance.method": "agm"},
     "inforeg": {"balance.method": "inforeg"},
+    "mla": {"balance.method": "mla", "model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"},
 }
 
 

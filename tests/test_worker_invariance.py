@@ -30,6 +30,7 @@ CASES = {
     "mmpareto": {},  # its own gradient averaging (no DDP) before the conflict test
     "agm": {},
     "inforeg": {},  # scores summed over the global batch, Fisher sums of the averaged gradients
+    "mla": {"model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"},  # M steps per batch
 }
 
 

@@ -77,6 +77,9 @@ class BalanceMethod:
     # averages them over data-parallel ranks itself (:meth:`all_reduce_tensors`): the loop runs its step
     # without DDP's own gradient averaging.
     owns_gradients: ClassVar[bool] = False
+    # The method makes the whole update itself (``update``: e.g. one optimizer step per modality), with
+    # its own gradient averaging over ranks; the loop only feeds it batches.
+    owns_update: ClassVar[bool] = False
     # The method cannot work with more than this many modalities (None: any M >= 2); refused at load.
     max_modalities: ClassVar[int | None] = None
     needs_pooled_features: ClassVar[bool] = False
@@ -140,6 +143,12 @@ class BalanceMethod:
         """Make the step's gradients: by default one backward pass of the total loss. A method with
         ``owns_gradients`` overrides this and averages its gradients over ranks (:meth:`all_reduce_tensors`)."""
         (loss + extra if extra is not None else loss).backward()
+
+    def update(self, optimizer: torch.optim.Optimizer, x: dict[str, Tensor], y: Tensor,
+               autocast: Any) -> tuple[ModelOutput, Tensor, Tensor]:
+        """With ``owns_update``: the whole training step on one batch (forward passes, backward passes,
+        optimizer steps, averaging over ranks); returns (output, task loss, total loss) like the loop's."""
+        raise NotImplementedError
 
     def all_reduce_tensors(self, tensors: list[Tensor]) -> None:
         """Average ``tensors`` (e.g. gradients) over data-parallel ranks in place, in one collective

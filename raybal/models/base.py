@@ -121,6 +121,10 @@ class FusionModel(nn.Module):
         own = {id(p) for m in self.modalities for p in self.branch_parameters(m)}
         return [p for p in self.parameters() if id(p) not in own]
 
+    def shared_head(self) -> nn.Module | None:
+        """The one head every modality's features go through, when the model has one (MLA)."""
+        return None
+
     # Cross-modal gates (Wu et al. 2022). Only models with has_gates implement these.
     def gate_parameters(self, modality: str) -> list[nn.Parameter]:
         raise NotImplementedError(f"{type(self).__name__} has no cross-modal gates")

@@ -90,27 +90,65 @@ class LateFusion(FusionModel):
         return [self.encoders[modality]]
 
 
-@MODELS.register("sum", EncoderParams)
+@dataclass(frozen=True)
+class SumParams(EncoderParams):
+    shared_head: bool = knob(False, doc="one linear head for every modality (their features must have one "
+                             "width), e.g. for MLA's alternating unimodal updates")
+    fusion: Literal["sum", "entropy"] = knob("sum", doc="fused logits: the sum of the modalities' logits, or "
+                                             "their mean weighted per sample by softmax(-entropy) (MLA, Zhang "
+                                             "et al. 2024: the more certain modality counts more)")
+
+
+@MODELS.register("sum", SumParams)
 class SumFusion(FusionModel):
-    """Each modality has its own linear head; the fused logits are their sum."""
+    """Each modality has its own linear head (or one shared head); the fused logits are their sum, or
+    their entropy-weighted mean (``fusion = "entropy"``)."""
 
     pooled_features = True
 
-    def __init__(self, p: EncoderParams, modalities: tuple[str, ...], shapes: dict[str, tuple[int, ...]],
+    def __init__(self, p: SumParams, modalities: tuple[str, ...], shapes: dict[str, tuple[int, ...]],
                  num_classes: int) -> None:
         super().__init__(modalities)
         self.encoders = nn.ModuleDict({m: make_encoder(shapes[m], p.width, p.stages, p.backbone) for m in modalities})
-        self.heads = nn.ModuleDict({m: nn.Linear(self.encoders[m].dim, num_classes) for m in modalities})
+        dims = {m: self.encoders[m].dim for m in modalities}
+        self.fusion_rule = p.fusion
+        self.shared: nn.Linear | None = None
+        if p.shared_head:
+            if len(set(dims.values())) != 1:
+                raise ConfigError("model.shared_head", "needs every modality's features to have one width, got "
+                                  + ", ".join(f"{m} {d}" for m, d in dims.items()))
+            self.shared = nn.Linear(next(iter(dims.values())), num_classes)
+        else:
+            self.heads = nn.ModuleDict({m: nn.Linear(dims[m], num_classes) for m in modalities})
+
+    def head(self, modality: str) -> nn.Linear:
+        return self.shared if self.shared is not None else self.heads[modality]
+
+    def shared_head(self) -> nn.Linear | None:
+        return self.shared
 
     def encode(self, x: dict[str, Tensor]) -> Features:
         return {m: self.encoders[m](x[m]) for m in self.modalities}
 
     def fuse(self, features: Features) -> ModelOutput:
-        mod_logits = {m: self.heads[m](features[m]) for m in self.modalities}
-        return ModelOutput(torch.stack(list(mod_logits.values())).sum(0), features, mod_logits)
+        mod_logits = {m: self.head(m)(features[m]) for m in self.modalities}
+        stacked = torch.stack(list(mod_logits.values()))  # (M, N, C)
+        if self.fusion_rule == "entropy":
+            return ModelOutput(entropy_fusion(stacked), features, mod_logits)
+        return ModelOutput(stacked.sum(0), features, mod_logits)
 
     def branch_modules(self, modality: str) -> list[nn.Module]:
         return [self.encoders[modality]]
+
+
+def entropy_fusion(stacked: Tensor) -> Tensor:
+    """Per sample, sum_m w_m logits_m with w = softmax_m(-H_m), H_m the entropy of modality m's
+    prediction (MLA's test-time fusion, Zhang et al. CVPR 2024; per sample as the paper and
+    BalanceBenchmark, the reference code takes one weight per batch)."""
+    logp = stacked.float().log_softmax(-1)
+    entropy = -(logp.exp() * logp).sum(-1)  # (M, N)
+    w = (-entropy).softmax(0)
+    return (w[..., None] * stacked).sum(0)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,94 @@
+"""``mla`` (Zhang et al. 2024): the projector, one step per modality through the shared head, the
+test-time entropy fusion, checks, a run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from raybal.balancing import METHODS, MethodContext
+from raybal.config import ConfigError
+from raybal.data import load_data
+from raybal.models.fusion import entropy_fusion
+from raybal.train import build_for, fit
+
+SHARED = {"balance.method": "mla", "model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"}
+
+
+def _setup(**kw):  # noqa: ANN003, ANN202
+    cfg = tiny_config(**{**SHARED, **kw})
+    data = load_data(cfg.data)
+    torch.manual_seed(0)
+    model = build_for(cfg, data)
+    entry = METHODS.get("mla")
+    method = entry.obj(cfg.balance.params, MethodContext(model=model, modalities=data.modalities, epochs=1,
+                                                          steps_per_epoch=4, seed=0))
+    return method, model, data
+
+
+def test_the_projector_follows_the_recursive_update() -> None:
+    method, *_ = _setup()
+    method.on_epoch_start(1)
+    f1, f2 = torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([[0.0, 2.0], [0.0, 2.0]])
+    g = torch.ones(3, 2)
+    method.project(g, f1)  # the first call only starts the count
+    assert torch.equal(g, torch.ones(3, 2)) and torch.equal(method.P, torch.eye(2, dtype=torch.float64))
+    method.batch = 2  # alpha = 0.1^(2/4 + 1)
+    method.project(g, f2)
+    r, alpha = torch.tensor([0.0, 2.0], dtype=torch.float64), 0.1 ** 1.5
+    P = torch.eye(2, dtype=torch.float64) - torch.outer(r, r) / (alpha + r @ r)
+    P = P / torch.linalg.matrix_norm(P)
+    assert torch.allclose(method.P, P)
+    assert torch.allclose(g.double(), torch.ones(3, 2, dtype=torch.float64) @ P.t(), atol=1e-6)
+    assert g[:, 1].abs().max() < 0.05 * g[:, 0].abs().max()  # the direction the features used is damped
+
+
+def test_each_modality_steps_alone_through_the_shared_head() -> None:
+    method, model, data = _setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = next(iter(data.train.batches(32, shuffle=False)))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    steps = []
+    real_step = opt.step
+
+    def step(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        moved = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        steps.append(moved)
+        return real_step(*a, **k)
+
+    opt.step = step
+    method.on_epoch_start(1)
+    out, loss, total = method.update(opt, x, y, torch.autocast("cpu", enabled=False))
+    assert len(steps) == len(data.modalities)  # one optimizer step per modality
+    for moved, m in zip(steps, data.modalities):
+        others = [o for o in data.modalities if o != m]
+        assert any(n.startswith(f"encoders.{m}.") for n in moved) and any(n.startswith("shared.") for n in moved)
+        assert not any(n.startswith(f"encoders.{o}.") for o in others for n in moved)
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters() if n.startswith("shared."))
+    assert set(out.modality_logits) == set(data.modalities) and torch.isfinite(loss)
+
+
+def test_entropy_fusion_weights_the_confident_modality_per_sample() -> None:
+    sure = torch.tensor([[8.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # sample 0 sure of class 0; sample 1 flat
+    flat = torch.tensor([[0.0, 0.1, 0.0], [0.0, 0.0, 9.0]])  # sample 0 flat; sample 1 sure of class 2
+    fused = entropy_fusion(torch.stack([sure, flat]))
+    assert fused[0].argmax() == 0 and fused[1].argmax() == 2
+    logp = torch.stack([sure, flat]).log_softmax(-1)
+    w = (-(-(logp.exp() * logp).sum(-1))).softmax(0)
+    assert torch.allclose(fused, (w[..., None] * torch.stack([sure, flat])).sum(0))
+
+
+def test_mla_needs_the_shared_head() -> None:
+    with pytest.raises(ConfigError, match='model.shared_head: balance.method "mla" trains every modality'):
+        tiny_config(**{"balance.method": "mla", "model.name": "sum"})
+
+
+def test_trains_end_to_end_and_keeps_its_projector_in_the_checkpoint() -> None:
+    r = fit(tiny_config(**{**SHARED, "train.epochs": 3}))
+    assert r.status == "ok" and r.final["final.test_accuracy"] > 0.2
+    method, *_ = _setup()
+    method.P, method.calls = torch.eye(4, dtype=torch.float64) * 0.5, 7
+    other, *_ = _setup()
+    other.load_state_dict(method.state_dict())
+    assert other.calls == 7 and torch.equal(other.P, method.P)
