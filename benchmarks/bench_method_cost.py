@@ -38,6 +38,7 @@ VARIANTS = [  # (name, model, balance overrides, baseline name)
     ("mmpareto", "late", {"balance.method": "mmpareto"}, "vanilla"),
     ("agm", "late", {"balance.method": "agm"}, "vanilla"),
     ("inforeg", "late", {"balance.method": "inforeg"}, "vanilla"),
+    ("modality_dropout", "late", {"balance.method": "modality_dropout"}, "vanilla"),
     ("vanilla (sum, shared head)", "sum", {"model.shared_head": True}, "vanilla (sum, shared head)"),
     ("mla", "sum", {"balance.method": "mla", "model.shared_head": True, "model.fusion": "entropy"},
      "vanilla (sum, shared head)"),

@@ -15,6 +15,7 @@ study lives in ``--out/<data set>`` and is resumed when the benchmark is run aga
 also written as Parquet.
 
     python benchmarks/bench_methods.py [--quick] [--out benchmarks/out/methods]
+    python benchmarks/bench_methods.py --defaults   # every method at its default knobs, 3 seeds, no search
 """
 
 from __future__ import annotations
@@ -107,13 +108,84 @@ def table(name: str, d: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# The model each method runs on when not searched (the comparison study's choice): greedy re-balancing needs
+# MMTM's gates, MLA a shared head (and its entropy-weighted test-time fusion); the rest late fusion.
+MODEL_FOR = {"greedy_guided": {"model.name": "mmtm"}, "greedy_random": {"model.name": "mmtm"},
+             "mla": {"model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"}}
+TARGET_FOR = {"synthetic_aerial": {"eo": 0.75, "sar": 0.25}, "colored_digits": {"gray": 0.5, "color": 0.5}}
+
+
+def default_runs(name: str, raw: dict, seeds: int) -> dict:
+    """Every method of the comparison at its default knobs, ``seeds`` seeds each: trial id -> RunConfig."""
+    from raybal.config import set_dotted
+    from raybal.resolve import config_from_dict
+
+    base = {k: v for k, v in raw.items() if k not in ("study", "search")}
+    runs = {}
+    for m in raw["search"]["balance.method"]["choice"]:
+        for seed in range(seeds):
+            r = copy.deepcopy(base)
+            r["balance"] = {"method": m, **({"target": TARGET_FOR[name]} if m == "mu_target" else {})}
+            for k, v in {**MODEL_FOR.get(m, {}), "train.seed": seed}.items():
+                set_dotted(r, k, v)
+            runs[f"{m}-s{seed}"] = config_from_dict(r)
+    return runs
+
+
+def defaults_table(name: str, trials: pd.DataFrame, cost: pd.DataFrame | None) -> pd.DataFrame:
+    mods = [c.split(".", 2)[2] for c in trials.columns if c.startswith("final.mu.")]
+    rows = []
+    for m, g in trials.groupby("balance.method", sort=False):
+        g = g[g["status"] == "ok"]
+        row = {"data": name, "method": m, "seeds": len(g), "test acc": cell(g["final.test_accuracy"])}
+        if NOISY in g:
+            row["test acc, EO noise 0.12"] = cell(g[NOISY])
+        for mod in mods:
+            row[f"MU {mod}"] = cell(g[f"final.mu.{mod}"])
+        util = [f"final.val_cond_util.{mod}" for mod in mods[:2]]
+        if all(c in g for c in util) and g[util].notna().all().all():  # Wu's imbalance: gated models only
+            row["Wu |d_util| (val)"] = cell((g[util[0]] - g[util[1]]).abs())
+        match = cost[(cost["variant"] == m) | cost["variant"].str.startswith(f"{m} (")] if cost is not None else None
+        if match is not None and not match.empty:  # mu_target: its default, the feature-shuffle variant
+            row["step cost vs vanilla"] = f"{float(match['ratio'].iloc[0]):.2f}x"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_defaults(args: argparse.Namespace, out: Path) -> None:
+    """Issue 17's table: every method at its default knobs, 3 seeds, no search (``--defaults``)."""
+    from _grid import run_grid
+
+    cost_path = ROOT / "benchmarks" / "out" / "method_cost.parquet"
+    cost = pd.read_parquet(cost_path) if cost_path.is_file() else None
+    frames = []
+    for name, raw in studies(args.quick).items():
+        if name in args.data:
+            runs = default_runs(name, raw, 2 if args.quick else 3)
+            frames.append(defaults_table(name, run_grid(runs, out / f"defaults_{name}"), cost))
+    df = pd.concat(frames, ignore_index=True)
+    print("\nbench_methods --defaults: every method at its default knobs (mean ± 95 % t half-width over seeds)"
+          + ("" if cost is not None else "; run bench_method_cost.py first for the step-cost column"))
+    for name, g in df.groupby("data", sort=False):
+        print(f"\n{name}")
+        print(g[[c for c in g.columns if g[c].notna().any()]].drop(columns="data").to_string(index=False))
+    path = out / "bench_methods_defaults.parquet"
+    df.to_parquet(path)
+    print(f"\ntable written to {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 configuration x 2 seeds per method, tiny data")
     ap.add_argument("--out", default=None, help="results root (default benchmarks/out/methods[_quick])")
     ap.add_argument("--data", nargs="*", default=["synthetic_aerial", "colored_digits"])
+    ap.add_argument("--defaults", action="store_true", help="every method at its default knobs, 3 seeds, no search "
+                    "(with the step cost of bench_method_cost.py's last table)")
     args = ap.parse_args()
     out = Path(args.out or ROOT / "benchmarks" / "out" / ("methods_quick" if args.quick else "methods"))
+    if args.defaults:
+        run_defaults(args, out)
+        return
     frames = []
     for name, raw in studies(args.quick).items():
         if name in args.data:
