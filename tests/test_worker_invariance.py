@@ -26,6 +26,7 @@ CASES = {
                          "balance.freeze_encoders": True, "balance.pretrain_epochs": 1, "train.epochs": 3},
     "greedy_guided": {"balance.alpha": 0.0, **MMTM},  # alpha 0: re-balance from epoch 2 whatever d is
     "ogm_ge": {},
+    "modality_dropout": {"balance.p": 0.5},  # the drop masks are drawn for the global batch
     "pmr": {"balance.proto_fraction": 0.4},  # prototypes from the first 2 global batches, split across ranks
     "mmpareto": {},  # its own gradient averaging (no DDP) before the conflict test
     "agm": {},
