@@ -55,6 +55,7 @@ class ModalityDropout(BalanceMethod):
         self.step = 0
         self.dropped = 0
         self.seen = 0
+        self.global_drops: Tensor | int = 0
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
@@ -66,6 +67,7 @@ class ModalityDropout(BalanceMethod):
         g = torch.Generator().manual_seed(self.ctx.seed * 1_000_003 + self.step)
         drop = torch.rand(n * world, generator=g) < self.params.p
         which = torch.randint(len(self.candidates), (n * world,), generator=g)
+        self.global_drops = drop.sum()  # the global batch's (a host tensor, read at the epoch's end)
         mine = slice(rank * n, (rank + 1) * n)
         return {m: drop[mine] & (which[mine] == i) for i, m in enumerate(self.candidates)}
 
@@ -79,12 +81,13 @@ class ModalityDropout(BalanceMethod):
             if k:
                 keep = (~mask).to(x[m].device, x[m].dtype).view(-1, *([1] * (x[m].dim() - 1)))
                 out[m] = x[m] * keep
-            self.dropped += k
-        self.seen += len(y)
+        # the logged rate covers the global batch (every rank draws it), as with one worker
+        self.dropped += self.global_drops
+        self.seen += len(y) * self.ctx.world_size
         return out
 
     def epoch_log(self) -> dict[str, float]:
-        return {"dropped_fraction": self.dropped / max(self.seen, 1)}
+        return {"dropped_fraction": float(self.dropped) / max(self.seen, 1)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step}
