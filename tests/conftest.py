@@ -29,6 +29,22 @@ def tiny_config(**overrides):
     return default_config(**merged)
 
 
+def tiny_method(cfg, epochs: int = 1, steps_per_epoch: int = 4):  # noqa: ANN001, ANN201
+    """(method, model, data) of ``cfg``: its data, a model seeded with 0, its balancing method's strategy."""
+    import torch
+
+    from raybal.balancing import METHODS, MethodContext
+    from raybal.data import load_data
+    from raybal.train import build_for
+
+    data = load_data(cfg.data)
+    torch.manual_seed(0)
+    model = build_for(cfg, data)
+    ctx = MethodContext(model=model, modalities=data.modalities, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                        seed=0)
+    return METHODS.get(cfg.balance.method).obj(cfg.balance.params, ctx), model, data
+
+
 def write_toml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

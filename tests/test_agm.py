@@ -7,21 +7,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import tiny_config, tiny_method
 
-from raybal.balancing import METHODS, MethodContext
-from raybal.data import load_data
-from raybal.train import build_for, fit
+from raybal.train import fit
 
 
 def _setup(extra=(), **kw):  # noqa: ANN001, ANN202, ANN003
     cfg = tiny_config(**{"balance.method": "agm", "data.extra_modalities": list(extra), **kw})
-    data = load_data(cfg.data)
-    torch.manual_seed(0)
-    model = build_for(cfg, data)
-    entry = METHODS.get("agm")
-    method = entry.obj(cfg.balance.params, MethodContext(model=model, modalities=data.modalities, epochs=2,
-                                                          steps_per_epoch=4, seed=0))
+    method, model, data = tiny_method(cfg, epochs=2)
     xb, yb = next(iter(data.train.batches(32, shuffle=False)))
     return method, model, xb, yb
 

@@ -6,13 +6,11 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, tiny_method
 
-from raybal.balancing import METHODS, MethodContext
 from raybal.balancing.inforeg import InfoReg
-from raybal.data import load_data
 from raybal.models.base import ModelOutput
-from raybal.train import build_for, fit
+from raybal.train import fit
 
 
 def test_the_window_is_the_relative_growth_of_the_trace_moving_average() -> None:
@@ -25,13 +23,7 @@ def test_the_window_is_the_relative_growth_of_the_trace_moving_average() -> None
 
 def _method(**kw):  # noqa: ANN003, ANN202
     cfg = tiny_config(**{"balance.method": "inforeg", "model.name": "sum", **kw})
-    data = load_data(cfg.data)
-    torch.manual_seed(0)
-    model = build_for(cfg, data)
-    entry = METHODS.get("inforeg")
-    m = entry.obj(cfg.balance.params, MethodContext(model=model, modalities=data.modalities, epochs=3,
-                                                     steps_per_epoch=4, seed=0))
-    return m, model, data
+    return tiny_method(cfg, epochs=3)
 
 
 def test_only_the_leading_modality_with_an_open_window_is_pulled_back() -> None:

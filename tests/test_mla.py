@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, tiny_method
 
-from raybal.balancing import METHODS, MethodContext
 from raybal.config import ConfigError
-from raybal.data import load_data
 from raybal.models.fusion import entropy_fusion
-from raybal.train import build_for, fit
+from raybal.train import fit
 
 SHARED = {"balance.method": "mla", "model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"}
 
 
 def _setup(**kw):  # noqa: ANN003, ANN202
     cfg = tiny_config(**{**SHARED, **kw})
-    data = load_data(cfg.data)
-    torch.manual_seed(0)
-    model = build_for(cfg, data)
-    entry = METHODS.get("mla")
-    method = entry.obj(cfg.balance.params, MethodContext(model=model, modalities=data.modalities, epochs=1,
-                                                          steps_per_epoch=4, seed=0))
-    return method, model, data
+    return tiny_method(cfg)
 
 
 def test_the_projector_follows_the_recursive_update() -> None:
@@ -75,7 +67,8 @@ def test_entropy_fusion_weights_the_confident_modality_per_sample() -> None:
     fused = entropy_fusion(torch.stack([sure, flat]))
     assert fused[0].argmax() == 0 and fused[1].argmax() == 2
     logp = torch.stack([sure, flat]).log_softmax(-1)
-    w = (-(-(logp.exp() * logp).sum(-1))).softmax(0)
+    entropy = -(logp.exp() * logp).sum(-1)
+    w = (-entropy).softmax(0)
     assert torch.allclose(fused, (w[..., None] * torch.stack([sure, flat])).sum(0))
 
 

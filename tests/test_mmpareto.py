@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import tiny_config, tiny_method
 
-from raybal.balancing import METHODS, MethodContext
-from raybal.data import load_data
-from raybal.train import build_for, fit
+from raybal.train import fit
 
 
 def test_min_norm_weight_is_the_closest_point_to_the_origin() -> None:
@@ -29,12 +27,7 @@ def test_min_norm_weight_is_the_closest_point_to_the_origin() -> None:
 
 def test_encoder_gradients_are_the_integrated_ones_and_heads_get_the_plain_sum() -> None:
     cfg = tiny_config(**{"balance.method": "mmpareto", "model.name": "sum", "balance.gamma": 1.5})
-    data = load_data(cfg.data)
-    torch.manual_seed(0)
-    model = build_for(cfg, data)
-    entry = METHODS.get("mmpareto")
-    method = entry.obj(cfg.balance.params, MethodContext(model=model, modalities=data.modalities, epochs=1,
-                                                          steps_per_epoch=1, seed=0))
+    method, model, data = tiny_method(cfg, steps_per_epoch=1)
     xb, yb = next(iter(data.train.batches(64, shuffle=False)))
     out = model(xb)
     l_mm = F.cross_entropy(out.logits, yb)

@@ -164,5 +164,5 @@ class AGM(WindowedMethod):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         run = state.get("running")
-        self.running = None if run is None else run.to(next(self.ctx.model.parameters()).device)
+        self.running = None if run is None else run.to(self.device)
         self.steps = int(state.get("steps", 0))

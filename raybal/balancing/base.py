@@ -150,6 +150,11 @@ class BalanceMethod:
         optimizer steps, averaging over ranks); returns (output, task loss, total loss) like the loop's."""
         raise NotImplementedError
 
+    @property
+    def device(self) -> torch.device:
+        """The model's device (where a method's restored state goes)."""
+        return next(self.ctx.model.parameters()).device
+
     def all_reduce_tensors(self, tensors: list[Tensor]) -> None:
         """Average ``tensors`` (e.g. gradients) over data-parallel ranks in place, in one collective
         (a no-op in a single process)."""

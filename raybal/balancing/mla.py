@@ -122,5 +122,5 @@ class MLA(BalanceMethod):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         P = state.get("P")
-        self.P = None if P is None else P.to(next(self.ctx.model.parameters()).device)
+        self.P = None if P is None else P.to(self.device)
         self.calls = int(state.get("calls", 0))

@@ -142,7 +142,4 @@ class PMR(WindowedMethod):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         protos = state.get("prototypes")
-        self.prototypes = None if protos is None else {m: t.to(self.device()) for m, t in protos.items()}
-
-    def device(self) -> torch.device:
-        return next(self.ctx.model.parameters()).device
+        self.prototypes = None if protos is None else {m: t.to(self.device) for m, t in protos.items()}
