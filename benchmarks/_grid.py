@@ -34,7 +34,8 @@ def run_grid(runs: dict[str, RunConfig], results_dir: str | Path) -> pd.DataFram
         t0 = time.perf_counter()
         result = fit(cfg, trial_id=tid)
         write_results(d, [result])
-        print(f"[{i}/{len(todo)}] {tid}: test acc {result.final.get('final.test_accuracy', float('nan')):.3f} "
+        metric = "miou" if "final.test_miou" in result.final else "accuracy"
+        print(f"[{i}/{len(todo)}] {tid}: test {metric} {result.final.get(f'final.test_{metric}', float('nan')):.3f} "
               f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     trials = load_results(d).trials
     return trials[trials["trial_id"].isin(list(runs))].reset_index(drop=True)

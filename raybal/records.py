@@ -21,6 +21,7 @@ import pandas as pd
 from raybal._version import __version__
 from raybal.config import RunConfig
 from raybal.tasks import metric_name
+from raybal.utilization import metric_details
 
 if TYPE_CHECKING:
     from raybal.utilization import MUResult
@@ -78,10 +79,11 @@ def failed_result(config: RunConfig, trial_id: str, exc: BaseException, wall_s: 
 
 
 def epoch_row(trial_id: str, epoch: int, split: str, task: str, loss: float, value: float,
-              method_log: Mapping[str, float]) -> dict[str, Any]:
-    """One ``epochs.parquet`` row: the split's loss and task metric, plus the method's per-epoch scalars."""
+              method_log: Mapping[str, float], details: Mapping[str, float | None] | None = None) -> dict[str, Any]:
+    """One ``epochs.parquet`` row: the split's loss and task metric, the task's secondary metrics
+    (segmentation: ``pixel_accuracy``, ``iou.<class>``), plus the method's per-epoch scalars."""
     return {"trial_id": trial_id, "epoch": epoch, "split": split, "loss": loss, metric_name(task): value,
-            **method_log}
+            **(details or {}), **method_log}
 
 
 def utilization_rows(trial_id: str, epoch: int, split: str, mu: MUResult, *, final: bool,
@@ -108,6 +110,8 @@ def robustness_row(trial_id: str, split: str, modality: str, corruption: str, le
     """One ``robustness.parquet`` row: the metric under one corruption, and the MU under it."""
     row: dict[str, Any] = {"trial_id": trial_id, "split": split, "modality": modality, "corruption": corruption,
                            "level": level, metric_name(task): mu.metric, "loss": mu.loss}
+    if "pixel_accuracy" in (details := metric_details(mu.stat, mu.total, task)):
+        row["pixel_accuracy"] = details["pixel_accuracy"]
     if measure_mu:
         for m in mu.shares:
             row[f"mu.{m}"] = mu.shares[m]
@@ -132,8 +136,9 @@ def robustness_summary(rows: Iterable[Mapping[str, Any]], task: str) -> dict[str
 
 def final_metrics(task: str, best_epoch: int, val: MUResult, test: MUResult,
                   measures: Mapping[str, Mapping[str, Mapping[str, float | None]]],
-                  method_metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The ``final.*`` columns of a trial: selected epoch, metrics, MU per split, the per-modality
+                  method_metrics: Mapping[str, Mapping[str, Any]], class_names: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``final.*`` columns of a trial: selected epoch, metrics (with the task's secondary ones, e.g.
+    ``final.test_pixel_accuracy``, ``final.test_iou.<class>``), MU per split, the per-modality
     ``measures`` (split -> measure name -> modality -> value, e.g. ``final.val_cond_util.<m>``) and the
     method's own."""
     metric = metric_name(task)
@@ -143,6 +148,9 @@ def final_metrics(task: str, best_epoch: int, val: MUResult, test: MUResult,
         "final.val_loss": val.loss, "final.test_loss": test.loss,
         "final.mu_degenerate": test.degenerate,
     }
+    for split, mu in (("val", val), ("test", test)):
+        for k, v in metric_details(mu.stat, mu.total, task, class_names).items():
+            final[f"final.{split}_{k}"] = v
     for m in test.shares:
         final[f"final.mu.{m}"] = test.shares[m]
         final[f"final.mu_raw.{m}"] = test.raw[m]

@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Literal
 
 Task = Literal["classification", "segmentation"]
+# A label pixel that counts nowhere (unlabelled, or no valid sensor there): cross-entropy skips it
+# (PyTorch's default ignore_index) and so do the metrics, MU and the methods' per-pixel scores.
+IGNORE_INDEX = -100
 METRICS: dict[str, str] = {"classification": "accuracy", "segmentation": "miou"}
 
 

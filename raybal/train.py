@@ -41,6 +41,7 @@ from raybal.utilization import (
     mean_ablation_utilization,
     mean_features,
     measure,
+    metric_details,
     squeeze_means,
 )
 
@@ -250,9 +251,13 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
                       modalities=data.modalities if measure_mu else ())
         test = measure(model, data.test, num_classes=ncls, task=task, modalities=())
         train_loss = float(loss_sum) / max(n_seen, 1)
-        result.epochs += [records.epoch_row(trial_id, epoch, "train", task, train_loss, train_value, logs),
-                          records.epoch_row(trial_id, epoch, "val", task, val.loss, val.metric, logs),
-                          records.epoch_row(trial_id, epoch, "test", task, test.loss, test.metric, logs)]
+        names = data.class_names
+        result.epochs += [records.epoch_row(trial_id, epoch, "train", task, train_loss, train_value, logs,
+                                            metric_details(stat_acc, tot_acc, task, names)),
+                          records.epoch_row(trial_id, epoch, "val", task, val.loss, val.metric, logs,
+                                            metric_details(val.stat, val.total, task, names)),
+                          records.epoch_row(trial_id, epoch, "test", task, test.loss, test.metric, logs,
+                                            metric_details(test.stat, test.total, task, names))]
         val_extra = method.split_metrics(val) if measure_mu else {}
         if measure_mu:
             method.on_validation(val)
@@ -316,7 +321,8 @@ def _finalize(result: RunResult, model: FusionModel, method: BalanceMethod, data
         result.utilization += records.utilization_rows(result.trial_id, best_epoch, split, mu, final=True,
                                                        **measures[split])
     final = records.final_metrics(task, best_epoch, val, test, measures,
-                                  {"val": method.split_metrics(val), "test": method.split_metrics(test)})
+                                  {"val": method.split_metrics(val), "test": method.split_metrics(test)},
+                                  data.class_names)
     final["final.selected_by"] = selected_by
     if method.has_target:
         final.update(records.target_met_columns(method.target_error(test), method.tolerance))

@@ -41,6 +41,7 @@ from torch import Tensor
 from raybal.config import ConfigError
 from raybal.models.base import FusionModel, ModelOutput
 from raybal.registry import RegistrationError, Registry
+from raybal.tasks import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from raybal.config import RunConfig
@@ -92,9 +93,11 @@ class BalanceMethod:
     @classmethod
     def check_config(cls, cfg: RunConfig, model_cls: type[FusionModel]) -> None:
         """Checks that span sections (e.g. target modalities vs. the data set's, the model's gates)."""
+        # A dense (segmentation-only) model is refused with the reason: its features are per-pixel maps.
+        dense = "" if "classification" in model_cls.tasks else "; no segmentation model has them"
         if cls.needs_gates and not model_cls.has_gates:
             raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs a model with "
-                              f"cross-modal gates (model.name = \"mmtm\"), not {cfg.model.name!r}")
+                              f"cross-modal gates (model.name = \"mmtm\"), not {cfg.model.name!r}{dense}")
         if cfg.train.select == "target" and not cls.has_target:
             raise ConfigError("train.select", f"\"target\" needs a method with a utilization target (mu_target), "
                               f"not {cfg.balance.method!r}; use \"auto\", \"best_val\" or \"last\"")
@@ -103,7 +106,7 @@ class BalanceMethod:
                               f"modalities; the data set has {len(cfg.modalities)} ({', '.join(cfg.modalities)})")
         if cls.needs_pooled_features and not model_cls.pooled_features:
             raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs one pooled feature vector "
-                              f"per modality (model.name = \"late\" or \"sum\"), not {cfg.model.name!r}")
+                              f"per modality (model.name = \"late\" or \"sum\"), not {cfg.model.name!r}{dense}")
         if cls.needs_modality_logits and not model_cls.has_modality_logits:
             raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs per-modality logits, "
                               f"which model {cfg.model.name!r} does not provide")
@@ -257,6 +260,15 @@ class ModalityMeans:
         if self.total is None or not self.n:
             return {f"{self.prefix}.{m}": self.idle for m in modalities}
         return {f"{self.prefix}.{m}": v for m, v in zip(modalities, (self.total / self.n).tolist())}
+
+
+def true_class_score(logits: Tensor, y: Tensor) -> Tensor:
+    """sum_i softmax(logits_i)[y_i] over the samples, and for segmentation over every labelled pixel
+    (pixels marked IGNORE_INDEX count nowhere): OGM-GE's s_k (Peng et al. 2022, Eq. 8) and the scores
+    built like it, per pixel for dense outputs."""
+    keep = y != IGNORE_INDEX
+    p = full_precision(logits).softmax(1).gather(1, y.clamp_min(0).unsqueeze(1)).squeeze(1)
+    return torch.where(keep, p, torch.zeros_like(p)).sum()
 
 
 def full_precision(t: Tensor) -> Tensor:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, ModalityMeans, full_precision
+from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, ModalityMeans, full_precision, true_class_score
 from raybal.config import knob
 from raybal.models.base import ModelOutput
 
@@ -114,8 +114,7 @@ class InfoReg(BalanceMethod):
     def after_backward(self, out: ModelOutput, y: Tensor) -> None:
         assert out.modality_logits is not None
         mods = self.ctx.modalities
-        scores = torch.stack([full_precision(out.modality_logits[m]).softmax(1).gather(1, y[:, None]).sum()
-                              for m in mods]).double()
+        scores = torch.stack([true_class_score(out.modality_logits[m], y) for m in mods]).double()
         if self.ctx.all_reduce is not None:  # the global batch's sum
             scores = self.ctx.all_reduce(scores) * self.ctx.world_size
         beta = self.coefficients(scores).float()

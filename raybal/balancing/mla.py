@@ -64,6 +64,9 @@ class MLA(BalanceMethod):
     @classmethod
     def check_config(cls, cfg: RunConfig, model_cls: type[FusionModel]) -> None:
         super().check_config(cfg, model_cls)
+        if "classification" not in model_cls.tasks:
+            raise ConfigError("model.name", f"balance.method \"mla\" needs one shared linear head over pooled "
+                              f"features (model.name = \"sum\"), not {cfg.model.name!r}; no segmentation model has one")
         if not getattr(cfg.model.params, "shared_head", False):
             raise ConfigError("model.shared_head", "balance.method \"mla\" trains every modality through one shared "
                               "head: set model.name = \"sum\", shared_head = true (and fusion = \"entropy\" for its "

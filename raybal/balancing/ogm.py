@@ -35,7 +35,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from raybal.balancing.base import METHODS, MethodContext, ModalityMeans, WindowedMethod, full_precision
+from raybal.balancing.base import (
+    METHODS,
+    MethodContext,
+    ModalityMeans,
+    WindowedMethod,
+    true_class_score,
+)
 from raybal.config import knob
 from raybal.models.base import ModelOutput
 
@@ -85,7 +91,7 @@ class OGMGE(WindowedMethod):
         rho_k = s_k / min_{j != k} s_j with s_k = sum_i softmax(W_k phi_k)_{i, y_i}."""
         assert out.modality_logits is not None
         mods = self.ctx.modalities
-        scores = torch.stack([full_precision(out.modality_logits[m]).softmax(1).gather(1, y[:, None]).sum() for m in mods])
+        scores = torch.stack([true_class_score(out.modality_logits[m], y) for m in mods])
         if self.ctx.all_reduce is not None:
             scores = self.ctx.all_reduce(scores)
         scores = scores.double()

@@ -45,7 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raybal.balancing.base import METHODS, MethodContext, ModalityMeans, WindowedMethod, full_precision
+from raybal.balancing.base import (
+    METHODS,
+    MethodContext,
+    ModalityMeans,
+    WindowedMethod,
+    full_precision,
+    true_class_score,
+)
 from raybal.config import knob
 from raybal.models.base import FusionModel, ModelOutput
 
@@ -127,7 +134,7 @@ class PMR(WindowedMethod):
         sims = {m: -torch.cdist(full_precision(out.features[m]), self.prototypes[m].to(out.features[m].device))
                 for m in self.ctx.modalities}
         with torch.no_grad():
-            scores = torch.stack([sims[m].softmax(1).gather(1, y[:, None]).sum() for m in self.ctx.modalities])
+            scores = torch.stack([true_class_score(sims[m], y) for m in self.ctx.modalities])
             if self.ctx.all_reduce is not None:
                 scores = self.ctx.all_reduce(scores)
             coef = self.coefficient_vector(scores.double()).float()

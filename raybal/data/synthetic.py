@@ -52,6 +52,8 @@ class SyntheticAerialParams:
     eo_sensor_noise: float = knob(0.1, ge=0.0, le=0.5, doc="std of EO sensor noise in training data")
     eo_color_jitter: float = knob(0.01, ge=0.0, le=0.5, doc="hue jitter of the class colour")
     object_scale: tuple[float, ...] = knob((0.28, 0.4), gt=0.0, le=0.6, doc="object radius range / image size")
+    sar_resolution: int | None = knob(None, ge=1, le=9, doc="SAR ground resolution in pixels (box blur of the "
+                                      "backscatter before speckle); unset = 1 (classification), 3 (segmentation)")
 
     def modality_names(self) -> tuple[str, ...]:
         return ("eo", "sar", *self.extra_modalities)
@@ -167,6 +169,10 @@ def _render_split(p: SyntheticAerialParams, n: int, seed: int) -> Split:
         ir = ir + info.get("ir", 1.0) * cov * temp[:, None, None]
         seg = np.where(cov > 0.5, lab[:, None, None] + 1, seg)
     eo = eo + rng.normal(0.0, p.eo_sensor_noise, size=eo.shape)
+    res = p.sar_resolution or (1 if p.task == "classification" else 3)
+    if res > 1:  # a coarser SAR resolution cell: object edges spread over `res` pixels
+        sar = F.avg_pool2d(torch.from_numpy(sar.astype(np.float32))[:, None], res, stride=1, padding=res // 2,
+                           count_include_pad=False)[:, 0, :size, :size].numpy()
     speckle = rng.gamma(shape=p.sar_looks, scale=1.0 / p.sar_looks, size=sar.shape)
     sar = np.sqrt(sar * speckle)  # amplitude image
     x: dict[str, torch.Tensor] = {

@@ -29,6 +29,28 @@ from raybal.models.resnet import STANDARD_WIDTH, ResNet
 DECODER_MAX = 256  # decoder channels per level are capped (a ResNet-50's 2048 would dominate the cost)
 
 
+class _AloneLogits(Mapping[str, Tensor]):
+    """``ModelOutput.modality_logits`` of the U-Net, decoded on first access (one decoder pass per
+    modality asked for, with autograd as the caller's context): evaluation and methods that never
+    read them pay nothing."""
+
+    def __init__(self, model: UNetFusion, features: Features) -> None:
+        self._model, self._features, self._done = model, features, {}
+
+    def __getitem__(self, m: str) -> Tensor:
+        if m not in self._model.modalities:
+            raise KeyError(m)
+        if m not in self._done:
+            self._done[m] = self._model.alone_logits(self._features, m)
+        return self._done[m]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._model.modalities)
+
+    def __len__(self) -> int:
+        return len(self._model.modalities)
+
+
 @dataclass(frozen=True)
 class UNetParams:
     backbone: Literal["unet", "resnet18", "resnet34", "resnet50"] = "unet"
@@ -90,7 +112,6 @@ class UNetFusion(FusionModel):
     """Per-modality encoders, fused skips, one decoder (segmentation)."""
 
     tasks = ("segmentation",)
-    has_modality_logits = False
 
     def __init__(self, p: UNetParams, modalities: tuple[str, ...], shapes: dict[str, tuple[int, ...]],
                  num_classes: int) -> None:
@@ -115,13 +136,24 @@ class UNetFusion(FusionModel):
         return {m: self.down[m](x[m]) for m in self.modalities}
 
     def fuse(self, features: Features) -> ModelOutput:
+        return ModelOutput(self._decode(features), features, _AloneLogits(self, features))
+
+    def _decode(self, features: Features) -> Tensor:
         levels = [torch.cat([features[m][i] for m in self.modalities], dim=1)
                   for i in range(len(features[self.modalities[0]]))]
         h = levels[-1]
         for block, skip in zip(self.up, reversed(levels[:-1])):
             h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
             h = block(torch.cat([h, skip], dim=1))
-        return ModelOutput(self.out(h), features, None)
+        return self.out(h)
+
+    def alone_logits(self, features: Features, modality: str) -> Tensor:
+        """The per-pixel logits of ``modality`` alone: the decoder with every other modality's skips
+        zeroed (what a linear head's per-modality share is for late fusion; Peng et al. 2022 Eq. 1-2).
+        The decoder's running statistics do not move: these passes see altered data."""
+        with self.frozen_running_stats():
+                return self._decode({m: f if m == modality else tuple(torch.zeros_like(x) for x in f)
+                                 for m, f in features.items()})
 
     def branch_modules(self, modality: str) -> list[nn.Module]:
         return [self.down[modality]]
