@@ -258,3 +258,93 @@ def test_mcubes_bad_files_name_the_file(mcubes_root, damage: str, expect: str) -
     with pytest.raises((DataError, ConfigError)) as err:
         load_data(_mcubes_config(mcubes_root, **over).data)
     assert expect in str(err.value)
+
+
+SEG_STUDY = """
+[data]
+task = "segmentation"
+n_train = 64
+n_val = 32
+n_test = 32
+image_size = 16
+[model]
+name = "unet"
+width = 4
+depth = 2
+[balance]
+method = "mu_target"
+target = {eo = 0.7, sar = 0.3}
+[train]
+epochs = 2
+batch_size = 16
+mu_repeats = 1
+[robustness]
+modalities = ["eo"]
+corruptions = ["gaussian"]
+levels = {gaussian = [0.0, 0.12]}
+splits = ["val", "test"]
+[study]
+name = "tiny-seg"
+objective = "robust.val_mean_miou"
+num_samples = 2
+repeats = 2
+scheduler = "fifo"
+seed = 0
+constraints = ["final.val_miou >= 0.0"]
+[search]
+"balance.target.eo" = {uniform = [0.5, 0.9]}
+"""
+
+
+def test_a_segmentation_study_ranks_by_miou_and_reports_it(tmp_path, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from raybal.cli import main
+
+    study = tmp_path / "seg.toml"
+    study.write_text(SEG_STUDY)
+    out = tmp_path / "res"
+    assert main(["study", "run", str(study), "--results", str(out), "--quiet"]) == 0
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 6 and (trials["status"] == "ok").all()  # (2 configurations + vanilla) x 2 seeds
+    assert {"robust.val_mean_miou", "final.test_miou", "final.test_pixel_accuracy"} <= set(trials.columns)
+    capsys.readouterr()
+    assert main(["best", str(out), "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert best["metric"] == "robust.val_mean_miou" and best["interval"]["n"] == 2
+    means = trials[trials["role"] != "baseline"].groupby("config_id")["robust.val_mean_miou"].mean()
+    if not best.get("is_baseline"):
+        assert best["value"] == pytest.approx(means.max())
+    assert main(["report", str(out)]) == 0
+    report = out / "report"
+    assert (report / "accuracy_vs_noise.png").is_file() and (report / "index.html").is_file()
+    assert "miou" in (report / "index.html").read_text().lower()
+    _run_notebooks(out)
+
+
+def _run_notebooks(results) -> None:  # noqa: ANN001
+    """Every notebook runs on the segmentation study's tables (they read the metric from the columns)."""
+    import os
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = Path(__file__).resolve().parents[1] / "notebooks"
+    env = {k: os.environ.get(k) for k in ("RAYBAL_RESULTS", "MPLBACKEND")}
+    os.environ.update(RAYBAL_RESULTS=str(results), MPLBACKEND="Agg")
+    try:
+        for path in sorted(root.glob("*.ipynb")):
+            nb = nbformat.read(path, as_version=4)
+            NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
+            errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+            assert not errors, (path.name, errors[:1])
+            text = "".join(str(o.get("text", "")) for c in nb.cells for o in c.get("outputs", []))
+            if path.name.startswith(("01", "02")):
+                assert "metric: miou" in text, path.name
+    finally:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

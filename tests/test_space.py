@@ -138,7 +138,8 @@ def test_constraint_parse_and_hold() -> None:
 def test_shipped_studies_load(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1] / "studies"
     names = sorted(p.name for p in root.glob("*.toml") if "[study]" in p.read_text())
-    assert {"quickstart.toml", "aerial_noise.toml", "greedy_digits.toml", "methods_compare.toml"} <= set(names)
+    assert {"quickstart.toml", "aerial_noise.toml", "greedy_digits.toml", "methods_compare.toml",
+            "segmentation.toml"} <= set(names)
     for n in names:
         s = load_study(root / n)
         assert s.objectives and s.space.params

@@ -26,7 +26,8 @@ Differences from the reference code (GeWu-Lab/InfoReg_CVPR2025, ``main.py``) and
   has its own trace and window, and the leading one by score is regulated (for M = 2 with audio
   leading, the reference's behaviour), for any M;
 * the unimodal logits are the model's (separate heads for ``sum`` / ``mmtm``; for ``late``, the linear
-  head's per-modality slices); the reference has separate unimodal heads;
+  head's per-modality slices; for ``unet``, the decoder with the other modalities' skips zeroed, and
+  the scores sum over labelled pixels); the reference has separate unimodal heads;
 * the score is a batch *sum*, as the reference (so tanh saturates and beta is ~beta_0 e while active);
   the Fisher sums square the gradient after the proximal term is added, as the reference does.
 

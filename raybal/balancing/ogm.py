@@ -22,6 +22,12 @@ Differences from the reference code (GeWu-Lab/OGM-GE_CVPR2022 ``main.py``), and 
 * for M > 2 each modality is compared with the weakest other (BalanceBenchmark's choice), so
   only modalities ahead of the weakest are slowed; for M = 2 this is the paper's rule.
 
+Dense outputs (segmentation): s_k sums softmax(out_k)[y] over every labelled *pixel* of the batch
+(Eq. 8 with pixels as the samples; ``true_class_score``), and out_k is the U-Net's decoder run on
+modality k's skip features with the others' zeroed (``UNetFusion.alone_logits``), the generalisation
+of the linear head's share W_k phi_k + b / M: for a linear head the two are equal up to the bias share.
+The ratio rho_k is unchanged in scale (both sums count the same pixels).
+
 Under data-parallel training s_k is summed across ranks, so every rank applies the same
 coefficient, and the GE noise comes from identically seeded generators.
 """

@@ -52,6 +52,8 @@ class SyntheticAerialParams:
     eo_sensor_noise: float = knob(0.1, ge=0.0, le=0.5, doc="std of EO sensor noise in training data")
     eo_color_jitter: float = knob(0.01, ge=0.0, le=0.5, doc="hue jitter of the class colour")
     object_scale: tuple[float, ...] = knob((0.28, 0.4), gt=0.0, le=0.6, doc="object radius range / image size")
+    sar_distractors: int | None = knob(None, ge=0, le=8, doc="bright clutter scatterers per SAR scene that are no "
+                                       "object (rocks, buildings); unset = 0 (classification), 0 (segmentation)")
     sar_resolution: int | None = knob(None, ge=1, le=9, doc="SAR ground resolution in pixels (box blur of the "
                                       "backscatter before speckle); unset = 1 (classification), 3 (segmentation)")
 
@@ -168,6 +170,16 @@ def _render_split(p: SyntheticAerialParams, n: int, seed: int) -> Split:
         temp = 0.5 + 0.03 * lab + rng.normal(0, 0.05, size=n)
         ir = ir + info.get("ir", 1.0) * cov * temp[:, None, None]
         seg = np.where(cov > 0.5, lab[:, None, None] + 1, seg)
+    n_dis = p.sar_distractors if p.sar_distractors is not None else (0 if p.task == "classification" else 0)
+    if n_dis:  # bright non-object scatterers: SAR alone cannot tell them from objects, EO can
+        coords = (np.arange(size, dtype=np.float32) + 0.5)
+        X, Y = np.meshgrid(coords, coords, indexing="xy")
+        for _ in range(n_dis):
+            r = rng.uniform(0.08, 0.2, size=n).astype(np.float32) * size
+            cx, cy = rng.uniform(0, size, size=n).astype(np.float32), rng.uniform(0, size, size=n).astype(np.float32)
+            d2 = (X[None] - cx[:, None, None]) ** 2 + (Y[None] - cy[:, None, None]) ** 2
+            blob = np.exp(-d2 / (2 * r[:, None, None] ** 2))
+            sar = sar + info["sar"] * blob * rng.uniform(0.4, 0.7, size=(n, 1, 1))
     eo = eo + rng.normal(0.0, p.eo_sensor_noise, size=eo.shape)
     res = p.sar_resolution or (1 if p.task == "classification" else 3)
     if res > 1:  # a coarser SAR resolution cell: object edges spread over `res` pixels
