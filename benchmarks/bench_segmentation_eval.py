@@ -38,7 +38,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-val", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=2, help="timed repetitions of each variant")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 200 scenes, one repetition")
     args = ap.parse_args()
+    if args.quick:
+        args.n_val, args.repeats = 200, 1
     torch.set_num_threads(2)
     cfg = default_config(**{"data.task": "segmentation", "model.name": "unet", "data.n_train": 64,
                             "data.n_val": args.n_val, "data.n_test": 64})

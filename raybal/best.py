@@ -20,7 +20,7 @@ from raybal.constraint import Constraint
 from raybal.intervals import Interval, mean_interval, paired_difference
 from raybal.records import target_columns
 from raybal.results import ResultsError, load_results
-from raybal.tasks import metric_of_columns
+from raybal.tasks import METRICS, metric_of_columns
 
 CONFIG_PREFIXES = ("data.", "model.", "balance.", "train.")
 
@@ -225,7 +225,7 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
     target = {m: float(row[tcols[m]]) for m in mods if m in tcols and pd.notna(row[tcols[m]])} or None
     searched = searched_columns(t, res.meta)
     show = ["config_id", "n_ok", metric, f"{metric}.low", f"{metric}.high"] + [c for c in searched if c != metric]
-    show += [f"final.mu.{m}" for m in mods] + [c for c in ("final.test_accuracy", "final.test_miou") if c in t.columns]
+    show += [f"final.mu.{m}" for m in mods] + [f"final.test_{m}" for m in METRICS.values() if f"final.test_{m}" in t.columns]
     base_method = res.meta.get("baseline") if res.meta.get("kind") == "study" else None
     base = configs[(configs["role"] == "baseline") & (configs["n_ok"] > 0)]
     vs_base = vs_next = None
@@ -270,7 +270,7 @@ def best_per_method(results_dir: str | Path, metric: str | None = None, mode: st
             rows.append({"method": m, "note": str(exc)})
             continue
         iv, diff = b.interval, b.vs_baseline.diff if b.vs_baseline else None
-        test = next((k for k in b.row if k.startswith("final.test_") and k[11:] in ("accuracy", "miou")), None)
+        test = next((k for k in b.row if k.startswith("final.test_") and k[11:] in METRICS.values()), None)
         rows.append({"method": m, "configs": int(runs.loc[runs["balance.method"] == m, "config_id"].nunique()),
                      "config_id": b.config_id, "n": iv.n, "metric": b.metric, "mean": b.value, "low": iv.low,
                      "high": iv.high, "vs_baseline": diff.mean if diff else (0.0 if b.is_baseline else math.nan),

@@ -81,12 +81,14 @@ class Selected:
     final: dict[str, Any]
     trial_id: str
     path: Path
+    normalizer: dict[str, Any] | None = None  # the data pipeline's statistics (data.normalize), reapplied on reload
 
 
 def save_selected(path: Path, *, config: RunConfig, model: dict[str, Any], epoch: int, final: dict[str, Any],
-                  trial_id: str) -> None:
+                  trial_id: str, normalizer: dict[str, Any] | None = None) -> None:
+    """The selected weights, with the input normalisation they were trained behind (``data.normalize``)."""
     atomic_torch_save({"kind": "selected", "config_json": config.to_json(), "model": model, "epoch": epoch,
-                       "final": final, "trial_id": trial_id}, path)
+                       "final": final, "trial_id": trial_id, "normalizer": normalizer}, path)
 
 
 def load_selected(path: str | Path) -> Selected:
@@ -99,4 +101,4 @@ def load_selected(path: str | Path) -> Selected:
     except Exception as exc:
         raise CheckpointError(f"{path}: the stored config is not valid ({exc})") from None
     return Selected(cfg, st["model"], int(st.get("epoch", 0)), dict(st.get("final", {})),
-                    str(st.get("trial_id", "run")), Path(path))
+                    str(st.get("trial_id", "run")), Path(path), st.get("normalizer"))

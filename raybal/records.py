@@ -20,8 +20,8 @@ import pandas as pd
 
 from raybal._version import __version__
 from raybal.config import RunConfig
+from raybal.metrics import metric_details
 from raybal.tasks import metric_name
-from raybal.utilization import metric_details
 
 if TYPE_CHECKING:
     from raybal.utilization import MUResult
@@ -110,8 +110,10 @@ def robustness_row(trial_id: str, split: str, modality: str, corruption: str, le
     """One ``robustness.parquet`` row: the metric under one corruption, and the MU under it."""
     row: dict[str, Any] = {"trial_id": trial_id, "split": split, "modality": modality, "corruption": corruption,
                            "level": level, metric_name(task): mu.metric, "loss": mu.loss}
-    if "pixel_accuracy" in (details := metric_details(mu.stat, mu.total, task)):
-        row["pixel_accuracy"] = details["pixel_accuracy"]
+    details = metric_details(mu.stat, mu.total, task)
+    for k in ("pixel_accuracy", "micro_f1", "macro_f1"):  # the secondary metrics that are one number
+        if k in details:
+            row[k] = details[k]
     if measure_mu:
         for m in mu.shares:
             row[f"mu.{m}"] = mu.shares[m]

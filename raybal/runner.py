@@ -128,7 +128,7 @@ def robustness_to_dir(checkpoint_path: str | Path, results_dir: str | Path | Non
     cfg = robustness_config(selected, overrides)
     tid = selected.trial_id
     d = Path(results_dir) if results_dir else Path("results") / f"robustness-{tid}-{cfg.digest()[:8]}"
-    data = load_data(cfg.data)
+    data = load_data(cfg.data, normalizer=selected.normalizer)  # the training run's statistics, not new ones
     d = prepare_dir(d, cfg, kind="robustness")
     model = build_for(cfg, data)
     model.load_state_dict(selected.state)

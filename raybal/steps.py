@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from raybal.balancing import BalanceMethod
-from raybal.utilization import task_metric
+from raybal.metrics import task_metric
 
 
 class NonFiniteLossError(RuntimeError):

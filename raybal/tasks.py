@@ -1,7 +1,8 @@
 """What each task reports: the one place that maps a task to its metric's name.
 
 Classification reports ``accuracy``; segmentation reports ``miou`` (mean intersection over
-union). Table columns, progress lines, study objectives and figures all derive their names
+union); multilabel (several classes per sample, multi-hot labels: BigEarthNet) reports ``map`` (mean
+average precision over classes; ``micro_f1`` / ``macro_f1`` beside it). Table columns, progress lines, study objectives and figures all derive their names
 from :func:`metric_name`, so a new task is added here once.
 """
 
@@ -9,15 +10,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-Task = Literal["classification", "segmentation"]
+Task = Literal["classification", "segmentation", "multilabel"]
 # A label pixel that counts nowhere (unlabelled, or no valid sensor there): cross-entropy skips it
 # (PyTorch's default ignore_index) and so do the metrics, MU and the methods' per-pixel scores.
 IGNORE_INDEX = -100
-METRICS: dict[str, str] = {"classification": "accuracy", "segmentation": "miou"}
+METRICS: dict[str, str] = {"classification": "accuracy", "segmentation": "miou", "multilabel": "map"}
 
 
 def metric_name(task: str) -> str:
-    """``accuracy`` for classification, ``miou`` for segmentation."""
+    """``accuracy`` for classification, ``miou`` for segmentation, ``map`` for multilabel."""
     try:
         return METRICS[task]
     except KeyError:

@@ -24,6 +24,7 @@ from raybal.config import ConfigError, RunConfig
 from raybal.data import load_data
 from raybal.data.base import MultiModalData
 from raybal.faults import maybe_inject
+from raybal.metrics import finish_metric, metric_details
 from raybal.models import build_model
 from raybal.models.base import FusionModel
 from raybal.models.crossrank import sync_batch_statistics
@@ -37,11 +38,9 @@ from raybal.tasks import metric_name
 from raybal.utilization import (
     MUResult,
     conditional_utilization,
-    finish_metric,
     mean_ablation_utilization,
     mean_features,
     measure,
-    metric_details,
     squeeze_means,
 )
 
@@ -223,10 +222,12 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
         if method.training_pass:  # e.g. PMR's prototypes, from this rank's shard of the epoch's batches
             model.eval()
             method.on_training_data(model, ((to_device(xb, device, channels_last), yb.to(device, non_blocking=True))
-                                            for xb, yb in data.train.batches(bs, order=order, drop_last=True)))
+                                            for xb, yb in data.train.batches(bs, order=order, drop_last=True,
+                                                                             augment=(tc.seed, epoch))))
             train_model.train()
             method.on_train_mode(model)
-        ep = train_epoch(train_model, method, optimizer, data.train.batches(bs, order=order, drop_last=True),
+        aug = (tc.seed, epoch)  # [data.augment], drawn per (seed, epoch, sample): the same on any number of workers
+        ep = train_epoch(train_model, method, optimizer, data.train.batches(bs, order=order, drop_last=True, augment=aug),
                          autocast, device=device, num_classes=ncls, task=task, channels_last=channels_last)
         # The train-split row covers every rank's samples (sums over ranks), as with one worker; the
         # non-finite count too, so that every rank stops together.
@@ -338,5 +339,6 @@ def _finalize(result: RunResult, model: FusionModel, method: BalanceMethod, data
     if ckpt_dir is not None:
         path = ckpt_dir / checkpoint.SELECTED
         checkpoint.save_selected(path, config=cfg, model=model.state_dict(), epoch=best_epoch, final=final,
-                                 trial_id=result.trial_id)
+                                 trial_id=result.trial_id,
+                                 normalizer=data.normalizer.to_dict() if data.normalizer is not None else None)
         result.checkpoint = str(path)

@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raybal.data.base import Split
+from raybal.metrics import finish_metric, summed_sample_loss, task_metric
 from raybal.models.base import FusionModel, index_features
-from raybal.tasks import IGNORE_INDEX
 
 Corrupt = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 
@@ -48,10 +47,9 @@ def encode_chunked(model: FusionModel, xb: dict[str, Tensor], chunk: int = EVAL_
     return {m: _cat([p[m] for p in parts]) for m in parts[0]}
 
 
-# ``fuse`` runs on at most this many feature elements per pass (~16 MB of float32). A dense model's fuse
-# is its whole decoder: one 500-image pass allocates hundreds of MB per layer, and on CPU every such
-# allocation is fresh pages from the kernel (a segmentation run spent a third of its time in page
-# faults). Vector / pooled features (classification) stay one pass per batch.
+# ``fuse`` runs on at most this many feature elements per pass (~16 MB of float32). A dense model's fuse is its
+# whole decoder: a 500-image pass allocates hundreds of MB per layer, fresh pages from the kernel each time on
+# CPU (bench_segmentation_eval.py). Vector / pooled features (classification) stay one pass per batch.
 FUSE_ELEMENTS = 1 << 22
 
 
@@ -63,7 +61,7 @@ def fuse_rows(feats: Any) -> int:
 
 def fused_loss_and_stat(model: FusionModel, feats: Any, yb: Tensor, num_classes: int,
                         task: str) -> tuple[Tensor, Tensor, Tensor]:
-    """The summed per-sample cross-entropy (float64; per-pixel mean within a sample) and the task
+    """The summed per-sample loss (float64; the per-pixel / per-class mean within a sample) and the task
     statistics of ``model.fuse(feats)``, fused in row chunks of :func:`fuse_rows`."""
     n = len(yb)
     step = fuse_rows(feats)
@@ -72,10 +70,10 @@ def fused_loss_and_stat(model: FusionModel, feats: Any, yb: Tensor, num_classes:
     total = torch.tensor(0)
     for i in range(0, n, step):
         sl = slice(i, min(i + step, n))
-        f = feats if step >= n else {m: _slice(v, sl) for m, v in feats.items()}
+        f = feats if step >= n else {m: index_features(v, sl) for m, v in feats.items()}
         y = yb[sl]
         logits = model.fuse(f).logits
-        loss = loss + F.cross_entropy(logits.double(), y, reduction="sum") / labelled_per_sample(y)
+        loss = loss + summed_sample_loss(logits.double(), y)
         st, tot = task_metric(logits, y, num_classes, task)
         stat = st if stat is None else stat + st
         total = total + tot
@@ -83,62 +81,10 @@ def fused_loss_and_stat(model: FusionModel, feats: Any, yb: Tensor, num_classes:
     return loss, stat, total
 
 
-def labelled_per_sample(y: Tensor) -> Tensor:
-    """Labels per sample that count (1 for classification; labelled pixels for segmentation), as a
-    divisor that turns a summed per-pixel loss into a sum of per-sample means."""
-    return ((y != IGNORE_INDEX).sum() / len(y)).clamp_min(1e-12)
-
-
-def _slice(f: Any, sl: slice) -> Any:
-    return tuple(_slice(x, sl) for x in f) if isinstance(f, tuple) else f[sl]
-
-
 def _cat(feats: list[Any]) -> Any:
     if isinstance(feats[0], tuple):
         return tuple(_cat([f[i] for f in feats]) for i in range(len(feats[0])))
     return torch.cat(feats)
-
-
-def task_metric(logits: Tensor, y: Tensor, num_classes: int, task: str) -> tuple[Tensor, Tensor]:
-    """Per-batch statistics: (correct count, total) for classification; a confusion matrix for segmentation."""
-    pred = logits.max(1).indices  # = argmax(1), ~5x faster on CPU for (N, C, H, W) logits
-    if task == "classification":
-        return (pred == y).sum(), torch.tensor(y.numel())
-    y, pred = y.flatten(), pred.flatten()
-    keep = y != IGNORE_INDEX
-    if not bool(keep.all()):
-        y, pred = y[keep], pred[keep]
-    idx = y * num_classes + pred
-    conf = torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-    return conf, torch.tensor(0)
-
-
-def finish_metric(stat: Tensor, total: Tensor, task: str) -> float:
-    """Accuracy, or mean IoU over the classes that occur (in labels or predictions)."""
-    if task == "classification":
-        return float(stat) / max(float(total), 1.0)
-    conf = stat.double()
-    inter = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - inter
-    valid = union > 0
-    return float((inter[valid] / union[valid]).mean()) if valid.any() else 0.0
-
-
-def metric_details(stat: Tensor | None, total: Tensor, task: str,
-                   class_names: tuple[str, ...] = ()) -> dict[str, float | None]:
-    """The task's secondary metrics from the same statistics as :func:`finish_metric`. Segmentation:
-    ``pixel_accuracy`` (correct pixels / pixels) and ``iou.<class>`` per class (None for a class absent
-    from both labels and predictions, the classes the mIoU leaves out); classification: none."""
-    if task != "segmentation" or stat is None or stat.dim() != 2:
-        return {}
-    conf = stat.double().cpu()
-    inter = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - inter
-    out: dict[str, float | None] = {"pixel_accuracy": float(inter.sum() / conf.sum().clamp_min(1.0))}
-    for c in range(len(conf)):
-        name = class_names[c] if c < len(class_names) else str(c)
-        out[f"iou.{name}"] = float(inter[c] / union[c]) if union[c] > 0 else None
-    return out
 
 
 @dataclass

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1] / "raybal"
 # cycle anywhere. Every module of the package must be placed here (a new module is placed on purpose).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("leaf", ("raybal._version", "raybal.config", "raybal.registry", "raybal.tasks", "raybal.fileio",
-              "raybal.progress", "raybal.constraint", "raybal.selection")),
+              "raybal.progress", "raybal.constraint", "raybal.selection", "raybal.metrics")),
     ("inputs", ("raybal.data", "raybal.models", "raybal.noise", "raybal.faults")),
     ("measures", ("raybal.utilization",)),
     ("records", ("raybal.records",)),

@@ -44,8 +44,8 @@ def test_generated_data_is_cached_on_disk(tmp_path: Path) -> None:
 
     cfg = tiny_config(**{"data.cache_dir": str(tmp_path), "data.seed": 5})
     first = load_data(cfg.data)
-    files = list((tmp_path / "data").glob("synthetic_aerial-*.pt"))
-    assert len(files) == 1 and data_key(cfg.data) in files[0].name
+    stores = list((tmp_path / "data").glob("synthetic_aerial-*"))  # chunked: a folder of .npy (data/store.py)
+    assert len(stores) == 1 and data_key(cfg.data) in stores[0].name and (stores[0] / "val.x.eo.npy").is_file()
     _MEMO.clear()
     second = load_data(cfg.data)
     assert torch.equal(first.val.x["eo"], second.val.x["eo"])
@@ -104,12 +104,13 @@ def test_mavoc_folder_pairs_chips(tmp_path: Path) -> None:
     _mavoc(tmp_path)
     data = load_data(mavoc_cfg(tmp_path).data)
     assert data.num_classes == 3 and len(data.train) + len(data.val) + len(data.test) == 12
-    assert data.train.x["eo"].shape[1:] == (3, 8, 8) and data.train.x["sar"].shape[1:] == (1, 8, 8)
-    # Pairing: the SAR value of each sample matches its EO class.
+    assert data.shapes == {"eo": (3, 8, 8), "sar": (1, 8, 8)}
+    # Pairing: the SAR value of each sample matches its EO class (read lazily, by index).
     for split in (data.train, data.test):
-        eo = (split.x["eo"][:, 0, 0, 0] * 255 / 40).round()
-        sar = (split.x["sar"][:, 0, 0, 0] * 255 / 60).round()
-        assert torch.equal(eo, sar) and torch.equal(eo.long(), split.y)
+        x, y = split.read_all()
+        eo = (x["eo"][:, 0, 0, 0] * 255 / 40).round()
+        sar = (x["sar"][:, 0, 0, 0] * 255 / 60).round()
+        assert torch.equal(eo, sar) and torch.equal(eo.long(), y)
 
 
 def test_mavoc_errors_name_the_file(tmp_path: Path) -> None:
@@ -141,7 +142,8 @@ def test_manifest_arrays_paths_and_errors(tmp_path: Path) -> None:
     cfg = config_from_dict({"data": {"name": "manifest", "path": str(path), "image_size": 8}})
     data = load_data(cfg.data)
     assert len(data.test) == 5 and len(data.train) == 15
-    assert data.train.x["sar"].shape == (15, 1, 8, 8) and data.train.x["eo"].shape == (15, 3, 8, 8)
+    x, _ = data.train.read_all()
+    assert x["sar"].shape == (15, 1, 8, 8) and x["eo"].shape == (15, 3, 8, 8)
 
     pd.DataFrame(rows).drop(columns=["sar"]).to_parquet(path)
     with pytest.raises(DataError, match="missing column 'sar'"):
@@ -173,3 +175,19 @@ def test_global_batch_k_holds_the_same_samples_on_any_number_of_workers() -> Non
     assert step_sets(1, 16) == step_sets(2, 16) == step_sets(4, 16) == ref
     # a split smaller than the global batch: one step on all of it, less len % world
     assert [len(s) for s in step_sets(3, 128)] == [99]
+
+
+def test_mavoc_reads_the_challenges_own_layout_lazily(tmp_path: Path) -> None:
+    """train_images/<class>/EO_<id>.png beside SAR_<id>.png (the NTIRE-21 MAVOC layout, DESIGN.md §7)."""
+    for c in ("0", "1", "2"):
+        for i in range(4):
+            _png(tmp_path / "train_images" / c / f"EO_{c}{i:03d}.png", "RGB", 40 * int(c))
+            _png(tmp_path / "train_images" / c / f"SAR_{c}{i:03d}.png", "L", 60 * int(c))
+    data = load_data(mavoc_cfg(tmp_path / "train_images").data)
+    assert data.num_classes == 3 and len(data.train) + len(data.val) + len(data.test) == 12
+    x, y = data.train.read_all()
+    assert torch.equal((x["eo"][:, 0, 0, 0] * 255 / 40).round(), (x["sar"][:, 0, 0, 0] * 255 / 60).round())
+    assert torch.equal((x["eo"][:, 0, 0, 0] * 255 / 40).round().long(), y)
+    (tmp_path / "train_images" / "2" / "SAR_2001.png").unlink()
+    with pytest.raises(DataError, match=r"EO_2001\.png: unpaired chip"):
+        load_data(mavoc_cfg(tmp_path / "train_images").data)

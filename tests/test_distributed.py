@@ -105,5 +105,31 @@ def test_multi_worker_trials_in_a_study(tmp_path: Path) -> None:
     assert main(["study", "run", str(study), "--results", str(tmp_path / "res"), "--quiet"]) == 0
     t = pd.read_parquet(tmp_path / "res" / "trials.parquet")
     assert len(t) == 1 and t.loc[0, "status"] == "ok" and t.loc[0, "train.workers"] == 2
-    shards = list((tmp_path / "res" / "checkpoints" / t.loc[0, "trial_id"] / "shards").glob("rank*.json"))
+    shards = list((tmp_path / "res" / "checkpoints" / t.loc[0, "trial_id"] / "shards").glob("rank?.json"))
     assert len(shards) == 2  # the trial really ran two Ray Train workers
+
+
+def test_two_workers_read_disjoint_covering_shards_of_a_lazy_set_every_epoch(tmp_path: Path) -> None:
+    """Issue 14: under Ray Train each rank reads only its shard of a set read from files (So2Sat HDF5
+    here), the two shards are disjoint and cover the epoch's global batches, and they are drawn anew
+    each epoch from the run's seed (the same as one worker's order)."""
+    from test_loaders import write_so2sat
+
+    from raybal.resolve import load_config
+    from raybal.runner import train_to_dir
+
+    root = write_so2sat(tmp_path / "so2sat", sizes=(70, 16, 16))
+    run = tmp_path / "run.toml"
+    run.write_text(f'[data]\nname = "so2sat"\nroot = "{root}"\nnum_workers = 1\n[model]\nwidth = 8\nstages = 3\n'
+                   "[train]\nepochs = 3\nbatch_size = 16\nmu_repeats = 1\nseed = 5\n[robustness]\nenabled = false\n")
+    train_to_dir(load_config(run, {"train.workers": 2}), tmp_path / "two", quiet=True)
+    shards = tmp_path / "two" / "checkpoints" / "run" / "shards"
+    orders = []
+    for epoch in (1, 2, 3):
+        name = "rank{}.json" if epoch == 1 else f"rank{{}}-e{epoch}.json"
+        r0, r1 = (json.loads((shards / name.format(r)).read_text()) for r in (0, 1))
+        # 4 global batches of 16 (70 samples, the incomplete batch dropped), each cut in two slices of 8
+        assert len(r0) == len(r1) == 4 * 8 and not set(r0) & set(r1) and len(set(r0) | set(r1)) == 64
+        assert all(0 <= i < 70 for i in r0 + r1)
+        orders.append(r0 + r1)
+    assert orders[0] != orders[1] != orders[2]  # re-shuffled every epoch

@@ -44,11 +44,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from raybal.balancing.base import METHODS, MethodContext, ModalityMeans, WindowedMethod, full_precision
 from raybal.config import knob
+from raybal.metrics import task_loss
 from raybal.models.base import ModelOutput
 
 
@@ -127,15 +127,15 @@ class AGM(WindowedMethod):
         if not self.active():
             with torch.no_grad():  # the scores' running means keep moving; the loss is the plain one
                 self._coefficients(self.responses(self._x, full.detach()), y)
-            return F.cross_entropy(full, y)
+            return task_loss(full, y)
         resp = self.responses(self._x, full)
         kappa = self._coefficients(resp, y)
         fused = sum(kappa[i] * r + (1 - kappa[i]) * r.detach() for i, r in enumerate(resp.values()))
-        return F.cross_entropy(fused, y)
+        return task_loss(fused, y)
 
     def _coefficients(self, resp: dict[str, Tensor], y: Tensor) -> Tensor:
         with torch.no_grad():
-            scores = torch.stack([F.cross_entropy(r.detach(), y) for r in resp.values()]).double()
+            scores = torch.stack([task_loss(r.detach(), y) for r in resp.values()]).double()
             if self.ctx.all_reduce is not None:
                 scores = self.ctx.all_reduce(scores)
             kappa = self.coefficients(scores).float()

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from raybal.config import ConfigError
+from raybal.metrics import is_multilabel, task_loss
 from raybal.models.base import FusionModel, ModelOutput
 from raybal.registry import RegistrationError, Registry
 from raybal.tasks import IGNORE_INDEX
@@ -84,6 +84,8 @@ class BalanceMethod:
     # The method cannot work with more than this many modalities (None: any M >= 2); refused at load.
     max_modalities: ClassVar[int | None] = None
     needs_pooled_features: ClassVar[bool] = False
+    # The tasks the method is defined for (refused at load for others).
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "segmentation", "multilabel")
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         self.params = params
@@ -107,6 +109,10 @@ class BalanceMethod:
         if cls.needs_pooled_features and not model_cls.pooled_features:
             raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs one pooled feature vector "
                               f"per modality (model.name = \"late\" or \"sum\"), not {cfg.model.name!r}{dense}")
+        task = cfg.data.params.task
+        if task not in cls.tasks:
+            raise ConfigError("balance.method", f"{cfg.balance.method!r} is not defined for the {task} task of data set "
+                              f"{cfg.data.name!r} (it is for: {', '.join(cls.tasks)})")
         if cls.needs_modality_logits and not model_cls.has_modality_logits:
             raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs per-modality logits, "
                               f"which model {cfg.model.name!r} does not provide")
@@ -136,8 +142,9 @@ class BalanceMethod:
         return x
 
     def task_loss(self, out: ModelOutput, y: Tensor) -> Tensor:
-        """The training loss before any penalty: cross-entropy of the fused logits."""
-        return F.cross_entropy(full_precision(out.logits), y)
+        """The training loss before any penalty: cross-entropy of the fused logits (binary cross-entropy
+        for multi-hot labels, :func:`raybal.metrics.task_loss`)."""
+        return task_loss(full_precision(out.logits), y)
 
     def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
         return None
@@ -265,7 +272,12 @@ class ModalityMeans:
 def true_class_score(logits: Tensor, y: Tensor) -> Tensor:
     """sum_i softmax(logits_i)[y_i] over the samples, and for segmentation over every labelled pixel
     (pixels marked IGNORE_INDEX count nowhere): OGM-GE's s_k (Peng et al. 2022, Eq. 8) and the scores
-    built like it, per pixel for dense outputs."""
+    built like it, per pixel for dense outputs. Multi-hot labels: each sample's mean over classes of the
+    probability its sigmoid gives the true outcome (sigmoid(l) for a present class, 1 - sigmoid(l) for
+    an absent one), the same "how sure of the truth" score with one binary decision per class."""
+    if is_multilabel(y):
+        p = full_precision(logits).sigmoid()
+        return torch.where(y > 0.5, p, 1 - p).mean(1).sum()
     keep = y != IGNORE_INDEX
     p = full_precision(logits).softmax(1).gather(1, y.clamp_min(0).unsqueeze(1)).squeeze(1)
     return torch.where(keep, p, torch.zeros_like(p)).sum()

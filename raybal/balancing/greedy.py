@@ -30,11 +30,11 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
 from raybal.config import RunConfig, knob
+from raybal.metrics import task_loss
 from raybal.models.base import ModelOutput
 from raybal.utilization import LearningSpeedTracker, learning_speed
 
@@ -91,7 +91,7 @@ class GreedyGuided(BalanceMethod):
     def task_loss(self, out: ModelOutput, y: Tensor) -> Tensor:
         """Wu et al.'s loss: the sum of each branch head's own cross-entropy."""
         assert out.modality_logits is not None
-        return sum(F.cross_entropy(full_precision(lg), y) for lg in out.modality_logits.values())  # type: ignore[return-value]
+        return sum(task_loss(full_precision(lg), y) for lg in out.modality_logits.values())  # type: ignore[return-value]
 
     def before_step(self) -> None:
         self.override = self.override if self.steps_left > 0 else None

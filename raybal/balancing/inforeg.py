@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, ModalityMeans, full_precision, true_class_score
 from raybal.config import knob
+from raybal.metrics import task_loss
 from raybal.models.base import ModelOutput
 
 
@@ -96,7 +96,7 @@ class InfoReg(BalanceMethod):
     def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
         assert out.modality_logits is not None
         w = self.params.unimodal_weight
-        return w * sum(F.cross_entropy(full_precision(out.modality_logits[m]), y) for m in self.ctx.modalities)
+        return w * sum(task_loss(full_precision(out.modality_logits[m]), y) for m in self.ctx.modalities)
 
     @torch.no_grad()
     def coefficients(self, scores: Tensor) -> Tensor:

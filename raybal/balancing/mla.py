@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
 from raybal.config import ConfigError, RunConfig, knob
+from raybal.metrics import task_loss
 from raybal.models.base import FusionModel, ModelOutput
 
 
@@ -105,7 +105,7 @@ class MLA(BalanceMethod):
         for i, m in enumerate(mods):
             with autocast:
                 out_m = head(feats[m])
-            loss_m = F.cross_entropy(full_precision(out_m), y)
+            loss_m = task_loss(full_precision(out_m), y)
             optimizer.zero_grad(set_to_none=True)
             loss_m.backward(retain_graph=i < len(mods) - 1)
             self.all_reduce_tensors([p.grad for p in model.parameters() if p.grad is not None])

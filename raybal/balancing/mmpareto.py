@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, ModalityMeans, full_precision
 from raybal.config import knob
+from raybal.metrics import task_loss
 from raybal.models.base import ModelOutput
 
 
@@ -61,7 +61,7 @@ class MMPareto(BalanceMethod):
 
     def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
         assert out.modality_logits is not None
-        return sum(F.cross_entropy(full_precision(out.modality_logits[m]), y) for m in self.ctx.modalities)
+        return sum(task_loss(full_precision(out.modality_logits[m]), y) for m in self.ctx.modalities)
 
     @staticmethod
     def min_norm_weight(g_mm: Tensor, g_u: Tensor) -> Tensor:

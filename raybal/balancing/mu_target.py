@@ -61,6 +61,7 @@ from torch import Tensor
 
 from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
 from raybal.config import ConfigError, FrozenMap, knob
+from raybal.metrics import task_loss
 from raybal.models.base import FusionModel, ModelOutput, index_features
 
 if TYPE_CHECKING:
@@ -255,7 +256,7 @@ class MuTarget(BalanceMethod):
                     xs = dict(x)
                     xs[m] = _gathered(x[m].detach(), world)[perm]
                     logits = model(xs).logits
-                losses.append(F.cross_entropy(full_precision(logits), y))
+                losses.append(task_loss(full_precision(logits), y))
         gap = torch.stack(losses) - loss
         if self.ctx.world_size > 1:
             # Data-parallel: average the gaps over ranks (equal shards, so this is the global batch's

@@ -77,6 +77,7 @@ class PMR(WindowedMethod):
 
     training_pass = True
     needs_pooled_features = True
+    tasks = ("classification", "segmentation")  # one prototype per class and sample: single-label only
 
     def __init__(self, params: PMRParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)

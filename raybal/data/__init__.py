@@ -10,6 +10,7 @@ arrays instead of regenerating them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,13 +21,24 @@ import torch
 
 from raybal.config import DataConfig, _thaw
 from raybal.data.base import DATASETS, DataError, DataParams, MultiModalData, Split
-from raybal.fileio import atomic_torch_save
+from raybal.data.pipeline import (
+    LOADER_KEYS,
+    AugmentParams,
+    LazySplit,
+    LoaderKnobs,
+    Normalizer,
+    Pipe,
+    auto_workers,
+    compute_normalizer,
+)
+from raybal.data.store import Chunked, concat_chunks, read_store, write_store
+from raybal.fileio import atomic_torch_save, atomic_write_bytes
 from raybal.registry import import_submodules
 
 import_submodules(__name__, __path__)
 
 # Bump when a generator's output changes, so stale caches are not reused.
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6  # 6: synthetic_aerial rendered in chunks (splits larger than a chunk changed)
 
 _MEMO: dict[str, MultiModalData] = {}
 
@@ -39,12 +51,52 @@ def cache_root(cfg: DataConfig) -> Path:
 
 
 def data_key(cfg: DataConfig) -> str:
-    blob = json.dumps({"name": cfg.name, "params": _thaw(cfg.params), "v": GENERATOR_VERSION}, sort_keys=True)
+    """The data's identity: its name and knobs, without the pipeline's (workers, normalisation, augmentation)."""
+    params = {k: v for k, v in _thaw(cfg.params).items() if k not in LOADER_KEYS}
+    blob = json.dumps({"name": cfg.name, "params": params, "v": GENERATOR_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def load_data(cfg: DataConfig) -> MultiModalData:
-    """Build (or load from the cache) the data set a config names."""
+def load_data(cfg: DataConfig, *, normalizer: Normalizer | dict | None = None) -> MultiModalData:
+    """The data set a config names, its splits behind the pipeline its ``[data]`` knobs ask for
+    (``num_workers``, ``prefetch``, ``normalize``, ``[data.augment]``). ``normalizer``: the statistics a
+    checkpoint stored (a reload applies those, never recomputed ones)."""
+    data = _load_raw(cfg)
+    p = cfg.params
+    if isinstance(normalizer, dict):
+        normalizer = Normalizer.from_dict(normalizer)
+    if normalizer is None and getattr(p, "normalize", False):
+        normalizer = _normalizer(cfg, data)
+    lazy = isinstance(data.train, LazySplit)
+    pipe = Pipe(num_workers=auto_workers(getattr(p, "num_workers", None)) if lazy else 0,
+                prefetch=getattr(p, "prefetch", 2), normalizer=normalizer,
+                augment=getattr(p, "augment", None) or AugmentParams())
+    return dataclasses.replace(data, train=data.train.with_pipe(pipe), val=data.val.with_pipe(pipe),
+                               test=data.test.with_pipe(pipe), normalizer=normalizer)
+
+
+def _normalizer(cfg: DataConfig, data: MultiModalData) -> Normalizer:
+    """Training-split statistics, cached beside the data cache (keyed by the data, and for files by
+    the training split's files: a changed file is measured again)."""
+    fingerprint = getattr(data.train, "source", None)
+    extra = getattr(fingerprint, "fingerprint", lambda: "")()
+    key = hashlib.sha256(f"{data_key(cfg)}|{extra}".encode()).hexdigest()[:20]
+    path = cache_root(cfg) / "data" / f"{cfg.name}-{key}.norm.json"
+    if path.is_file():
+        try:
+            return Normalizer.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError):
+            pass  # a corrupt cache entry is measured again
+    norm = compute_normalizer(data.train.with_pipe(Pipe(num_workers=auto_workers(getattr(cfg.params, "num_workers", None))
+                                                        if isinstance(data.train, LazySplit) else 0)))
+    try:
+        atomic_write_bytes(path, json.dumps(norm.to_dict()).encode())
+    except OSError:
+        pass
+    return norm
+
+
+def _load_raw(cfg: DataConfig) -> MultiModalData:
     key = data_key(cfg)
     cacheable = bool(cfg.params.cacheable())
     if cacheable and key in _MEMO:
@@ -58,13 +110,39 @@ def load_data(cfg: DataConfig) -> MultiModalData:
         except Exception:  # a corrupt cache entry is regenerated, never trusted
             data = None
     if data is None:
-        data = builder(cfg.params)
-        if cacheable:
-            _atomic_save(data.state(), path)
+        built = builder(cfg.params)
+        if isinstance(built, Chunked):
+            data = _stored(built, cache_root(cfg) / "data" / f"{cfg.name}-{key}" if cacheable else None)
+        else:
+            data = built
+            if cacheable:
+                _atomic_save(data.state(), path)
     if cacheable:  # files on disk may change under the same config: only generated data is memoised
         _MEMO.clear()
         _MEMO[key] = data
     return data
+
+
+def _stored(built: Chunked, path: Path | None) -> MultiModalData:
+    """A chunked generator's data, mapped from its store (written first if missing); in memory when
+    there is no cache to write to."""
+    def assemble(parts: dict[str, tuple[dict[str, torch.Tensor], torch.Tensor]]) -> MultiModalData:
+        sp = {s: Split(*parts[s]) for s in ("train", "val", "test")}
+        return MultiModalData(sp["train"], sp["val"], sp["test"], built.modalities, built.num_classes,
+                              built.task, built.class_names)  # type: ignore[arg-type]
+
+    if path is not None:
+        found = read_store(path)
+        if found is None:
+            try:
+                write_store(path, {s: (n, render()) for s, (n, render) in built.splits.items()},
+                            {"modalities": list(built.modalities)})
+                found = read_store(path)
+            except OSError:
+                found = None  # an unwritable cache only costs memory
+        if found is not None:
+            return assemble(found[1])
+    return assemble({s: concat_chunks(render()) for s, (_, render) in built.splits.items()})
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -74,4 +152,5 @@ def _atomic_save(obj: Any, path: Path) -> None:
         pass  # an unwritable cache only costs regeneration next time
 
 
-__all__ = ["DATASETS", "DataError", "DataParams", "MultiModalData", "Split", "load_data", "data_key"]
+__all__ = ["DATASETS", "DataError", "DataParams", "LazySplit", "LoaderKnobs", "MultiModalData", "Normalizer", "Split",
+           "load_data", "data_key"]

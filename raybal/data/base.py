@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from raybal.config import ConfigError
+from raybal.data.pipeline import DataError, LazySplit, Normalizer, Pipe, shard_order, transform_batch
+from raybal.data.pipeline import chunks as _chunks
 from raybal.registry import RegistrationError, Registry, require
 from raybal.tasks import METRICS, Task
 
@@ -42,20 +46,17 @@ def _check_dataset(name: str, obj: Any, params: type | None) -> None:
 DATASETS: Registry[Callable[[Any], Any]] = Registry("data set", _check_dataset)
 
 
-class DataError(ValueError):
-    """Bad or missing data (a path, a file, a column); the message names it."""
-
-
 @dataclass
 class Split:
-    """One split: a float tensor per modality (N, C, H, W) or (N, D) in [0, 1], and labels.
+    """One split held in memory: a float tensor per modality (N, C, H, W) or (N, D), and labels.
 
     Labels are (N,) class ids for classification and (N, H, W) per-pixel ids for
-    segmentation.
+    segmentation. ``pipe`` (normalisation, augmentation) is applied to the batches it yields.
     """
 
     x: dict[str, Tensor]
     y: Tensor
+    pipe: Pipe = field(default_factory=Pipe)
 
     def __post_init__(self) -> None:
         n = len(self.y)
@@ -66,65 +67,59 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {m: tuple(t.shape[1:]) for m, t in self.x.items()}
+
+    def with_pipe(self, pipe: Pipe) -> Split:
+        return Split(self.x, self.y, pipe)
+
     def pinned(self) -> Split:
         """The same split in page-locked memory (fast, asynchronous host-to-GPU copies)."""
-        return Split({m: t.pin_memory() for m, t in self.x.items()}, self.y.pin_memory())
+        return Split({m: t.pin_memory() for m, t in self.x.items()}, self.y.pin_memory(), self.pipe)
 
     def subset(self, idx: Tensor) -> Split:
-        return Split({m: t[idx] for m, t in self.x.items()}, self.y[idx])
+        return Split({m: t[idx] for m, t in self.x.items()}, self.y[idx], self.pipe)
 
     def shard_order(self, *, shuffle: bool = False, generator: torch.Generator | None = None, rank: int = 0,
                     world: int = 1, global_batch: int | None = None) -> Tensor:
-        """This rank's sample indices for one epoch, so that training does not depend on ``world``
-        (DESIGN.md §5.11): one global permutation is cut into global batches of ``global_batch``
-        samples (the incomplete last one dropped, as with one worker), and each global batch into
-        ``world`` equal slices; rank r's order is its slice of every global batch, in turn. Iterating
-        it in chunks of ``global_batch / world`` gives step k the samples of global batch k on every
-        ``world``. When the split is smaller than one global batch, that batch is the whole split less
-        ``len % world`` samples. Without ``global_batch``: one contiguous shard per rank."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        if world == 1:
-            return order
-        gb = global_batch or n
-        if n < gb:
-            gb = n - n % world
-        per = gb // world
-        steps = n // gb
-        return order[:steps * gb].view(steps, gb)[:, rank * per:(rank + 1) * per].reshape(-1)
+        """This rank's sample indices for one epoch (:func:`raybal.data.pipeline.shard_order`)."""
+        return shard_order(len(self), shuffle=shuffle, generator=generator, rank=rank, world=world,
+                           global_batch=global_batch)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-                drop_last: bool = False, rank: int = 0, world: int = 1,
-                order: Tensor | None = None) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
-        """Mini-batches; with ``world > 1`` each rank takes a disjoint, equal-sized shard."""
+                drop_last: bool = False, rank: int = 0, world: int = 1, order: Tensor | None = None,
+                augment: tuple[int, int] | None = None, raw: bool = False) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """Mini-batches; with ``world > 1`` each rank takes a disjoint, equal-sized shard. ``augment =
+        (seed, epoch)`` augments (training); ``raw`` skips augmentation and normalisation."""
         if order is None:
             order = self.shard_order(shuffle=shuffle, generator=generator, rank=rank, world=world)
-        stop = len(order) - (len(order) % batch_size if drop_last else 0)
-        for s in range(0, stop, batch_size):
-            idx = order[s:s + batch_size]
-            if drop_last and len(idx) < batch_size:
-                break
-            yield {m: t[idx] for m, t in self.x.items()}, self.y[idx]
+        plain = raw or (self.pipe.normalizer is None and (augment is None or not self.pipe.augment.enabled))
+        for idx in _chunks(order, batch_size, drop_last):
+            xb, yb = {m: t[idx] for m, t in self.x.items()}, self.y[idx]
+            yield (xb, yb) if plain else transform_batch(self.pipe, xb, yb, idx, augment)
 
 
 @dataclass
 class MultiModalData:
-    train: Split
-    val: Split
-    test: Split
+    train: Split | LazySplit
+    val: Split | LazySplit
+    test: Split | LazySplit
     modalities: tuple[str, ...]
     num_classes: int
     task: Task
     class_names: tuple[str, ...] = ()
 
-    def split(self, name: str) -> Split:
+    def split(self, name: str) -> Split | LazySplit:
         if name not in ("train", "val", "test"):
             raise KeyError(f"unknown split {name!r}")
         return getattr(self, name)
 
+    normalizer: Normalizer | None = None  # what the pipeline standardises with (stored in checkpoints)
+
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {m: tuple(self.train.x[m].shape[1:]) for m in self.modalities}
+        return self.train.shapes
 
     def state(self) -> dict:
         return {
@@ -138,6 +133,36 @@ class MultiModalData:
         sp = {s: Split(dict(v["x"]), v["y"]) for s, v in st["splits"].items()}
         return cls(sp["train"], sp["val"], sp["test"], tuple(st["modalities"]), int(st["num_classes"]),
                    st["task"], tuple(st.get("class_names", ())))
+
+
+def check_root(prefix: str, root: str, what: str) -> Path:
+    """``root`` must name an existing folder; returns it expanded."""
+    if not root:
+        raise ConfigError(f"{prefix}.root", f"required: {what}")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{prefix}.root", f"folder not found: {root}")
+    return path
+
+
+def check_modalities(prefix: str, modalities: tuple[str, ...], known: Iterable[str], dataset: str) -> None:
+    """Two or more distinct modalities, each one the data set has."""
+    known = tuple(known)
+    for i, m in enumerate(modalities):
+        if m not in known:
+            raise ConfigError(f"{prefix}.modalities[{i}]", f"unknown modality {m!r} ({dataset} has: {', '.join(known)})")
+    if len(modalities) < 2 or len(set(modalities)) != len(modalities):
+        raise ConfigError(f"{prefix}.modalities", "needs two or more distinct modalities")
+
+
+def check_band_indices(prefix: str, bands: Mapping[str, Any], modalities: tuple[str, ...],
+                       channels: Mapping[str, int]) -> None:
+    """``bands``: modality -> 0-based channel indices, each below the modality's channel count."""
+    for m, idx in bands.items():
+        if m not in modalities:
+            raise ConfigError(f"{prefix}.bands.{m}", f"not one of the modalities ({', '.join(modalities)})")
+        if not idx or any(int(b) >= channels[m] for b in idx):
+            raise ConfigError(f"{prefix}.bands.{m}", f"0-based indices 0..{channels[m] - 1}, got {list(idx)}")
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:

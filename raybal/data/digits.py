@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from raybal.config import knob
 from raybal.data.base import DATASETS, DataError, MultiModalData, Split, split_indices
+from raybal.data.pipeline import LoaderKnobs
 
 # Ten well separated colours (class c -> PALETTE[c]).
 PALETTE = np.array([
@@ -31,7 +32,7 @@ PALETTE = np.array([
 
 
 @dataclass(frozen=True)
-class ColoredDigitsParams:
+class ColoredDigitsParams(LoaderKnobs):
     task: str = "classification"
     root: str | None = None
     image_size: int = knob(16, ge=8, le=64)

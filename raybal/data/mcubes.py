@@ -29,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raybal.config import ConfigError, knob
-from raybal.data.base import DATASETS, DataError, MultiModalData, Split
+from raybal.config import knob
+from raybal.data.base import DATASETS, DataError, MultiModalData, Split, check_modalities, check_root
+from raybal.data.pipeline import LoaderKnobs
 from raybal.tasks import IGNORE_INDEX
 
 MATERIALS = ("asphalt", "concrete", "metal", "road_marking", "fabric", "glass", "plaster", "plastic", "rubber",
@@ -40,7 +41,7 @@ VOID = 255
 
 
 @dataclass(frozen=True)
-class MCubeSParams:
+class MCubeSParams(LoaderKnobs):
     root: str = ""
     task: Literal["segmentation"] = "segmentation"
     modalities: tuple[str, ...] = KNOWN
@@ -56,15 +57,8 @@ class MCubeSParams:
         return False  # files: read them every time
 
     def validate(self, prefix: str) -> None:
-        if not self.root:
-            raise ConfigError(f"{prefix}.root", "required: the MCubeS folder (multimodal_dataset/)")
-        if not Path(self.root).expanduser().is_dir():
-            raise ConfigError(f"{prefix}.root", f"folder not found: {self.root}")
-        for i, m in enumerate(self.modalities):
-            if m not in KNOWN:
-                raise ConfigError(f"{prefix}.modalities[{i}]", f"unknown modality {m!r} (MCubeS has: {', '.join(KNOWN)})")
-        if len(self.modalities) < 2 or len(set(self.modalities)) != len(self.modalities):
-            raise ConfigError(f"{prefix}.modalities", "needs two or more distinct modalities")
+        check_root(prefix, self.root, "the MCubeS folder (multimodal_dataset/)")
+        check_modalities(prefix, self.modalities, KNOWN, "MCubeS")
 
 
 def _read_png(path: Path) -> np.ndarray:

@@ -25,6 +25,7 @@ import torch
 
 from raybal.config import ConfigError, knob
 from raybal.data.base import DATASETS, MultiModalData, Split, split_indices
+from raybal.data.pipeline import LoaderKnobs
 
 VIEWS = ("pixels", "profile", "fourier")
 
@@ -39,7 +40,7 @@ def _features(images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class DigitViewsParams:
+class DigitViewsParams(LoaderKnobs):
     task: str = "classification"
     views: tuple[str, ...] = VIEWS
     val_fraction: float = knob(0.12, gt=0.0, lt=0.5)

@@ -52,7 +52,8 @@ def map_features(feat: Any, fn: Any) -> Any:
 class FusionModel(nn.Module):
     """Base class: subclasses implement ``encode``, ``fuse`` and ``branch_parameters``."""
 
-    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    # Pooled logits (N, C) serve single-label and multi-label classification alike.
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "multilabel")
     has_modality_logits: ClassVar[bool] = True
     has_gates: ClassVar[bool] = False
     # ``encode`` returns one pooled vector (N, D) per modality (late / sum fusion), not feature maps

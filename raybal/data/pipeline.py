@@ -1,0 +1,338 @@
+"""The data pipeline every split goes through: sharded sample order, lazy reading, normalisation and
+augmentation, the same for data held in memory and data read from files on demand.
+
+* :func:`shard_order`: one epoch's sample indices for one rank (DESIGN.md §5.11): the same global
+  batches for any number of workers, each rank its disjoint slice of each.
+* :class:`LazySplit`: a split whose samples are read by index from a :class:`SampleSource` (GeoTIFF,
+  HDF5, image files), batched by ``torch.utils.data.DataLoader`` with ``num_workers`` processes,
+  ``prefetch`` batches read ahead per worker and pinned memory for CUDA. A rank reads only the
+  indices of its shard. A file that fails mid-epoch stops the run with a :class:`DataError` naming
+  it (the worker hands the message back instead of dying: never a silent skip, never a hang).
+* :class:`Normalizer`: per modality and channel mean / std, computed on the training split in one
+  streaming pass, cached beside the data cache and stored in the checkpoint. Noise for robustness
+  is added *after* it, on the network's input scale (DESIGN.md §2).
+* :class:`AugmentParams` / :func:`augment_sample`: the same random flip / 90° rotation / crop for
+  every modality and the mask (co-registered sensors stay aligned), photometric jitter per
+  modality; drawn per (run seed, epoch, sample index), so a sample is augmented the same way on
+  any number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from raybal.config import knob
+
+Batch = tuple[dict[str, Tensor], Tensor]
+
+
+class DataError(ValueError):
+    """Bad or missing data (a path, a file, a column); the message names it."""
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """``[data.augment]``: training-split augmentation (validation and test are never augmented)."""
+
+    flip: bool = knob(False, doc="random horizontal and vertical flips, the same for every modality and the mask")
+    rot90: bool = knob(False, doc="a random multiple of 90 degrees (square images), the same for every modality")
+    crop: int = knob(0, ge=0, le=64, doc="pad by this many pixels (reflected) and crop back at a random offset")
+    jitter: float = knob(0.0, ge=0.0, le=1.0, doc="per modality: contrast and brightness changes drawn in [-j, j]")
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip or self.rot90 or self.crop > 0 or self.jitter > 0
+
+
+@dataclass(frozen=True)
+class LoaderKnobs:
+    """The pipeline knobs every data set's ``[data]`` section takes (its params dataclass extends this)."""
+
+    num_workers: int | None = knob(None, ge=0, le=64, doc="DataLoader processes reading files (unset: 1 on a "
+                                   "2-CPU machine, else the node's CPUs per training process - 1, up to 8; data "
+                                   "in memory needs none)")
+    prefetch: int = knob(2, ge=1, le=32, doc="batches each DataLoader process reads ahead")
+    normalize: bool = knob(False, doc="standardise each modality's channels with training-split mean / std")
+    augment: AugmentParams = AugmentParams()
+
+
+LOADER_KEYS = frozenset(f.name for f in dataclasses.fields(LoaderKnobs))
+
+
+def auto_workers(requested: int | None) -> int:
+    """``data.num_workers``, or its default: the CPUs this process may use, shared among the training
+    processes of this node (``LOCAL_WORLD_SIZE``, set by Ray Train / torchrun), less one for the training
+    process itself, at most 8; 1 on a 2-CPU machine."""
+    if requested is not None:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_rank = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return 1 if per_rank <= 2 else min(8, per_rank - 1)
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Per modality, per channel (dim 1 of a batch) mean and standard deviation."""
+
+    mean: Mapping[str, tuple[float, ...]]
+    std: Mapping[str, tuple[float, ...]]
+
+    def apply(self, x: dict[str, Tensor], *, batched: bool = True) -> dict[str, Tensor]:
+        out = {}
+        for m, t in x.items():
+            shape = [1] * t.dim()
+            shape[1 if batched else 0] = -1
+            mean = torch.tensor(self.mean[m], dtype=t.dtype, device=t.device).view(shape)
+            std = torch.tensor(self.std[m], dtype=t.dtype, device=t.device).view(shape)
+            out[m] = (t - mean) / std
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": {m: list(v) for m, v in self.mean.items()}, "std": {m: list(v) for m, v in self.std.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Normalizer:
+        return cls({m: tuple(map(float, v)) for m, v in d["mean"].items()},
+                   {m: tuple(map(float, v)) for m, v in d["std"].items()})
+
+
+def compute_normalizer(split: Any, batch_size: int = 256) -> Normalizer:
+    """Mean and std of every channel over the split, in one streaming pass (float64 sums)."""
+    sums: dict[str, Tensor] = {}
+    sq: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+    for xb, _ in split.batches(batch_size, raw=True):
+        for m, t in xb.items():
+            c = t.double().transpose(0, 1).reshape(t.shape[1], -1)
+            sums[m] = sums.get(m, 0) + c.sum(1)
+            sq[m] = sq.get(m, 0) + (c * c).sum(1)
+            counts[m] = counts.get(m, 0) + c.shape[1]
+    mean = {m: sums[m] / counts[m] for m in sums}
+    std = {m: ((sq[m] / counts[m] - mean[m] ** 2).clamp_min(0).sqrt()).clamp_min(1e-6) for m in sums}
+    return Normalizer({m: tuple(v.tolist()) for m, v in mean.items()}, {m: tuple(v.tolist()) for m, v in std.items()})
+
+
+@dataclass(frozen=True)
+class Pipe:
+    """What a split applies to its batches; attached by :func:`raybal.data.load_data`."""
+
+    num_workers: int = 0
+    prefetch: int = 2
+    pin: bool = False
+    normalizer: Normalizer | None = None
+    augment: AugmentParams = AugmentParams()
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % (2 ** 63))
+
+
+def augment_sample(x: dict[str, Tensor], y: Tensor, p: AugmentParams,
+                   g: torch.Generator) -> tuple[dict[str, Tensor], Tensor]:
+    """One sample's modalities (C, H, W) and label (a class id, or an (H, W) mask), transformed alike.
+    Vector modalities (D,) only get the jitter."""
+    images = [m for m, t in x.items() if t.dim() == 3]
+    dense = y.dim() == 2
+    x = dict(x)
+
+    def spatial(fn: Any) -> None:
+        nonlocal y
+        for m in images:
+            x[m] = fn(x[m])
+        if dense:
+            y = fn(y)
+
+    r = torch.rand(4, generator=g)
+    if p.flip:
+        if r[0] < 0.5:
+            spatial(lambda t: t.flip(-1))
+        if r[1] < 0.5:
+            spatial(lambda t: t.flip(-2))
+    if p.rot90 and images:
+        h, w = x[images[0]].shape[-2:]
+        k = int(torch.randint(0, 4 if h == w else 2, (1,), generator=g)) * (1 if h == w else 2)
+        if k:
+            spatial(lambda t: torch.rot90(t, k, dims=(-2, -1)))
+    if p.crop and images:
+        c = p.crop
+        i, j = (int(v) for v in torch.randint(0, 2 * c + 1, (2,), generator=g))
+
+        def crop(t: Tensor) -> Tensor:
+            h, w = t.shape[-2:]
+            padded = torch.nn.functional.pad(t[None].float() if t.dim() == 2 else t[None], (c, c, c, c), mode="reflect")[0]
+            out = padded[..., i:i + h, j:j + w]
+            return out.to(t.dtype) if t.dim() == 2 else out
+
+        spatial(crop)
+    if p.jitter > 0:
+        for m in x:
+            a, b = (torch.rand(2, generator=g) * 2 - 1) * p.jitter
+            mean = x[m].mean()
+            x[m] = (x[m] - mean) * (1 + a) + mean + b
+    return x, y
+
+
+def shard_order(n: int, *, shuffle: bool = False, generator: torch.Generator | None = None, rank: int = 0,
+                world: int = 1, global_batch: int | None = None) -> Tensor:
+    """This rank's sample indices for one epoch, so that training does not depend on ``world``
+    (DESIGN.md §5.11): one global permutation is cut into global batches of ``global_batch`` samples
+    (the incomplete last one dropped, as with one worker), and each global batch into ``world`` equal
+    slices; rank r's order is its slice of every global batch, in turn. When the split is smaller than
+    one global batch, that batch is the whole split less ``n % world`` samples. Without
+    ``global_batch``: one contiguous shard per rank."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if world == 1:
+        return order
+    gb = global_batch or n
+    if n < gb:
+        gb = n - n % world
+    per = gb // world
+    steps = n // gb
+    return order[:steps * gb].view(steps, gb)[:, rank * per:(rank + 1) * per].reshape(-1)
+
+
+def chunks(order: Tensor, batch_size: int, drop_last: bool) -> list[Tensor]:
+    stop = len(order) - (len(order) % batch_size if drop_last else 0)
+    return [order[s:s + batch_size] for s in range(0, stop, batch_size) if not drop_last or s + batch_size <= stop]
+
+
+def transform_batch(pipe: Pipe, xb: dict[str, Tensor], yb: Tensor, idx: Tensor,
+                    augment: tuple[int, int] | None) -> Batch:
+    """In-memory batches: augmentation per sample (when asked), then normalisation."""
+    if augment is not None and pipe.augment.enabled:
+        seed, epoch = augment
+        pairs = [augment_sample({m: t[k] for m, t in xb.items()}, yb[k], pipe.augment,
+                                sample_generator(seed, epoch, int(i))) for k, i in enumerate(idx)]
+        xb = {m: torch.stack([p[0][m] for p in pairs]) for m in xb}
+        yb = torch.stack([p[1] for p in pairs])
+    if pipe.normalizer is not None:
+        xb = pipe.normalizer.apply(xb)
+    return xb, yb
+
+
+# ----------------------------------------------------------------------------------------- lazy
+
+
+class SampleSource(Protocol):
+    """Samples read by index from files: what a lazy loader implements."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, i: int) -> tuple[dict[str, np.ndarray], Any]:
+        """Sample i: float32 arrays per modality ((C, H, W) or (D,)) and its label (int or an (H, W) mask)."""
+        ...
+
+    def describe(self, i: int) -> str:
+        """The file(s) sample i comes from, for error messages."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Failed:
+    message: str
+
+
+class _Reader(torch.utils.data.Dataset):
+    def __init__(self, source: SampleSource, indices: Tensor, pipe: Pipe, augment: tuple[int, int] | None,
+                 raw: bool) -> None:
+        self.source, self.indices, self.pipe, self.augment, self.raw = source, indices, pipe, augment, raw
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> Any:
+        i = int(self.indices[k])
+        try:
+            arrays, label = self.source.read(i)
+            x = {m: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for m, a in arrays.items()}
+            lab = np.asarray(label)  # class ids (int64); multi-hot labels stay float
+            y = torch.as_tensor(lab, dtype=torch.float32 if np.issubdtype(lab.dtype, np.floating) else torch.int64)
+        except DataError as exc:
+            return _Failed(str(exc))
+        except Exception as exc:  # an unreadable / truncated file: name it, never skip it
+            return _Failed(f"{self.source.describe(i)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        if self.raw:
+            return x, y
+        if self.augment is not None and self.pipe.augment.enabled:
+            x, y = augment_sample(x, y, self.pipe.augment, sample_generator(self.augment[0], self.augment[1], i))
+        if self.pipe.normalizer is not None:
+            x = self.pipe.normalizer.apply(x, batched=False)
+        return x, y
+
+
+def _collate(items: list[Any]) -> Any:
+    for it in items:
+        if isinstance(it, _Failed):
+            return it
+    mods = items[0][0].keys()
+    shapes = {m: items[0][0][m].shape for m in mods}
+    for it in items:
+        for m in mods:
+            if it[0][m].shape != shapes[m]:
+                return _Failed(f"modality {m!r}: a sample of shape {tuple(it[0][m].shape)} in a batch of "
+                               f"{tuple(shapes[m])} (every sample of a modality must have one shape)")
+    return {m: torch.stack([it[0][m] for it in items]) for m in mods}, torch.stack([it[1] for it in items])
+
+
+class LazySplit:
+    """A split read on demand from a :class:`SampleSource` (the interface of the in-memory ``Split``)."""
+
+    def __init__(self, source: SampleSource, indices: Tensor | None = None, pipe: Pipe | None = None) -> None:
+        self.source = source
+        self.indices = torch.arange(len(source)) if indices is None else indices
+        self.pipe = pipe or Pipe()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        arrays, _ = self.source.read(int(self.indices[0]))
+        return {m: tuple(a.shape) for m, a in arrays.items()}
+
+    def with_pipe(self, pipe: Pipe) -> LazySplit:
+        return LazySplit(self.source, self.indices, pipe)
+
+    def read_all(self, batch_size: int = 256) -> Batch:
+        """Every sample, in order, as tensors in memory (as the pipeline yields them, unaugmented): for a
+        small split, a test or the in-memory side of a benchmark."""
+        parts = list(self.batches(batch_size))
+        return {m: torch.cat([p[0][m] for p in parts]) for m in parts[0][0]}, torch.cat([p[1] for p in parts])
+
+    def pinned(self) -> LazySplit:
+        return self.with_pipe(dataclasses.replace(self.pipe, pin=True))
+
+    def subset(self, idx: Tensor) -> LazySplit:
+        return LazySplit(self.source, self.indices[idx], self.pipe)
+
+    def shard_order(self, **kw: Any) -> Tensor:
+        return shard_order(len(self), **kw)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                drop_last: bool = False, rank: int = 0, world: int = 1, order: Tensor | None = None,
+                augment: tuple[int, int] | None = None, raw: bool = False) -> Iterator[Batch]:
+        """Mini-batches of this rank's shard, read by ``num_workers`` processes (in this one with 0).
+        ``augment = (seed, epoch)`` augments (training); ``raw`` skips augmentation and normalisation."""
+        if order is None:
+            order = self.shard_order(shuffle=shuffle, generator=generator, rank=rank, world=world)
+        plan = [c.tolist() for c in chunks(order, batch_size, drop_last)]
+        if not plan:
+            return
+        workers = self.pipe.num_workers
+        loader = torch.utils.data.DataLoader(
+            _Reader(self.source, self.indices, self.pipe, augment, raw), batch_sampler=plan, num_workers=workers,
+            collate_fn=_collate, pin_memory=self.pipe.pin, prefetch_factor=self.pipe.prefetch if workers else None,
+            persistent_workers=False)
+        for batch in loader:
+            if isinstance(batch, _Failed):
+                raise DataError(batch.message)
+            yield batch
+
