@@ -12,6 +12,10 @@ land cover) of N and 10 N triplets, then, each case in a fresh process (so peak 
   raybal uses) and through Ray Data (``map_batches`` over the indices, ``iter_torch_batches``),
   the alternative the README weighs against it.
 
+* **generation**: peak RSS of rendering ``synthetic_aerial`` into a fresh cache at 4,000 and 16,000
+  training samples (rendered in chunks into memory-mapped files: the peak is bounded by the chunk),
+  and of reading the 16,000 back; ``--generate 200000`` adds a set of that size.
+
 The GPU comparison (``--gpu``, goal >= 0.95x) needs a CUDA machine; without one it prints that it
 was not run. Table printed and written to ``benchmarks/out/data/bench_data.parquet``.
 
@@ -108,10 +112,29 @@ def read_only(args: argparse.Namespace) -> None:
                       "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
+def generate(args: argparse.Namespace) -> None:
+    """Render synthetic_aerial with n_train = args.n into the cache folder args.root; report peak RSS."""
+    from raybal.data import load_data
+    from raybal.resolve import default_config
+
+    cfg = default_config(**{"data.n_train": args.n, "data.n_val": 1000, "data.n_test": 1000,
+                            "data.cache_dir": args.root})
+    t0 = time.perf_counter()
+    data = load_data(cfg.data)
+    float(data.train.x["eo"][-64:].sum())  # touch the data
+    print(json.dumps({"samples": args.n, "epoch_s": time.perf_counter() - t0, "samples_per_s": float("nan"),
+                      "load_s": time.perf_counter() - t0, "lazy": False, "workers": 0,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "worker_peak_rss_mb": 0.0}))
+
+
 def child(args: argparse.Namespace) -> None:
     """One case in this process: build the data, run one timed training epoch, print a JSON line."""
     if args.mode.startswith("read_"):
         read_only(args)
+        return
+    if args.mode == "generate":
+        generate(args)
         return
     import torch
 
@@ -164,8 +187,9 @@ def child(args: argparse.Namespace) -> None:
         "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
-def run_case(root: Path, mode: str, gpu: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--mode", mode, "--root", str(root)] + (["--gpu"] if gpu else [])
+def run_case(root: Path, mode: str, gpu: bool, n: int = 0) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--mode", mode, "--root", str(root), "--n", str(n)] + (
+        ["--gpu"] if gpu else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -177,7 +201,10 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="also on CUDA (goal >= 0.95x of in-memory)")
     ap.add_argument("--data-dir", default=str(OUT / "chips"), help="where the GeoTIFF chips are written")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--mode", choices=("lazy", "memory", "read_loader", "read_raydata"), help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=("lazy", "memory", "read_loader", "read_raydata", "generate"),
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--generate", type=int, nargs="*", default=[4000, 16000],
+                    help="synthetic_aerial training-set sizes whose generation peak RSS is measured")
     ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -186,6 +213,20 @@ def main() -> None:
     n = 100 if args.quick else args.n
     OUT.mkdir(parents=True, exist_ok=True)
     rows = []
+    import shutil
+    import tempfile
+
+    for size in ([500, 2000] if args.quick else args.generate):
+        cache = Path(tempfile.mkdtemp(prefix="raybal-gen-"))
+        try:
+            first = run_case(cache, "generate", False, size)
+            again = run_case(cache, "generate", False, size)  # read back from the store
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        for what, r in (("generate", first), ("read back", again)):
+            rows.append({"triplets": size, "device": "cpu", "mode": f"synthetic_aerial {what}", **r})
+            print(f"  synthetic_aerial n_train={size} {what}: peak RSS {r['peak_rss_mb']:.0f} MB, "
+                  f"{r['load_s']:.1f} s", flush=True)
     devices = [False]
     if args.gpu:
         import torch
@@ -207,9 +248,17 @@ def main() -> None:
     df = pd.DataFrame(rows)
     df.to_parquet(OUT / "bench_data.parquet", index=False)
     pd.set_option("display.width", 200)
-    print("\nbench_data: one training epoch of the default late-fusion model on sen12ms-layout GeoTIFF chips (32 x 32)")
-    print(df[["triplets", "device", "mode", "workers", "samples_per_s", "epoch_s", "load_s", "peak_rss_mb",
-              "worker_peak_rss_mb"]].round(1).to_string(index=False))
+    gen = df[df["mode"].str.startswith("synthetic_aerial")]
+    epochs = df[~df["mode"].str.startswith("synthetic_aerial")]
+    print("\nbench_data: one training epoch of the default late-fusion model on sen12ms-layout GeoTIFF chips (32 x 32)"
+          " (read_*: one epoch read, no training)")
+    print(epochs[["triplets", "device", "mode", "workers", "samples_per_s", "epoch_s", "load_s", "peak_rss_mb",
+                  "worker_peak_rss_mb"]].round(1).to_string(index=False))
+    if len(gen):
+        print("\nsynthetic_aerial generation (n_train samples, + 1,000 val + 1,000 test):")
+        print(gen[["triplets", "mode", "load_s", "peak_rss_mb"]].rename(columns={"triplets": "n_train"})
+              .round(1).to_string(index=False))
+    df = df[~df["mode"].str.startswith("synthetic_aerial")]
     rd = df[df["mode"].str.startswith("read_")].set_index("mode")["samples_per_s"]
     if len(rd) == 2:
         print(f"\nreading one epoch ({n} triplets, no training): DataLoader {rd['read_loader']:.0f} samples/s, "

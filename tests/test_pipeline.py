@@ -165,3 +165,18 @@ def test_multilabel_metrics_match_sklearn() -> None:
     seen = [c for c in range(5) if y[:, c].any() or pred[:, c].any()]
     assert d["macro_f1"] == pytest.approx(f1_score(y[:, seen].numpy(), pred[:, seen], average="macro"), abs=1e-9)
     assert d["ap.a"] == pytest.approx(ap[0], abs=1e-6) and d["ap.e"] is None
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_sample_of_another_shape_mid_epoch_is_named(workers: int) -> None:
+    class OddOne(Counting):
+        def read(self, i: int):  # noqa: ANN201
+            x, y = super().read(i)
+            if i == 9:
+                x["a"] = np.zeros((1, 5, 5), np.float32)
+            return x, y
+
+    split = LazySplit(OddOne(12), pipe=Pipe(num_workers=workers))
+    with pytest.raises(DataError, match=r"/data/chip_9.tif: modality 'a' has shape \(1, 5, 5\), /data/chip_8.tif has"):
+        for _ in split.batches(4):
+            pass

@@ -259,27 +259,28 @@ class _Reader(torch.utils.data.Dataset):
             return _Failed(str(exc))
         except Exception as exc:  # an unreadable / truncated file: name it, never skip it
             return _Failed(f"{self.source.describe(i)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        if self.raw:
-            return x, y
-        if self.augment is not None and self.pipe.augment.enabled:
-            x, y = augment_sample(x, y, self.pipe.augment, sample_generator(self.augment[0], self.augment[1], i))
-        if self.pipe.normalizer is not None:
-            x = self.pipe.normalizer.apply(x, batched=False)
-        return x, y
+        if not self.raw:
+            if self.augment is not None and self.pipe.augment.enabled:
+                x, y = augment_sample(x, y, self.pipe.augment, sample_generator(self.augment[0], self.augment[1], i))
+            if self.pipe.normalizer is not None:
+                x = self.pipe.normalizer.apply(x, batched=False)
+        return x, y, i
 
-
-def _collate(items: list[Any]) -> Any:
-    for it in items:
-        if isinstance(it, _Failed):
-            return it
-    mods = items[0][0].keys()
-    shapes = {m: items[0][0][m].shape for m in mods}
-    for it in items:
-        for m in mods:
-            if it[0][m].shape != shapes[m]:
-                return _Failed(f"modality {m!r}: a sample of shape {tuple(it[0][m].shape)} in a batch of "
-                               f"{tuple(shapes[m])} (every sample of a modality must have one shape)")
-    return {m: torch.stack([it[0][m] for it in items]) for m in mods}, torch.stack([it[1] for it in items])
+    def collate(self, items: list[Any]) -> Any:
+        """Stack a batch; a failed read, or a sample whose shape differs from the batch's first, comes
+        back as the one line naming its file (the DataLoader process never raises, never hangs)."""
+        for it in items:
+            if isinstance(it, _Failed):
+                return it
+        mods = items[0][0].keys()
+        shapes = {m: items[0][0][m].shape for m in mods}
+        for it in items:
+            for m in mods:
+                if it[0][m].shape != shapes[m]:
+                    return _Failed(f"{self.source.describe(it[2])}: modality {m!r} has shape {tuple(it[0][m].shape)}, "
+                                   f"{self.source.describe(items[0][2])} has {tuple(shapes[m])} (every sample of a "
+                                   "modality must have one shape)")
+        return {m: torch.stack([it[0][m] for it in items]) for m in mods}, torch.stack([it[1] for it in items])
 
 
 class LazySplit:
@@ -327,9 +328,9 @@ class LazySplit:
         if not plan:
             return
         workers = self.pipe.num_workers
+        reader = _Reader(self.source, self.indices, self.pipe, augment, raw)
         loader = torch.utils.data.DataLoader(
-            _Reader(self.source, self.indices, self.pipe, augment, raw), batch_sampler=plan, num_workers=workers,
-            collate_fn=_collate, pin_memory=self.pipe.pin, prefetch_factor=self.pipe.prefetch if workers else None,
+            reader, batch_sampler=plan, num_workers=workers, collate_fn=reader.collate, pin_memory=self.pipe.pin, prefetch_factor=self.pipe.prefetch if workers else None,
             persistent_workers=False)
         for batch in loader:
             if isinstance(batch, _Failed):
