@@ -12,10 +12,28 @@ import torch.nn.functional as F
 
 from raybal.data.pipeline import DataError
 
+_ENV: dict[int, object] = {}  # pid -> the rasterio.Env this process reads in
+
+
+def _env() -> None:
+    """Enter one GDAL environment per process and keep it: ``rasterio.open`` outside an Env builds and
+    tears one down on every call, and GDAL lists a chip's folder on open unless told not to (SEN12MS
+    folders hold hundreds of chips). Both together halved the cost of opening a chip here."""
+    import os
+
+    pid = os.getpid()
+    if pid not in _ENV:
+        import rasterio
+
+        env = rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_NUM_THREADS="1")
+        env.__enter__()
+        _ENV[pid] = env
+
 
 def band_count(path: Path) -> int:
     import rasterio
 
+    _env()
     try:
         with rasterio.open(path) as src:
             return int(src.count)
@@ -30,6 +48,7 @@ def read_bands(path: Path, bands: Sequence[int] | None = None, *, expect: int | 
 
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    _env()
     try:
         with rasterio.open(path) as src:
             if expect is not None and src.count < expect:

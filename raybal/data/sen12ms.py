@@ -19,7 +19,6 @@ Nothing is loaded whole: the folders are indexed once, each sample read by index
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -152,7 +151,7 @@ class Sen12MSSource:
         valid = cls[cls >= 0]
         if valid.size == 0:
             raise DataError(f"{t.lc}: no pixel has a land-cover class")
-        return x, int(Counter(valid.ravel().tolist()).most_common(1)[0][0])
+        return x, int(np.bincount(valid.ravel()).argmax())  # the majority class (ties: the lowest id)
 
     def describe(self, i: int) -> str:
         t = self.triplets[i]
