@@ -138,8 +138,8 @@ def _stored(built: Chunked, path: Path | None) -> MultiModalData:
                 write_store(path, {s: (n, render()) for s, (n, render) in built.splits.items()},
                             {"modalities": list(built.modalities)})
                 found = read_store(path)
-            except OSError:
-                found = None  # an unwritable cache only costs memory
+            except OSError:  # another process's store landed first (then read it), or an unwritable cache
+                found = read_store(path)
         if found is not None:
             return assemble(found[1])
     return assemble({s: concat_chunks(render()) for s, (_, render) in built.splits.items()})
