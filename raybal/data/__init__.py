@@ -78,8 +78,8 @@ def load_data(cfg: DataConfig, *, normalizer: Normalizer | dict | None = None) -
 def _normalizer(cfg: DataConfig, data: MultiModalData) -> Normalizer:
     """Training-split statistics, cached beside the data cache (keyed by the data, and for files by
     the training split's files: a changed file is measured again)."""
-    fingerprint = getattr(data.train, "source", None)
-    extra = getattr(fingerprint, "fingerprint", lambda: "")()
+    source = getattr(data.train, "source", None)
+    extra = source.fingerprint() if hasattr(source, "fingerprint") else ""
     key = hashlib.sha256(f"{data_key(cfg)}|{extra}".encode()).hexdigest()[:20]
     path = cache_root(cfg) / "data" / f"{cfg.name}-{key}.norm.json"
     if path.is_file():

@@ -290,17 +290,23 @@ class LazySplit:
         self.source = source
         self.indices = torch.arange(len(source)) if indices is None else indices
         self.pipe = pipe or Pipe()
+        self._shapes: dict[str, tuple[int, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        arrays, _ = self.source.read(int(self.indices[0]))
-        return {m: tuple(a.shape) for m, a in arrays.items()}
+        """Each modality's sample shape, read once from the first sample (and shared by its pipe variants)."""
+        if self._shapes is None:
+            arrays, _ = self.source.read(int(self.indices[0]))
+            self._shapes = {m: tuple(a.shape) for m, a in arrays.items()}
+        return self._shapes
 
     def with_pipe(self, pipe: Pipe) -> LazySplit:
-        return LazySplit(self.source, self.indices, pipe)
+        out = LazySplit(self.source, self.indices, pipe)
+        out._shapes = self._shapes
+        return out
 
     def read_all(self, batch_size: int = 256) -> Batch:
         """Every sample, in order, as tensors in memory (as the pipeline yields them, unaugmented): for a
