@@ -22,7 +22,7 @@ quickstart: $(STAMP)
 
 ## The test suite CI runs (slow tests excluded; see test-all).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15 tests
 
 ## Everything, including slow calibration / fault-injection tests.
 test-all: $(STAMP)
