@@ -11,13 +11,10 @@ version of permutation MU, Singh et al. 2023 Eq. 1):
 and the penalty L_MU = sum_i (u_i - t_i)^2 (or |u_i - t_i|) toward the user's target t
 (Sensors 2024, Eq. 3-4). Total loss = L + lambda s L_MU, where s (``penalty_scale``) is:
 
-* ``gaps`` (default): the batch's total loss gap sum_j d_j, held constant (no gradient through it).
-  The shares are scale-free, so d u_i / d d_j ~ 1 / sum_j d_j: early in training, when no modality
-  is used yet and every gap is ~0, the paper's penalty has a huge, noisy gradient that slows the
-  task's own learning (``digit_views``, epoch 3: training loss 1.46 against vanilla's 0.64; 1.07 scaled). With
-  s = sum_j d_j the penalty's gradient with respect to each gap is bounded by the share error, in
-  the task loss's own units, whatever the gaps' size. This only rescales lambda per step; the
-  penalty and its minimiser are Eq. 4's.
+* ``gaps`` (default): the batch's total gap sum_j d_j, held constant. The shares are scale-free, so
+  d u_i / d d_j ~ 1 / sum_j d_j: while every gap is ~0 (early training) Eq. 4's gradient is huge and
+  noisy and stalls the task (``digit_views``, epoch 3: loss 1.46, vanilla 0.64, scaled 1.07). Scaled,
+  it is in loss units whatever the gaps' size: lambda rescaled per step, the penalty still Eq. 4's.
 * ``none``: s = 1, Eq. 4 as written.
 
 The weight lambda (``weight``):
