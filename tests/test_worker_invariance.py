@@ -49,8 +49,8 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def two_worker_runs(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """case -> (config, checkpoint dir, rank 0's RunResult or the error the case raised), every case
-    trained by the same two Ray Train workers, one after another."""
+    """case -> (config, checkpoint dir, rank 0's RunResult, or a message naming the run's failure when the
+    case left no result), every case trained by the same two Ray Train workers, one after another."""
     import pickle
 
     import ray
