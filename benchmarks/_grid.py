@@ -4,12 +4,20 @@ Each run is a trial of the directory (``trials.parquet`` etc. as in DESIGN.md §
 written as soon as it finishes, so a second benchmark reading the same runs (the target
 tracking and noise robustness tables share theirs) or a re-run after an interruption
 trains only what is missing. A stored run is reused only when its stored config equals the requested one.
+
+``jobs`` > 1 trains that many runs at once, each in its own process with ``threads`` torch
+threads (the CPUs split between them); the parent alone writes the results directory. The
+small default models scale poorly across threads, so on 2 cores two 1-thread runs finish
+sooner than one 2-thread run after another. Only *where* runs execute changes, never a config.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +27,24 @@ from raybal.results import load_results, write_results
 from raybal.train import fit
 
 
-def run_grid(runs: dict[str, RunConfig], results_dir: str | Path) -> pd.DataFrame:
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _fit(cfg: RunConfig, tid: str) -> tuple[object, float]:
+    t0 = time.perf_counter()
+    result = fit(cfg, trial_id=tid)
+    return result, time.perf_counter() - t0
+
+
+def default_jobs() -> int:
+    """One run per 1-thread process on each core, at most 2 (memory and timing noise beyond)."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def run_grid(runs: dict[str, RunConfig], results_dir: str | Path, jobs: int = 1) -> pd.DataFrame:
     """Train every (trial_id -> config) not already stored; return the directory's trials table."""
     d = Path(results_dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -29,14 +54,32 @@ def run_grid(runs: dict[str, RunConfig], results_dir: str | Path) -> pd.DataFram
         for _, row in t[t["status"] == "ok"].iterrows():
             done[str(row["trial_id"])] = str(row["config_json"])
     todo = [(tid, cfg) for tid, cfg in runs.items() if done.get(tid) != cfg.to_json()]
-    print(f"{len(runs) - len(todo)} of {len(runs)} runs already in {d}; training {len(todo)}", file=sys.stderr)
-    for i, (tid, cfg) in enumerate(todo, 1):
-        t0 = time.perf_counter()
-        result = fit(cfg, trial_id=tid)
+    jobs = max(1, min(jobs, len(todo)))
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs already in {d}; training {len(todo)}"
+          + (f", {jobs} at a time" if jobs > 1 else ""), file=sys.stderr)
+    t_start = time.perf_counter()
+
+    def report(i: int, tid: str, result, seconds: float) -> None:
         write_results(d, [result])
         metric = "miou" if "final.test_miou" in result.final else "accuracy"
         print(f"[{i}/{len(todo)}] {tid}: test {metric} {result.final.get(f'final.test_{metric}', float('nan')):.3f} "
-              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+              f"({seconds:.0f} s; {time.perf_counter() - t_start:.0f} s in all)", file=sys.stderr)
+
+    if jobs == 1:
+        for i, (tid, cfg) in enumerate(todo, 1):
+            report(i, tid, *_fit(cfg, tid))
+    elif todo:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_set_threads,
+                                 initargs=(threads,)) as pool:
+            pending = {pool.submit(_fit, cfg, tid): tid for tid, cfg in todo}
+            i = 0
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    tid = pending.pop(fut)
+                    i += 1
+                    report(i, tid, *fut.result())
     trials = load_results(d).trials
     return trials[trials["trial_id"].isin(list(runs))].reset_index(drop=True)
 

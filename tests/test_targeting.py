@@ -123,14 +123,11 @@ def test_validation_feedback_moves_the_set_point_only_once_the_penalty_runs() ->
 
 
 def _penalty_grad(m, d: torch.Tensor) -> torch.Tensor:
-    """d(lambda s L_MU) / d(gaps) at gaps ``d`` (the loss's other terms held: only the penalty's form)."""
+    """d(s L_MU) / d(gaps) at gaps ``d``, through the method's own :meth:`penalty` (the term lambda multiplies)."""
     d = d.clone().double().requires_grad_(True)
-    u = d / d.sum()
-    t = m.setpoint().to(d)
-    pen = (u - t).pow(2).sum()
-    if m.params.penalty_scale == "gaps":
-        pen = pen * d.detach().sum()
-    pen.backward()
+    pen, term = m.penalty(d, d / d.sum(), m.setpoint().to(d))
+    assert float(pen) == pytest.approx(float(((d / d.sum() - m.setpoint()) ** 2).sum()))  # Eq. 4, unscaled
+    term.backward()
     return d.grad
 
 

@@ -44,10 +44,9 @@ The weight lambda (``weight``):
 A full penalty from the first step drives the net into poor minima: both forms start small.
 ``tolerance`` is what counts as meeting the target (model selection, ``final.target_met``).
 
-Cost: branches are per-modality, so shuffling modality i's *inputs* across the batch equals
-shuffling its *features* (the model's ``encode`` output). The penalty reruns only ``fuse``:
-M fusion + head passes, not M full forward passes (``shuffle = "inputs"`` re-encodes, for
-comparison). Data-parallel (``train.workers`` > 1): the shuffle is one permutation of the global
+Cost: branches are per-modality, so shuffling modality i's *inputs* equals shuffling its *features*
+(``encode``'s output): the penalty reruns only ``fuse``, M fusion + head passes, not M full forward
+passes (``shuffle = "inputs"`` re-encodes, for comparison). Data-parallel (``train.workers`` > 1): the shuffle is one permutation of the global
 batch, so a rank's sample is paired with a partner from any rank (features all-gathered with
 autograd), and the loss gaps are averaged over ranks: the estimate is the one-worker estimate.
 
@@ -190,8 +189,7 @@ class MuTarget(BalanceMethod):
             return min(first + k, epochs)
         return min(max(p.pretrain_epochs + math.ceil(p.warmup * (epochs - p.pretrain_epochs)), first), epochs)
 
-    def _reset_log(self) -> None:
-        # Running sums for epoch_log: device tensors after the first step, read at the epoch's end.
+    def _reset_log(self) -> None:  # epoch_log's sums: device tensors after a step, read at the epoch's end
         self.pen_sum: Tensor | float = 0.0
         self.lam_sum: Tensor | float = 0.0
         self.steps = 0
@@ -221,8 +219,7 @@ class MuTarget(BalanceMethod):
         return p.lambda_0 * (p.lambda_max / p.lambda_0) ** frac
 
     def selectable(self, epoch: int) -> bool:
-        """Epochs trained under the penalty; with the warm-up weight only those that end with the weight
-        it keeps to the end (the ramp done), so best-validation selection cannot return an unbalanced model."""
+        """Penalised epochs; with the warm-up weight only those ending at the final weight (no unbalanced model)."""
         if epoch <= self.params.pretrain_epochs:
             return False
         if self.params.weight == "adaptive":
@@ -357,14 +354,17 @@ class MuTarget(BalanceMethod):
             t = self._setpoint_on(u.device).to(u.dtype)
         else:
             t = self.target.to(device=u.device, dtype=u.dtype)
-        pen = (u - t).pow(2).sum() if self.params.penalty == "l2" else (u - t).abs().sum()
-        pen = torch.where(ok, pen, torch.zeros_like(pen))
+        pen, term = (torch.where(ok, v, torch.zeros_like(v)) for v in self.penalty(d, u, t))
         self.pen_sum = self.pen_sum + pen.detach()  # logged as Eq. 4's L_MU, unscaled
-        if self.params.penalty_scale == "gaps":
-            pen = pen * d.detach().sum()  # module docstring: a gradient in loss units, not 1 / sum d
         if self.params.weight == "adaptive":
             self._dual_step(u, ok)
-        return (lam.to(pen) if isinstance(lam, Tensor) else lam) * pen  # lambda in the loss's dtype / device
+        return (lam.to(term) if isinstance(lam, Tensor) else lam) * term  # lambda in the loss's dtype / device
+
+    def penalty(self, d: Tensor, u: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(Eq. 4's L_MU of the shares u toward t, the term lambda multiplies): with ``penalty_scale =
+        "gaps"`` times the gaps' total sum d, held constant (module docstring: loss units, not 1 / sum d)."""
+        pen = (u - t).pow(2).sum() if self.params.penalty == "l2" else (u - t).abs().sum()
+        return pen, pen * d.detach().sum() if self.params.penalty_scale == "gaps" else pen
 
     def target_error(self, mu: MUResult) -> float:
         """max_i |MU share_i - t_i| on a split. A degenerate MU (the model ignores every input; shares
