@@ -16,7 +16,7 @@ median max error <= 0.02, clean test accuracy within 2 points of vanilla's media
 set. Beside it, each run against vanilla on its own seed (``acc_vs_same_seed``): the seed draws
 the data (``digit_views``: the split; 1 point = 2 of its 216 test samples), and vanilla's own
 accuracy moves with it. One row per run, then a summary per data set and schedule; the table is also written as
-Parquet. Two runs at a time on 2 CPU cores (``--jobs``); ``--quick`` for a smoke run.
+Parquet. 30 minutes on 2 CPU cores, two 1-thread runs at a time (``--jobs``); ``--quick`` for a smoke run.
 
     python benchmarks/bench_target_tracking.py [--quick] [--datasets digit_views ...]
 """
