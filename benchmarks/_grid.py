@@ -39,9 +39,17 @@ def _fit(cfg: RunConfig, tid: str) -> tuple[object, float]:
     return result, time.perf_counter() - t0
 
 
+def cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_jobs() -> int:
     """One run per 1-thread process on each core, at most 2 (memory and timing noise beyond)."""
-    return max(1, min(2, os.cpu_count() or 1))
+    return max(1, min(2, cpus()))
 
 
 def run_grid(runs: dict[str, RunConfig], results_dir: str | Path, jobs: int = 1) -> pd.DataFrame:
@@ -69,9 +77,12 @@ def run_grid(runs: dict[str, RunConfig], results_dir: str | Path, jobs: int = 1)
         for i, (tid, cfg) in enumerate(todo, 1):
             report(i, tid, *_fit(cfg, tid))
     elif todo:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_set_threads,
-                                 initargs=(threads,)) as pool:
+        # A run that raises is reported and the others go on (what finished is written); the grid
+        # raises at the end, naming them. Ctrl-C cancels what has not started and stops at once.
+        failed: list[str] = []
+        pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_set_threads,
+                                   initargs=(max(1, cpus() // jobs),))
+        try:
             pending = {pool.submit(_fit, cfg, tid): tid for tid, cfg in todo}
             i = 0
             while pending:
@@ -79,7 +90,19 @@ def run_grid(runs: dict[str, RunConfig], results_dir: str | Path, jobs: int = 1)
                 for fut in finished:
                     tid = pending.pop(fut)
                     i += 1
-                    report(i, tid, *fut.result())
+                    try:
+                        result, seconds = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - reported, and raised once the grid is done
+                        failed.append(tid)
+                        print(f"[{i}/{len(todo)}] {tid}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+                        continue
+                    report(i, tid, result, seconds)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(todo)} runs failed: {', '.join(failed)}")
     trials = load_results(d).trials
     return trials[trials["trial_id"].isin(list(runs))].reset_index(drop=True)
 
