@@ -126,7 +126,7 @@ def _penalty_grad(m, d: torch.Tensor) -> torch.Tensor:
     """d(s L_MU) / d(gaps) at gaps ``d``, through the method's own :meth:`penalty` (the term lambda multiplies)."""
     d = d.clone().double().requires_grad_(True)
     pen, term = m.penalty(d, d / d.sum(), m.setpoint().to(d))
-    assert float(pen) == pytest.approx(float(((d / d.sum() - m.setpoint()) ** 2).sum()))  # Eq. 4, unscaled
+    assert float(pen.detach()) == pytest.approx(float(((d.detach() / d.detach().sum() - m.setpoint()) ** 2).sum()))  # Eq. 4
     term.backward()
     return d.grad
 
