@@ -5,8 +5,8 @@ written as soon as it finishes, so a second benchmark reading the same runs (the
 tracking and noise robustness tables share theirs) or a re-run after an interruption
 trains only what is missing. A stored run is reused only when its stored config equals the requested one.
 
-``jobs`` > 1 trains that many runs at once, each in its own process with ``threads`` torch
-threads (the CPUs split between them); the parent alone writes the results directory. The
+``jobs`` > 1 trains that many runs at once, each in its own process with (CPUs / jobs) torch
+threads; the parent alone writes the results directory. The
 small default models scale poorly across threads, so on 2 cores two 1-thread runs finish
 sooner than one 2-thread run after another. Only *where* runs execute changes, never a config.
 """
