@@ -13,10 +13,14 @@ per data set. The targets are the same for every data set, written on its modali
 Goal (new): every run within ±0.05 of its target on the test split (max over modalities;
 ``colored_digits`` on validation, see ``SHARE_SPLIT``),
 median max error <= 0.02, clean test accuracy within 2 points of vanilla's median on that data
-set. Beside it, each run against vanilla on its own seed (``acc_vs_same_seed``): the seed draws
-the data (``digit_views``: the split; 1 point = 2 of its 216 test samples), and vanilla's own
-accuracy moves with it. One row per run, then a summary per data set and schedule; the table is also written as
-Parquet. 30 minutes on 2 CPU cores, two 1-thread runs at a time (``--jobs``); ``--quick`` for a smoke run.
+set. The seeds are training seeds on one data split per data set (``--split fixed``, data seed
+``--data-seed``), as on a real data set with its published split, so vanilla's median and every
+run are scored on the same test samples. ``--split seed`` lets each seed also draw the data (the
+design of earlier stops): vanilla's own accuracy then moves with the split (``digit_views``, 216
+test samples: 0.940 on split 1 against 0.972 on split 0), more than the 2 points the goal allows.
+Beside the goal, each run against vanilla on its own seed (``acc_vs_same_seed``). One row per run,
+then a summary per data set and schedule; the table is also written as Parquet. 30 minutes on 2
+CPU cores, two 1-thread runs at a time (``--jobs``); ``--quick`` for a smoke run.
 
     python benchmarks/bench_target_tracking.py [--quick] [--datasets digit_views ...]
 """
@@ -37,6 +41,15 @@ from raybal.config import parse_override  # noqa: E402
 from raybal.resolve import default_config  # noqa: E402
 
 TOL = 0.05
+ACC_BAND = 0.02  # the accuracy goal: within 2 points of vanilla's median
+# Accuracies are counts over a test split (k / n): 0.980 against 1.000 is exactly 2 points, and the
+# float difference (-0.020000000000000018) must not count it as outside the band.
+EPS = 1e-9
+
+
+def within_band(drop: pd.Series) -> int:
+    """How many accuracy differences are within ACC_BAND below vanilla (more accurate counts)."""
+    return int((drop >= -ACC_BAND - EPS).sum())
 # colored_digits' test split has random colour (Wu et al.'s shift): colour carries no information
 # there, so its test MU share of colour is ~0 for any model. Its shares are read on validation,
 # which follows the training distribution; every other data set is read on test.
@@ -74,17 +87,19 @@ def grid(args: argparse.Namespace) -> tuple[dict, dict]:
         method_extra = {k: v for k, v in extra.items() if k.startswith("balance.")}  # mu_target runs only
         targets = TARGETS[len(mods)][:1] if args.quick else TARGETS[len(mods)]
         for seed in args.seeds:
-            seeded = {**base, "data.seed": seed, "train.seed": seed}
+            data_seed = seed if args.split == "seed" else args.data_seed
+            seeded = {**base, "data.seed": data_seed, "train.seed": seed}
             tid = f"{ds}-vanilla-s{seed}"
             runs[tid] = default_config(**seeded)
-            meta[tid] = {"dataset": ds, "schedule": "vanilla", "seed": seed, "target": None}
+            meta[tid] = {"dataset": ds, "schedule": "vanilla", "seed": seed, "data_seed": data_seed, "target": None}
             for t in targets:
                 target = dict(zip(mods, t))
                 for sched in args.schedules:
                     tid = f"{ds}-{sched}-{'-'.join(f'{v:.2f}' for v in t)}-s{seed}"
                     runs[tid] = default_config(**seeded, **{**SCHEDULES[sched], **method_extra}, **{
                         "balance.method": "mu_target", "balance.target": target})
-                    meta[tid] = {"dataset": ds, "schedule": sched, "seed": seed, "target": target}
+                    meta[tid] = {"dataset": ds, "schedule": sched, "seed": seed, "data_seed": data_seed,
+                                  "target": target}
     return runs, meta
 
 
@@ -92,6 +107,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--split", choices=("fixed", "seed"), default="fixed",
+                    help="fixed: one data split per data set (--data-seed), the seeds vary training only; "
+                         "seed: each seed also draws the data (default: %(default)s)")
+    ap.add_argument("--data-seed", type=int, default=0, help="the data split with --split fixed (default: %(default)s)")
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
     ap.add_argument("--results", default="benchmarks/out/targeting")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -113,13 +132,14 @@ def main() -> None:
         split = SHARE_SPLIT.get(m["dataset"], "test")
         share = {k: r[f"final.mu.{k}" if split == "test" else f"final.{split}_mu.{k}"] for k in mods}
         row = {"dataset": m["dataset"], "split": split, "schedule": m["schedule"], "seed": m["seed"],
+               "data_seed": m["data_seed"],
                "target": "/".join(f"{m['target'][k]:.2f}" for k in mods) if m["target"] else "-",
                "achieved": "/".join(f"{share[k]:.3f}" for k in mods),
                "test_acc": r["final.test_accuracy"], "best_epoch": int(r["final.best_epoch"]),
                "selected_by": r["final.selected_by"]}
         if m["target"]:
             row["max_err"] = max(abs(share[k] - m["target"][k]) for k in mods)
-            row["target_met"] = bool(row["max_err"] <= TOL)
+            row["target_met"] = bool(row["max_err"] <= TOL + EPS)
         rows.append(row)
     df = pd.DataFrame(rows)
     van = df[df["schedule"] == "vanilla"].groupby("dataset")["test_acc"].median().rename("vanilla_acc")
@@ -134,9 +154,9 @@ def main() -> None:
     summary = mu.groupby(["dataset", "schedule"]).agg(
         runs=("seed", "size"), met=("target_met", "sum"), median_err=("max_err", "median"),
         worst_err=("max_err", "max"), median_acc_drop=("acc_vs_vanilla", "median"),
-        worst_acc_drop=("acc_vs_vanilla", "min"), within_2pts=("acc_vs_vanilla", lambda a: int((a >= -0.02).sum())),
+        worst_acc_drop=("acc_vs_vanilla", "min"), within_2pts=("acc_vs_vanilla", within_band),
         same_seed_median=("acc_vs_same_seed", "median"),
-        same_seed_within_2pts=("acc_vs_same_seed", lambda a: int((a >= -0.02).sum()))).reset_index()
+        same_seed_within_2pts=("acc_vs_same_seed", within_band)).reset_index()
     summary = summary.join(van, on="dataset")
     print("\nPer data set and schedule (acc drops: test accuracy - vanilla's median on the data set; same_seed: "
           "- vanilla's on the run's seed)")
@@ -144,8 +164,8 @@ def main() -> None:
     for sched, g in mu.groupby("schedule"):
         print(f"{sched}: {int(g['target_met'].sum())}/{len(g)} runs within ±{TOL}; median max error "
               f"{g['max_err'].median():.3f}; worst {g['max_err'].max():.3f}; runs within 2 points of vanilla's "
-              f"median accuracy: {int((g['acc_vs_vanilla'] >= -0.02).sum())}/{len(g)}; of vanilla on the same seed: "
-              f"{int((g['acc_vs_same_seed'] >= -0.02).sum())}/{len(g)}")
+              f"median accuracy: {within_band(g['acc_vs_vanilla'])}/{len(g)}; of vanilla on the same seed: "
+              f"{within_band(g['acc_vs_same_seed'])}/{len(g)}")
     out = Path(args.out or Path(args.results) / "target_tracking.parquet")
     df.to_parquet(out)
     print(f"table written to {out}")

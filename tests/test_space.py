@@ -163,8 +163,9 @@ def test_each_method_says_when_it_has_acted() -> None:
 
     mu = {"balance.method": "mu_target", "balance.target": {"eo": 0.75, "sar": 0.25}}
     assert acting() == 1  # vanilla
-    assert acting(**mu) == 2  # the default warm-up: a quarter of 8 epochs
+    assert acting(**mu) == 4  # the default warm-up: half of 8 epochs
     assert acting(**mu, **{"balance.pretrain_epochs": 2, "balance.warmup": 0.5}) == 5  # 2 + half of 6
+    assert acting(**mu, **{"balance.warmup": 0.25}) == 2  # a quarter of 8
     assert acting(**mu, **{"balance.schedule": "epochs", "balance.weight": "warmup", "balance.growth": 1.0}) == 6
     assert acting(**{"balance.method": "ogm_ge", "balance.start_epoch": 3}) == 3
     assert acting(**{"balance.method": "greedy_guided", "model.name": "mmtm", "balance.start_epoch": 12}) == 8
@@ -174,8 +175,8 @@ def test_asha_never_judges_a_trial_before_its_method_has_acted() -> None:
     from raybal.study import grace_period
 
     lam = {"balance.lambda_max": {"loguniform": [2.0, 20.0]}}
-    assert grace_period(_with(lam)) == 2  # mu_target's default warm-up ends in epoch 2 of 8
-    assert grace_period(_with(lam, grace=4)) == 4  # a longer study grace stays
+    assert grace_period(_with(lam)) == 4  # mu_target's default warm-up ends in epoch 4 of 8
+    assert grace_period(_with(lam, grace=5)) == 5  # a longer study grace stays
     searched = {**lam, "balance.warmup": {"uniform": [0.25, 0.75]}}
     assert grace_period(_with(searched)) == 6  # the slowest warm-up it may draw: 0.75 of 8 epochs
     methods = {"balance.method": {"choice": ["vanilla", "ogm_ge"]},

@@ -96,7 +96,7 @@ class MuTargetParams:
     weight: Literal["adaptive", "warmup"] = "adaptive"
     lambda_max: float = knob(10.0, gt=0.0, doc="the largest penalty weight")
     lambda_0: float = knob(0.1, ge=0.0, doc="the weight when the penalty starts")
-    warmup: float = knob(0.25, gt=0.0, le=1.0, doc="fraction of the penalised steps in which lambda may cross "
+    warmup: float = knob(0.5, gt=0.0, le=1.0, doc="fraction of the penalised steps in which lambda may cross "
                          "[lambda_0, lambda_max] (adaptive: its fastest speed; warmup: the ramp)")
     schedule: Literal["steps", "epochs"] = "steps"
     growth: float | None = knob(None, ge=0.0, doc="schedule = 'epochs' only: k in lambda(e) = min(lambda_max, "
