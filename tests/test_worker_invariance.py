@@ -30,10 +30,10 @@ MMTM = {"model.name": "mmtm", "model.fuse_after": [2, 3]}
 SGD = {"train.optimizer": "sgd", "train.lr": 0.05}
 CASES = {
     "vanilla": {},
-    # warmup 0.25: lambda at lambda_max from step 4 of 12. With the default 0.5 it is not, and the set point
-    # (fed by rank 0's validation MU, 2.4e-5 off one worker's after epoch 1: float rounding) moves the
-    # penalty's gradient at lambda ~10 with SGD lr 0.05: parameters 3.6e-3 apart after 2 epochs, the same
-    # lambda at every step (measured; 3e-6 at 0.25).
+    # warmup 0.25: lambda at lambda_max from step 4 of 12. With the default 0.5 this run amplifies float
+    # noise whatever the workers: one worker with 1e-6 added to one initial weight tensor ends 3.5e-3 apart
+    # (5e-6 at 0.25), and 2 workers ended 3.6e-3 from 1 with the same lambda at every step. A rank bug
+    # shows at either warm-up; only the amplification depends on it.
     "mu_target": {"balance.target": {"eo": 0.6, "sar": 0.4}, "balance.lambda_0": 1.0, "balance.warmup": 0.25,
                   **MMTM, **SGD},
     "mu_target_frozen": {"balance.method": "mu_target", "balance.target": {"eo": 0.6, "sar": 0.4},
