@@ -14,7 +14,6 @@ sooner than one 2-thread run after another. Only *where* runs execute changes, n
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -23,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from raybal.config import RunConfig
+from raybal.data.pipeline import usable_cpus
 from raybal.results import load_results, write_results
 from raybal.train import fit
 
@@ -39,17 +39,9 @@ def _fit(cfg: RunConfig, tid: str) -> tuple[object, float]:
     return result, time.perf_counter() - t0
 
 
-def cpus() -> int:
-    """The CPUs this process may run on (its affinity mask: a container's share, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def default_jobs() -> int:
     """One run per 1-thread process on each core, at most 2 (memory and timing noise beyond)."""
-    return max(1, min(2, cpus()))
+    return max(1, min(2, usable_cpus()))
 
 
 def run_grid(runs: dict[str, RunConfig], results_dir: str | Path, jobs: int = 1) -> pd.DataFrame:
@@ -81,7 +73,7 @@ def run_grid(runs: dict[str, RunConfig], results_dir: str | Path, jobs: int = 1)
         # raises at the end, naming them. Ctrl-C cancels what has not started and stops at once.
         failed: list[str] = []
         pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_set_threads,
-                                   initargs=(max(1, cpus() // jobs),))
+                                   initargs=(max(1, usable_cpus() // jobs),))
         try:
             pending = {pool.submit(_fit, cfg, tid): tid for tid, cfg in todo}
             i = 0

@@ -46,10 +46,6 @@ ACC_BAND = 0.02  # the accuracy goal: within 2 points of vanilla's median
 # float difference (-0.020000000000000018) must not count it as outside the band.
 EPS = 1e-9
 
-
-def within_band(drop: pd.Series) -> int:
-    """How many accuracy differences are within ACC_BAND below vanilla (more accurate counts)."""
-    return int((drop >= -ACC_BAND - EPS).sum())
 # colored_digits' test split has random colour (Wu et al.'s shift): colour carries no information
 # there, so its test MU share of colour is ~0 for any model. Its shares are read on validation,
 # which follows the training distribution; every other data set is read on test.
@@ -71,6 +67,11 @@ SCHEDULES = {
     "old": {"balance.weight": "warmup", "balance.schedule": "epochs", "balance.growth": 1.0,
             "balance.penalty_scale": "none", "train.select": "best_val"},
 }
+
+
+def within_band(drop: pd.Series) -> int:
+    """How many accuracy differences are within ACC_BAND below vanilla (more accurate counts)."""
+    return int((drop >= -ACC_BAND - EPS).sum())
 
 
 def grid(args: argparse.Namespace) -> tuple[dict, dict]:

@@ -67,14 +67,18 @@ class LoaderKnobs:
 LOADER_KEYS = frozenset(f.name for f in dataclasses.fields(LoaderKnobs))
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (a container's share, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def auto_workers(requested: int | None) -> int:
     """``data.num_workers``, or its default: the CPUs this process may use, shared among the training
     processes of this node (``LOCAL_WORLD_SIZE``, set by Ray Train / torchrun), less one for the training
     process itself, at most 8; 1 on a 2-CPU machine."""
     if requested is not None:
         return requested
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_rank = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    per_rank = usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     return 1 if per_rank <= 2 else min(8, per_rank - 1)
 
 
