@@ -117,8 +117,35 @@ def test_validation_feedback_moves_the_set_point_only_once_the_penalty_runs() ->
     m.on_validation(mu)  # a vanilla (pretraining) epoch: ignored
     m.on_epoch_start(2)
     assert torch.equal(m.offset, torch.zeros(2, dtype=torch.float64))
+    m._dual_step(torch.tensor([0.5, 0.5], dtype=torch.float64), OK)  # the batches are on their set point
     m.on_validation(mu)  # validation leans 0.2 too far on eo: steer the batches 0.1 the other way
     m.on_epoch_start(3)
+    assert m.setpoint().tolist() == pytest.approx([0.4, 0.6])
+
+
+def test_validation_feedback_waits_until_the_batches_track_their_set_point() -> None:
+    """Conditional integration: while the batches are still far from the set point (the penalty's
+    weight is rising), the validation error is the inner loop's lag; integrating it drove ``aerial_1k``
+    at 0.5/0.5 to a set point of 0.3/0.7 by epoch 3. Only epochs that end within tolerance count."""
+    from raybal.utilization import MUResult
+
+    m = _method(tiny_config(**MU2), 4, 4)
+    mu = MUResult(metric=0.9, loss=0.3, shares={"eo": 0.7, "sar": 0.3}, raw={"eo": 0.7, "sar": 0.3},
+                  degenerate=False)
+    m.on_epoch_start(1)
+    m.on_validation(mu)  # no batch yet: nothing to compare with
+    m.on_epoch_start(2)
+    for _ in range(30):  # the batches end 0.3 off their set point
+        m._dual_step(torch.tensor([0.8, 0.2], dtype=torch.float64), OK)
+    assert not m.inner_settled()
+    m.on_validation(mu)
+    m.on_epoch_start(3)
+    assert torch.equal(m.offset, torch.zeros(2, dtype=torch.float64))
+    for _ in range(60):  # now 0.04 off: within the tolerance (0.05)
+        m._dual_step(torch.tensor([0.54, 0.46], dtype=torch.float64), OK)
+    assert m.inner_settled()
+    m.on_validation(mu)
+    m.on_epoch_start(4)
     assert m.setpoint().tolist() == pytest.approx([0.4, 0.6])
 
 

@@ -288,6 +288,18 @@ def full_precision(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+def gathered(feat: Any, world: int) -> Any:
+    """A modality's features (tensor or tuple) of the whole global batch, rank order, differentiable:
+    the backward pass returns each rank the gradient for its own samples."""
+    if world == 1:
+        return feat
+    if isinstance(feat, tuple):
+        return tuple(gathered(f, world) for f in feat)
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(feat.contiguous()), dim=0)
+
+
 def _check_method(name: str, obj: Any, params: type | None) -> None:
     if not (isinstance(obj, type) and issubclass(obj, BalanceMethod)):
         raise RegistrationError(f"balancing method {name!r}: {obj!r} must subclass BalanceMethod")

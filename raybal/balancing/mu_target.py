@@ -1,59 +1,62 @@
-"""``mu_target``: utilization-targeted training (Singh, Saber, Markopoulos, Heard,
-*Regulating Modality Utilization within Multimodal Fusion Networks*, Sensors 24(18):6054, 2024).
+"""``mu_target``: utilization-targeted training (Singh, Saber, Markopoulos, Heard, *Regulating Modality
+Utilization within Multimodal Fusion Networks*, Sensors 24(18):6054, 2024).
 
-Per training batch, a differentiable estimate of each modality's utilization (the batch
-version of permutation MU, Singh et al. 2023 Eq. 1):
+Per training batch, a differentiable estimate of each modality's utilization (the batch version of permutation
+MU, Singh et al. 2023 Eq. 1):
 
     L_i = CE(F(x with modality i shuffled within the batch), y)
     d_i = relu(L_i - L)            (or a sharp softplus)
     u_i = d_i / sum_j d_j
 
-and the penalty L_MU = sum_i (u_i - t_i)^2 (or |u_i - t_i|) toward the user's target t
-(Sensors 2024, Eq. 3-4). Total loss = L + lambda s L_MU, where s (``penalty_scale``) is:
+and the penalty L_MU = sum_i (u_i - t_i)^2 (or |u_i - t_i|) toward the user's target t (Sensors 2024, Eq.
+3-4). Total loss = L + lambda s L_MU, where s (``penalty_scale``) is:
 
-* ``gaps`` (default): the batch's total gap sum_j d_j, held constant. The shares are scale-free, so
-  d u_i / d d_j ~ 1 / sum_j d_j: while every gap is ~0 (early training) Eq. 4's gradient is huge and
-  noisy and stalls the task (``digit_views``, epoch 3: loss 1.46, vanilla 0.64, scaled 1.07). Scaled,
-  it is in loss units whatever the gaps' size: lambda rescaled per step, the penalty still Eq. 4's.
+* ``gaps`` (default): the batch's total gap sum_j d_j, held constant. The shares are scale-free, so d u_i / d
+  d_j ~ 1 / sum_j d_j: while every gap is ~0 (early training) Eq. 4's gradient is huge and noisy and stalls the
+  task (``digit_views``, epoch 3: loss 1.46, vanilla 0.64, scaled 1.07). Scaled, it is in loss units whatever
+  the gaps' size: lambda rescaled per step, the penalty still Eq. 4's.
 * ``none``: s = 1, Eq. 4 as written.
 
 The weight lambda (``weight``):
 
-* ``adaptive`` (default): a Lagrange multiplier for the constraint max_i |u_i - t_i| <= tolerance,
-  updated every step by dual ascent (the basic differential multiplier method, Platt & Barr,
-  *Constrained Differential Optimization*, NeurIPS 1988; as a controller on the constraint
-  error, Stooke, Achiam & Abbeel, *Responsive Safety in RL by PID Lagrangian Methods*, ICML 2020),
-  in log space so it moves across orders of magnitude at one speed:
+* ``adaptive`` (default): a Lagrange multiplier for the constraint max_i |u_i - t_i| <= tolerance, updated
+  every step by dual ascent (the basic differential multiplier method, Platt & Barr, *Constrained Differential
+  Optimization*, NeurIPS 1988; as a controller on the constraint error, Stooke, Achiam & Abbeel, *Responsive
+  Safety in RL by PID Lagrangian Methods*, ICML 2020), in log space so it crosses orders of magnitude at one
+  speed:
 
       e     <- 0.9 e + 0.1 (u - t)                   (the batch error, smoothed over ~10 steps)
       log lambda += r * clip((max_i |e_i| - tol/2) / (tol/2), -1, 1),   lambda in [lambda_0, lambda_max]
 
-  It starts at lambda_0, rises while the error is above half the tolerance and falls back when
-  the target is met, so the task loss keeps every bit of weight the target does not need.
-  The batch estimate is measured on training data, and a net's utilization of held-out data can
-  differ from it; so an outer loop (a cascade: an integral controller on the *validation* MU,
-  measured by the loop each epoch) moves the set point the batches are steered to,
-  t' = t - 0.5 sum_epochs (MU_val - t), clipped to +-0.2 and projected back on the simplex. r =
-  ln(lambda_max / lambda_0) / (warmup * S): at full speed the weight crosses its range in the
-  warm-up fraction of the S penalised steps, whatever the data set's size.
-* ``warmup``: the paper's fixed warm-up, lambda = lambda_0 (lambda_max / lambda_0)^min(1, s / (warmup S))
-  at penalised step s (geometric, i.e. exponential in s, as the paper's exp(k e)), in steps so it
-  behaves alike on 1,000 or 1,000,000 samples; ``schedule = "epochs"`` keeps the old per-epoch
-  form lambda(e) = min(lambda_max, lambda_0 exp(growth (e - e_0))), e_0 the first penalised epoch.
+  It starts at lambda_0, rises while the error is above half the tolerance and falls back when the target is
+  met, so the task loss keeps every bit of weight the target does not need. r = ln(lambda_max / lambda_0) /
+  (warmup * S): at full speed the weight crosses its range in the warm-up fraction of the S penalised steps,
+  whatever the data set's size. The batch estimate is measured on training data, and a net's utilization of
+  held-out data can differ from it; so an outer loop (a cascade: an integral controller on the *validation*
+  MU, measured by the loop each epoch) moves the set point the batches are steered to, t' = t - 0.5
+  sum_epochs (MU_val - t), clipped to +-0.2 and projected back on the simplex. It integrates only epochs that
+  end with the batches within tolerance of t' (conditional integration, the anti-windup of a cascade's outer
+  loop: Astrom & Hagglund, *Advanced PID Control*, ISA 2006): before that, the validation error is the inner
+  loop's own lag, not the bias, and integrating it overshoots (``aerial_1k`` at 0.5/0.5: t' reached 0.3/0.7
+  by epoch 3 and cost 2 points of accuracy).
+* ``warmup``: the paper's fixed warm-up, lambda = lambda_0 (lambda_max / lambda_0)^min(1, s / (warmup S)) at
+  penalised step s (geometric, i.e. exponential in s, as the paper's exp(k e)), in steps so it behaves alike on
+  1,000 or 1,000,000 samples; ``schedule = "epochs"`` keeps the old per-epoch form lambda(e) = min(lambda_max,
+  lambda_0 exp(growth (e - e_0))), e_0 the first penalised epoch.
 
-A full penalty from the first step drives the net into poor minima: both forms start small.
-``tolerance`` is what counts as meeting the target (model selection, ``final.target_met``).
+A full penalty from the first step drives the net into poor minima: both forms start small. ``tolerance`` is
+what counts as meeting the target (model selection, ``final.target_met``, the outer loop's integration).
 
-Cost: branches are per-modality, so shuffling modality i's *inputs* equals shuffling its *features*
-(``encode``'s output): the penalty reruns only ``fuse``, M fusion + head passes, not M full forward
-passes (``shuffle = "inputs"`` re-encodes, for comparison). Data-parallel (``train.workers`` > 1): the shuffle is one permutation of the global
-batch, so a rank's sample is paired with a partner from any rank (features all-gathered with
+Cost: branches are per-modality, so shuffling modality i's *inputs* equals shuffling its *features* (``encode``'s
+output): the penalty reruns only ``fuse``, M fusion + head passes, not M full forward passes (``shuffle =
+"inputs"`` re-encodes, for comparison). Data-parallel (``train.workers`` > 1): the shuffle is one permutation of
+the global batch, so a rank's sample is paired with a partner from any rank (features all-gathered with
 autograd), and the loss gaps are averaged over ranks: the estimate is the one-worker estimate.
 
-Pitfalls handled (DESIGN.md §2): with relu, a batch where every d_i = 0 has no defined u and
-a zero gradient; it is skipped and counted (``mu_skipped``). softplus floors every d_i and
-pulls u toward 1/M, so relu is the default. ``freeze_encoders`` gives the paper's two-phase
-recipe (``pretrain_epochs`` of vanilla training, then only fusion + head under the penalty).
+Pitfalls handled (DESIGN.md §2): with relu, a batch where every d_i = 0 has no defined u and a zero gradient; it
+is skipped and counted (``mu_skipped``). softplus floors every d_i and pulls u toward 1/M, so relu is the
+default. ``freeze_encoders`` gives the paper's two-phase recipe (``pretrain_epochs`` of vanilla training, then
+only fusion + head under the penalty).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
+from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision, gathered
 from raybal.config import ConfigError, FrozenMap, knob
 from raybal.metrics import task_loss
 from raybal.models.base import FusionModel, ModelOutput, index_features
@@ -74,18 +77,6 @@ from raybal.models.base import FusionModel, ModelOutput, index_features
 if TYPE_CHECKING:
     from raybal.config import RunConfig
     from raybal.utilization import MUResult
-
-
-def _gathered(feat: Any, world: int) -> Any:
-    """A modality's features (tensor or tuple) of the whole global batch, rank order, differentiable:
-    the backward pass returns each rank the gradient for its own samples."""
-    if world == 1:
-        return feat
-    if isinstance(feat, tuple):
-        return tuple(_gathered(f, world) for f in feat)
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(feat.contiguous()), dim=0)
 
 
 @dataclass(frozen=True)
@@ -256,11 +247,11 @@ class MuTarget(BalanceMethod):
             for m in self.ctx.modalities:
                 if self.params.shuffle == "features" or x is None:
                     feats = dict(out.features)
-                    feats[m] = index_features(_gathered(out.features[m], world), perm)
+                    feats[m] = index_features(gathered(out.features[m], world), perm)
                     logits = model.fuse(feats).logits
                 else:
                     xs = dict(x)
-                    xs[m] = _gathered(x[m].detach(), world)[perm]
+                    xs[m] = gathered(x[m].detach(), world)[perm]
                     logits = model(xs).logits
                 losses.append(task_loss(full_precision(logits), y))
         gap = torch.stack(losses) - loss
@@ -302,12 +293,20 @@ class MuTarget(BalanceMethod):
             return
         e = self.val_error if self.val_error is not None else torch.zeros_like(self.target)
         self.val_error = None
+        if not self.inner_settled():  # conditional integration (module docstring)
+            e = torch.zeros_like(e)
         if self.ctx.world_size > 1:
             if self.ctx.all_reduce is None:
                 raise RuntimeError("mu_target: data-parallel run without an all-reduce; ranks would steer apart")
             device = next(self.ctx.model.parameters()).device  # NCCL reduces device tensors only
             e = (self.ctx.all_reduce(e.to(device)) * self.ctx.world_size).double().cpu()
         self.offset = (self.offset - 0.5 * e).clamp(-0.2, 0.2)
+
+    def inner_settled(self) -> bool:
+        """The batches are within tolerance of their set point (the smoothed error at the epoch's end);
+        the same on every rank, as ``err_ema`` is (all-reduced gaps)."""
+        return self.err_ema is not None and bool(self.ema_started) and \
+            float(self.err_ema.abs().max()) <= self.params.tolerance
 
     def setpoint(self) -> Tensor:
         """t' = t + offset, projected on the simplex (non-negative, summing to 1)."""
