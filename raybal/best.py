@@ -320,7 +320,8 @@ def format_best(b: Best) -> str:
         else:
             lines.append(f"target met on test: {'yes' if met else 'NO'}, error {err:.3f}{within}")
     for k, v in b.params.items():
-        lines.append(f"  {k} = {v}")
+        if v is not None and v == v:  # a knob the configuration does not have (the baseline's target) is not shown
+            lines.append(f"  {k} = {v}")
     # the test metric and the methods' own test metrics; per-modality measures stay in the tables
     tests = {k: v for k, v in b.row.items() if k.startswith("final.test_") and k != "final.test_loss"
              and "." not in k[len("final."):] and isinstance(v, (int, float)) and v == v}

@@ -96,6 +96,22 @@ def test_constraints_hold_on_the_means_and_duplicates_count_once(tmp_path: Path)
     assert low.is_baseline and low.trial_ids == ["b0", "b1"] and "baseline (vanilla) itself" in format_best(low)
 
 
+def test_a_winning_baseline_prints_no_searched_knob_it_does_not_have(tmp_path: Path) -> None:
+    """The quickstart's case: vanilla wins a search over mu_target's target; it has no target, and
+    ``raybal best`` printed ``balance.target.eo = None`` for it."""
+    runs = [_run(f"b{s}", "vanilla", s, 0.9, 0.9, role="baseline") for s in range(2)]
+    runs += [_run(f"m{s}", "mu_target", s, 0.8, 0.8) for s in range(2)]
+    d = _study_dir(tmp_path, runs)
+    meta = json.loads((d / "study.json").read_text())
+    (d / "study.json").write_text(json.dumps({**meta, "searched": ["balance.target.eo", "balance.target.sar"]}))
+    b = best_trial(d)
+    text = format_best(b).split("runners-up")[0]  # the table of runners-up has the searched columns
+    assert b.is_baseline and "baseline (vanilla) itself" in text
+    assert "balance.target" not in text and "None" not in text and "nan" not in text
+    runner_up = best_trial(d, constraints=["final.val_accuracy <= 0.85"])
+    assert "  balance.target.eo = 0.75" in format_best(runner_up)  # a configuration's own knobs still are
+
+
 def test_the_pareto_set_is_over_configuration_means_of_three_objectives(tmp_path: Path) -> None:
     objs = [("final.val_accuracy", "max"), ("robust.val_mean_accuracy", "max"), ("final.val_mu_target_error", "min")]
     runs = []
