@@ -40,7 +40,7 @@ from raybal.data import load_data
 from raybal.resolve import default_config
 from raybal.steps import to_device, train_step
 from raybal.train import build_for, fit, seed_everything, use_channels_last
-from raybal.utilization import measure
+from raybal.utilization import EVAL_BATCH, measure
 
 BACKBONES = ("cnn", "resnet18", "resnet34", "resnet50", "convnext_tiny")
 
@@ -97,7 +97,7 @@ def backbone_rows(backbones, sizes, batch: int, steps: int, device: torch.device
 def plain_accuracy(model, split, device: torch.device, channels_last: bool) -> float:
     model.eval()
     correct = torch.zeros((), device=device)
-    for xb, yb in split.batches(256):  # raybal's own evaluation batch (utilization.EVAL_BATCH)
+    for xb, yb in split.batches(EVAL_BATCH):  # raybal's own evaluation batch
         correct += (model(to_device(xb, device, channels_last)).logits.argmax(1) == yb.to(device)).sum()
     model.train()
     return float(correct) / len(split)

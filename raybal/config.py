@@ -7,9 +7,8 @@ dataclass. Every failure is a :class:`ConfigError` that names the dotted key, ra
 any work starts. The tree is made of frozen dataclasses and :class:`FrozenMap`, so a config
 can be hashed, pickled to Ray workers and stored with every result row and checkpoint.
 
-This module is the bottom layer (DESIGN.md §5.9): it knows no registry. Resolving a run file
-against the registries (which data set / model / method a name means, and the checks that
-span sections) is :mod:`raybal.resolve`, one layer above the registries.
+The bottom layer (DESIGN.md §5.9): it knows no registry. Resolving a run file against them (which
+data set / model / method a name means, checks across sections) is :mod:`raybal.resolve`.
 """
 
 from __future__ import annotations
@@ -273,6 +272,7 @@ class TrainConfig:
     select: Literal["auto", "target", "best_val", "last"] = "auto"
     mu_repeats: int = knob(3, ge=1, doc="shuffles averaged per permutation-MU estimate")
     mu_every: int = knob(1, ge=1, doc="measure val MU every N epochs (and always at the end)")
+    test_every: int = knob(1, ge=0, doc="test rows in epochs.parquet every N epochs and the last; 0: none (unread)")
     num_threads: int = knob(0, ge=0, resource=True, doc="torch CPU threads; 0 = torch's default")
     checkpoint_every: int = knob(1, ge=1, resource=True)
 

@@ -32,10 +32,12 @@ from raybal.models.base import FusionModel, index_features
 
 Corrupt = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 
-# Evaluation encodes at most this many samples per forward pass: on 2 CPU cores a 256-sample pass
-# is ~1.5x faster per sample than a 500-sample one (cache; benchmarks/bench_train.py). Results do
-# not depend on it (evaluation is per sample); MU's shuffle chunk (``measure(batch_size=)``) is separate.
-EVAL_BATCH = 256
+# Evaluation encodes at most this many samples per forward pass. The per-sample cost depends on the
+# chunk through the CPU caches: 128 is 0.60-1.11x the time of 256 over the cnn, ResNet-18 and
+# ConvNeXt-T at 32 / 64 px on 1 and 2 threads (median 0.89x), and 512 is slower again
+# (benchmarks/bench_eval_batch.py). Results do not depend on it (evaluation is per sample); MU's
+# shuffle chunk (``measure(batch_size=)``) is separate.
+EVAL_BATCH = 128
 
 
 def encode_chunked(model: FusionModel, xb: dict[str, Tensor], chunk: int = EVAL_BATCH) -> Any:
