@@ -121,6 +121,11 @@ def check_pretrained(cfg: RunConfig, data: MultiModalData) -> None:
         load_pretrained(build_for(cfg, data), pretrained_files(cfg))
 
 
+def _due(epoch: int, every: int, epochs: int) -> bool:
+    """Whether an every-N-epochs measure (train.mu_every, train.test_every) runs this epoch: the last always does."""
+    return epoch % every == 0 or epoch == epochs
+
+
 def _trainable(model: torch.nn.Module) -> tuple[bool, ...]:
     return tuple(p.requires_grad for p in model.parameters())
 
@@ -249,7 +254,7 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
 
         logs = method.epoch_log()
         train_value = finish_metric(stat_acc if stat_acc is not None else torch.tensor(0), tot_acc, task)
-        measure_mu = epoch % tc.mu_every == 0 or epoch == tc.epochs
+        measure_mu = _due(epoch, tc.mu_every, tc.epochs)
         val = measure(model, data.val, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed + epoch,
                       modalities=data.modalities if measure_mu else ())
         train_loss = float(loss_sum) / max(n_seen, 1)
@@ -258,7 +263,7 @@ def fit(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path 
                                             metric_details(stat_acc, tot_acc, task, names)),
                           records.epoch_row(trial_id, epoch, "val", task, val.loss, val.metric, logs,
                                             metric_details(val.stat, val.total, task, names))]
-        if tc.test_every and (epoch % tc.test_every == 0 or epoch == tc.epochs):  # a record only: nothing reads it
+        if tc.test_every and _due(epoch, tc.test_every, tc.epochs):  # a record only: nothing reads it
             test = measure(model, data.test, num_classes=ncls, task=task, modalities=())
             result.epochs.append(records.epoch_row(trial_id, epoch, "test", task, test.loss, test.metric, logs,
                                                    metric_details(test.stat, test.total, task, names)))
