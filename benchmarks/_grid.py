@@ -23,8 +23,8 @@ import pandas as pd
 
 from raybal.config import RunConfig
 from raybal.data.pipeline import usable_cpus
-from raybal.results import load_results, write_results
-from raybal.train import fit
+from raybal.results.tables import load_results, write_results
+from raybal.training.loop import fit
 
 
 def _set_threads(n: int) -> None:

@@ -141,8 +141,8 @@ def child(args: argparse.Namespace) -> None:
     from raybal.balancing import METHODS, MethodContext
     from raybal.data import LazySplit, Split, load_data
     from raybal.resolve import default_config
-    from raybal.steps import train_epoch
-    from raybal.train import build_for
+    from raybal.training.loop import build_for
+    from raybal.training.steps import train_epoch
 
     torch.set_num_threads(2)
     device = torch.device("cuda" if args.gpu else "cpu")

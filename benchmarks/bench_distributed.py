@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from raybal.distributed import fit_distributed, init_ray
 from raybal.resolve import default_config, with_overrides
-from raybal.train import fit
+from raybal.training.distributed import fit_distributed, init_ray
+from raybal.training.loop import fit
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""How many samples one evaluation ``encode`` pass should take (``raybal.utilization.EVAL_BATCH``).
+"""How many samples one evaluation ``encode`` pass should take (``raybal.measure.utilization.EVAL_BATCH``).
 
 Every evaluation in a run (the per-epoch validation MU and test pass, the final measures)
 encodes its split in chunks of ``EVAL_BATCH`` samples (``encode_chunked``). The per-sample cost of
@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 
 from raybal.data import load_data
+from raybal.measure.utilization import EVAL_BATCH, encode_chunked
 from raybal.resolve import default_config
-from raybal.steps import to_device
-from raybal.train import build_for
-from raybal.utilization import EVAL_BATCH, encode_chunked
+from raybal.training.loop import build_for
+from raybal.training.steps import to_device
 
 CASES = (("cnn", 32), ("cnn", 64), ("resnet18", 32), ("resnet18", 64), ("convnext_tiny", 32))
 

@@ -26,7 +26,7 @@ from _grid import mean_sd, run_grid  # noqa: E402
 
 from raybal.config import parse_override  # noqa: E402
 from raybal.resolve import default_config  # noqa: E402
-from raybal.results import load_results  # noqa: E402
+from raybal.results.tables import load_results  # noqa: E402
 
 METHODS = ("vanilla", "greedy_guided", "greedy_random")
 

@@ -1,7 +1,7 @@
 """Training-step cost of each balancing method relative to vanilla (issue 3, benchmark 4).
 
 All variants run side by side in one process on the same data and batches, interleaved in
-rounds (so machine noise hits them alike), each through ``raybal.steps.train_step`` — the one
+rounds (so machine noise hits them alike), each through ``raybal.training.steps.train_step`` — the one
 training step ``fit()`` uses. Reported: median seconds per step and the ratio to vanilla on the
 same model. Targets: ``mu_target`` (feature shuffle) <= 1.10x vanilla on 2 modalities; the
 input re-encoding variant shows what feature shuffling saves (a prototype measured ~3x).
@@ -24,8 +24,8 @@ import torch
 from raybal.balancing import METHODS, MethodContext
 from raybal.data import load_data
 from raybal.resolve import default_config
-from raybal.steps import train_step
-from raybal.train import build_for, seed_everything
+from raybal.training.loop import build_for, seed_everything
+from raybal.training.steps import train_step
 
 VARIANTS = [  # (name, model, balance overrides, baseline name)
     ("vanilla", "late", {}, "vanilla"),

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from raybal.best import best_per_method, config_table
-from raybal.intervals import mean_interval
-from raybal.results import load_results
-from raybal.space import study_from_dict
-from raybal.study import resume_study, run_study
+from raybal.analysis.best import best_per_method, config_table
+from raybal.analysis.intervals import mean_interval
+from raybal.results.tables import load_results
+from raybal.study.driver import resume_study, run_study
+from raybal.study.space import study_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISY = "robust.test_accuracy.eo.gaussian.0.12"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _aerial import add_args, grid, label  # noqa: E402
 from _grid import mean_sd, run_grid  # noqa: E402
 
-from raybal.results import load_results  # noqa: E402
+from raybal.results.tables import load_results  # noqa: E402
 
 
 def main() -> None:

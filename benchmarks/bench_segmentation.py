@@ -25,7 +25,7 @@ from _grid import mean_sd, run_grid  # noqa: E402
 
 from raybal.config import RunConfig, parse_override  # noqa: E402
 from raybal.resolve import default_config  # noqa: E402
-from raybal.results import load_results  # noqa: E402
+from raybal.results.tables import load_results  # noqa: E402
 
 TARGETS = (0.5, 0.6, 0.75)
 LEVELS = (0.0, 0.03, 0.06, 0.09, 0.12, 0.15)

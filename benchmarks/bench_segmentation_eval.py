@@ -4,7 +4,7 @@ A vanilla U-Net run on 1,500 scenes spent most of its time evaluating, not train
 MU on validation fuses every batch 1 + M x mu_repeats times, and a U-Net's ``fuse`` is its whole
 decoder. Fused in one pass per 500-image batch, every decoder layer allocated hundreds of MB, which
 on CPU are fresh pages from the kernel each time (system time, page faults). ``measure`` now fuses in
-row chunks of ``FUSE_ELEMENTS`` feature elements (``raybal.utilization.fused_loss_and_stat``), and
+row chunks of ``FUSE_ELEMENTS`` feature elements (``raybal.measure.utilization.fused_loss_and_stat``), and
 the per-pixel prediction is ``max(1).indices`` instead of ``argmax(1)``. This prints both side by
 side, in one process, on the same model and data: wall, user and system seconds, minor page faults.
 
@@ -20,10 +20,10 @@ import time
 import pandas as pd
 import torch
 
-import raybal.utilization as U
+import raybal.measure.utilization as U
 from raybal.data import load_data
 from raybal.resolve import default_config
-from raybal.train import build_for
+from raybal.training.loop import build_for
 
 
 def timed(fn) -> dict:  # noqa: ANN001

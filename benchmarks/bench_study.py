@@ -27,8 +27,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from _grid import run_grid  # noqa: E402
 
-from raybal.space import study_from_dict  # noqa: E402
-from raybal.study import run_study  # noqa: E402
+from raybal.study.driver import run_study  # noqa: E402
+from raybal.study.space import study_from_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def overhead(out: Path, n: int, quick: bool) -> pd.DataFrame:
     import ray
     import torch
 
-    from raybal.train import fit
+    from raybal.training.loop import fit
 
     raw = tomllib.loads((ROOT / "studies" / "quickstart.toml").read_text())
     raw["data"].update({"n_train": 600 if quick else 1500, "n_val": 200, "n_test": 200})

@@ -3,7 +3,7 @@
 Four tables, each measured side by side in one process:
 
 1. **Backbones** (cnn, resnet18, resnet34, resnet50, convnext_tiny at 32 / 64 / 128 px): training samples/s
-   through ``raybal.steps.train_step`` (the one step ``fit()`` runs), and the mu_target / vanilla
+   through ``raybal.training.steps.train_step`` (the one step ``fit()`` runs), and the mu_target / vanilla
    step-time ratio per backbone (goal <= 1.10x: encode once, shuffle features, DESIGN §2).
    vanilla and mu_target steps alternate, so machine noise hits both alike.
 2. **fit() vs a plain loop**: the same model, data, batches, optimizer and cosine schedule, trained
@@ -37,10 +37,10 @@ import torch.nn.functional as F
 
 from raybal.balancing import METHODS, MethodContext
 from raybal.data import load_data
+from raybal.measure.utilization import EVAL_BATCH, measure
 from raybal.resolve import default_config
-from raybal.steps import to_device, train_step
-from raybal.train import build_for, fit, seed_everything, use_channels_last
-from raybal.utilization import EVAL_BATCH, measure
+from raybal.training.loop import build_for, fit, seed_everything, use_channels_last
+from raybal.training.steps import to_device, train_step
 
 BACKBONES = ("cnn", "resnet18", "resnet34", "resnet50", "convnext_tiny")
 

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from raybal.resolve import default_config
-from raybal.train import fit
+from raybal.training.loop import fit
 
 ONLY_FUSION = False
 SEGMENTATION = {"data.task": "segmentation", "model.name": "unet", "data.n_train": 1500, "data.n_val": 500,

@@ -15,24 +15,35 @@ Names are imported on first use, so ``import raybal`` stays cheap (no torch, no 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raybal._version import __version__
 
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from raybal.analysis.best import best_target, best_trial
+    from raybal.config import ConfigError
+    from raybal.resolve import default_config, load_config
+    from raybal.results.schema import RunResult
+    from raybal.results.tables import load_results, write_results
+    from raybal.study.driver import resume_study, run_study
+    from raybal.study.space import load_study
+    from raybal.training.loop import fit
+    from raybal.training.progress import ProgressPrinter
+
 _LAZY = {
-    "fit": ("raybal.train", "fit"),
-    "RunResult": ("raybal.records", "RunResult"),
+    "fit": ("raybal.training.loop", "fit"),
+    "RunResult": ("raybal.results.schema", "RunResult"),
     "load_config": ("raybal.resolve", "load_config"),
     "default_config": ("raybal.resolve", "default_config"),
     "ConfigError": ("raybal.config", "ConfigError"),
-    "load_results": ("raybal.results", "load_results"),
-    "write_results": ("raybal.results", "write_results"),
-    "run_study": ("raybal.study", "run_study"),
-    "resume_study": ("raybal.study", "resume_study"),
-    "load_study": ("raybal.space", "load_study"),
-    "best_target": ("raybal.best", "best_target"),
-    "best_trial": ("raybal.best", "best_trial"),
-    "ProgressPrinter": ("raybal.progress", "ProgressPrinter"),
+    "load_results": ("raybal.results.tables", "load_results"),
+    "write_results": ("raybal.results.tables", "write_results"),
+    "run_study": ("raybal.study.driver", "run_study"),
+    "resume_study": ("raybal.study.driver", "resume_study"),
+    "load_study": ("raybal.study.space", "load_study"),
+    "best_target": ("raybal.analysis.best", "best_target"),
+    "best_trial": ("raybal.analysis.best", "best_trial"),
+    "ProgressPrinter": ("raybal.training.progress", "ProgressPrinter"),
 }
 
 
@@ -45,4 +56,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'raybal' has no attribute {name!r}")
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "ConfigError", "ProgressPrinter", "RunResult", "__version__", "best_target", "best_trial", "default_config",
+    "fit", "load_config", "load_results", "load_study", "resume_study", "run_study", "write_results",
+]

@@ -17,7 +17,7 @@ EXIT_FAILED = 1
 
 
 def _progress(quiet: bool, stream: str = "stderr") -> Any:
-    from raybal.progress import ProgressPrinter
+    from raybal.training.progress import ProgressPrinter
 
     return ProgressPrinter(quiet, stream)
 
@@ -30,7 +30,7 @@ def _overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from raybal.resolve import load_config
-    from raybal.runner import default_results_dir, train_to_dir
+    from raybal.training.runner import default_results_dir, train_to_dir
 
     overrides = _overrides(args.set)
     if args.workers is not None:
@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result: Any, results: Path) -> None:
-    from raybal.tasks import metric_name
+    from raybal.config.tasks import metric_name
 
     f = result.final
     metric = metric_name(result.config.data.params.task)
@@ -74,7 +74,7 @@ def _print_summary(result: Any, results: Path) -> None:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from raybal.runner import robustness_to_dir
+    from raybal.training.runner import robustness_to_dir
 
     res, results = robustness_to_dir(args.checkpoint, args.results, _overrides(args.set),
                                      progress=_progress(args.quiet))
@@ -86,8 +86,8 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 
 def cmd_study_run(args: argparse.Namespace) -> int:
-    from raybal.space import load_study
-    from raybal.study import run_study
+    from raybal.study.driver import run_study
+    from raybal.study.space import load_study
 
     overrides = _overrides(args.set)
     if args.mlflow:
@@ -99,14 +99,14 @@ def cmd_study_run(args: argparse.Namespace) -> int:
 
 
 def cmd_study_resume(args: argparse.Namespace) -> int:
-    from raybal.study import resume_study
+    from raybal.study.driver import resume_study
 
     return _study_summary(resume_study(args.results, address=args.address, quiet=args.quiet))
 
 
 def _study_summary(res: Any) -> int:
-    from raybal.best import best_trial, format_best, searched_columns
-    from raybal.results import ResultsError
+    from raybal.analysis.best import best_trial, format_best, searched_columns
+    from raybal.results.tables import ResultsError
 
     t = res.trials
     objectives = [o["metric"] for o in res.meta.get("objectives", [])]
@@ -130,11 +130,11 @@ def _study_summary(res: Any) -> int:
 def cmd_best(args: argparse.Namespace) -> int:
     import json
 
-    from raybal.best import best_trial, format_best
+    from raybal.analysis.best import best_trial, format_best
 
     cons = list(args.constraint) + (["final.target_met == true"] if args.target_met else [])
     if args.per_method:
-        from raybal.best import best_per_method
+        from raybal.analysis.best import best_per_method
 
         df = best_per_method(args.results, args.metric, args.mode, cons)
         print(df.to_json(orient="records", indent=2) if args.json
@@ -146,7 +146,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from raybal.report import make_report
+    from raybal.analysis.report import make_report
 
     figures = make_report(args.results, args.out)
     for f in figures:
@@ -272,10 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from raybal.checkpoint import CheckpointError
     from raybal.config import ConfigError
     from raybal.data.base import DataError
-    from raybal.results import ResultsError
+    from raybal.results.tables import ResultsError
+    from raybal.training.checkpoint import CheckpointError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("raybal: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:  # the run itself failed: recorded in the results, one line here
-        from raybal.records import one_line
+        from raybal.results.schema import one_line
 
         print(f"raybal: run failed: {one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED

@@ -27,10 +27,10 @@ from raybal.config import (
     load_toml,
     set_dotted,
 )
+from raybal.config.registry import Registry
 from raybal.data import DATASETS
 from raybal.models import MODELS
 from raybal.noise import CORRUPTIONS
-from raybal.registry import Registry
 
 
 def _build_selected(section: str, selector: str, default: str, raw: Mapping[str, Any],

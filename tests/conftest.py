@@ -35,7 +35,7 @@ def tiny_method(cfg, epochs: int = 1, steps_per_epoch: int = 4):  # noqa: ANN001
 
     from raybal.balancing import METHODS, MethodContext
     from raybal.data import load_data
-    from raybal.train import build_for
+    from raybal.training.loop import build_for
 
     data = load_data(cfg.data)
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_config, tiny_method
 
-from raybal.train import fit
+from raybal.training.loop import fit
 
 
 def _setup(extra=(), **kw):  # noqa: ANN001, ANN202, ANN003

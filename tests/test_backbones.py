@@ -13,7 +13,7 @@ from raybal.config import ConfigError
 from raybal.data import load_data
 from raybal.models.pretrained import adapt_input_conv, load_pretrained
 from raybal.models.resnet import ResNet
-from raybal.train import build_for, check_pretrained, fit
+from raybal.training.loop import build_for, check_pretrained, fit
 
 # torchvision's documented parameter counts (ImageNet heads: fc = 512 or 2048 x 1000 + 1000).
 TORCHVISION_PARAMS = {"resnet18": (11_689_512, 512), "resnet34": (21_797_672, 512), "resnet50": (25_557_032, 2048)}

@@ -13,7 +13,7 @@ from raybal.balancing.base import MethodContext
 from raybal.config import ConfigError
 from raybal.data import load_data
 from raybal.resolve import config_from_dict, with_overrides
-from raybal.train import build_for, fit
+from raybal.training.loop import build_for, fit
 
 METHOD_OVERRIDES = {
     "vanilla": {},

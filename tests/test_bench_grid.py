@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
-from raybal.results import load_results
+from raybal.results.tables import load_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _grid import run_grid  # noqa: E402

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -9,10 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
-from raybal.best import best_trial, format_best
-from raybal.intervals import mean_interval, paired_difference
-from raybal.records import RunResult
-from raybal.results import ResultsError, write_results
+from raybal.analysis.best import best_trial, format_best
+from raybal.analysis.intervals import mean_interval, paired_difference
+from raybal.results.schema import RunResult
+from raybal.results.tables import ResultsError, write_results
 
 T_975_2 = 4.302652729749462  # Student's t, 97.5 % quantile, 2 degrees of freedom (tables: 4.303)
 
@@ -138,7 +139,7 @@ def test_the_pareto_set_is_over_configuration_means_of_three_objectives(tmp_path
 
 
 def test_best_target_is_the_target_with_its_uncertainty_attached(tmp_path: Path) -> None:
-    from raybal.best import best_target
+    from raybal.analysis.best import best_target
 
     runs = [_run(f"b{s}", "vanilla", s, v, 0.5, role="baseline") for s, v in enumerate([0.6, 0.7, 0.8])]
     runs += [_run(f"m{s}", "mu_target", s, v + 0.05, 0.5) for s, v in enumerate([0.6, 0.7, 0.8])]
@@ -153,8 +154,7 @@ def test_a_configuration_missing_seeds_is_reported_not_ranked(tmp_path: Path) ->
     runs = [_run(f"b{s}", "vanilla", s, 0.6, 0.5, role="baseline") for s in range(3)]
     runs += [_run(f"a{s}", "vanilla", s, 0.7, 0.5, train__lr=0.004) for s in range(3)]
     runs += [_run("c0", "vanilla", 0, 0.99, 0.5, train__lr=0.008)]  # an interrupted study: 1 of 3 seeds
-    for r, w in zip(runs, [5.0, 0.0, 0.0, 1.0, 2.0, 3.0, 9.0]):
-        r.wall_s = w
+    runs = [dataclasses.replace(r, wall_s=w) for r, w in zip(runs, [5.0, 0.0, 0.0, 1.0, 2.0, 3.0, 9.0])]
     d = _study_dir(tmp_path, runs)
     meta = json.loads((d / "study.json").read_text())
     (d / "study.json").write_text(json.dumps({**meta, "repeats": 3}))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from raybal.resolve import default_config
-from raybal.train import fit
+from raybal.training.loop import fit
 
 ROB = {"robustness.enabled": True, "robustness.modalities": ["eo"], "robustness.corruptions": ["gaussian"],
        "robustness.levels": {"gaussian": [0.12]}, "robustness.splits": ["test"], "robustness.measure_mu": False}

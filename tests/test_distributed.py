@@ -50,7 +50,7 @@ def test_two_workers_on_a_two_node_cluster(tmp_path: Path) -> None:
     from ray.cluster_utils import Cluster
 
     from raybal.resolve import load_config
-    from raybal.runner import train_to_dir
+    from raybal.training.runner import train_to_dir
 
     run = write_run(tmp_path)
     one = train_to_dir(load_config(run), tmp_path / "one", quiet=True)
@@ -81,7 +81,7 @@ def test_two_workers_on_a_two_node_cluster(tmp_path: Path) -> None:
 ])
 def test_balancing_methods_under_ddp(tmp_path: Path, method: str, balance: str) -> None:
     from raybal.resolve import load_config
-    from raybal.runner import train_to_dir
+    from raybal.training.runner import train_to_dir
 
     cfg = load_config(write_run(tmp_path, epochs=2, method=method, balance=balance), {"train.workers": 2})
     res = train_to_dir(cfg, tmp_path / "res", quiet=True)
@@ -116,7 +116,7 @@ def test_two_workers_read_disjoint_covering_shards_of_a_lazy_set_every_epoch(tmp
     from test_loaders import write_so2sat
 
     from raybal.resolve import load_config
-    from raybal.runner import train_to_dir
+    from raybal.training.runner import train_to_dir
 
     root = write_so2sat(tmp_path / "so2sat", sizes=(70, 16, 16))
     run = tmp_path / "run.toml"

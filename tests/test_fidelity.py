@@ -13,8 +13,8 @@ from raybal.balancing import METHODS
 from raybal.balancing.base import MethodContext
 from raybal.data import load_data
 from raybal.data.base import Split
-from raybal.train import build_for
-from raybal.utilization import MUResult
+from raybal.measure.utilization import MUResult
+from raybal.training.loop import build_for
 
 
 def _setup(**over):  # noqa: ANN202
@@ -166,7 +166,7 @@ def _manual_mmtm(model, x, flow_off=None, capture=None):  # noqa: ANN001, ANN202
 
 
 def test_wu_conditional_utilization_matches_the_reference_definition() -> None:
-    from raybal.utilization import conditional_utilization, squeeze_means
+    from raybal.measure.utilization import conditional_utilization, squeeze_means
 
     _, model, data = _setup(**{"balance.method": "greedy_guided", "model.name": "mmtm", "model.fuse_after": [1, 2]})
     _train_briefly(model, data)  # heads beat chance and the cross-modal flow matters
@@ -196,7 +196,7 @@ def test_wu_conditional_utilization_matches_the_reference_definition() -> None:
 
 
 def test_wu_conditional_utilization_is_missing_for_late_fusion() -> None:
-    from raybal.utilization import conditional_utilization
+    from raybal.measure.utilization import conditional_utilization
 
     _, model, data = _setup(**{"balance.method": "vanilla"})
     got = conditional_utilization(model, data.val, [], num_classes=data.num_classes, task=data.task)
@@ -204,7 +204,7 @@ def test_wu_conditional_utilization_is_missing_for_late_fusion() -> None:
 
 
 def test_permutation_mu_matches_singh_eq_1_2() -> None:
-    from raybal.utilization import measure
+    from raybal.measure.utilization import measure
 
     _, model, data = _setup(**{"balance.method": "vanilla"})
     _train_briefly(model, data)

@@ -2,7 +2,7 @@
 
 A read (``float(t)``, ``t.item()``, ``if t:``, ``t.cpu()``, ``t.tolist()``) waits for every queued
 kernel on a GPU. The guard below records every such call made from raybal's own code; an epoch
-of steps (``raybal.steps.train_epoch``) must make none, for every method, except the reads
+of steps (``raybal.training.steps.train_epoch``) must make none, for every method, except the reads
 listed in ALLOWED with their reason. On this CPU-only machine the guard is the check; the
 benchmark measures the speed.
 """
@@ -21,9 +21,9 @@ from conftest import tiny_config
 import raybal
 from raybal.balancing import METHODS, MethodContext
 from raybal.data import load_data
-from raybal.steps import EpochStats, NonFiniteLossError, check_finite, train_epoch
-from raybal.train import build_for
-from raybal.utilization import measure
+from raybal.measure.utilization import measure
+from raybal.training.loop import build_for
+from raybal.training.steps import EpochStats, NonFiniteLossError, check_finite, train_epoch
 
 READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
 PKG = str(Path(raybal.__file__).parent)
@@ -142,8 +142,8 @@ def test_measure_reads_the_device_once_whatever_the_number_of_batches() -> None:
 
 
 def test_fit_reuses_the_selected_epochs_validation_mu(monkeypatch) -> None:
-    import raybal.train as train_mod
-    from raybal.train import fit
+    import raybal.training.loop as train_mod
+    from raybal.training.loop import fit
 
     calls = []
     real = train_mod.measure
@@ -164,8 +164,8 @@ def test_fit_reuses_the_selected_epochs_validation_mu(monkeypatch) -> None:
 def test_compiled_training_gives_the_eager_answer(tmp_path) -> None:
     from torch._dynamo.utils import counters
 
-    from raybal import checkpoint
-    from raybal.train import fit
+    from raybal.training import checkpoint
+    from raybal.training.loop import fit
 
     states = {}
     for comp in (False, True):

@@ -10,7 +10,7 @@ from conftest import tiny_config, tiny_method
 
 from raybal.balancing.inforeg import InfoReg
 from raybal.models.base import ModelOutput
-from raybal.train import fit
+from raybal.training.loop import fit
 
 
 def test_the_window_is_the_relative_growth_of_the_trace_moving_average() -> None:

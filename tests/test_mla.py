@@ -9,7 +9,7 @@ from conftest import tiny_config, tiny_method
 
 from raybal.config import ConfigError
 from raybal.models.fusion import entropy_fusion
-from raybal.train import fit
+from raybal.training.loop import fit
 
 SHARED = {"balance.method": "mla", "model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"}
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_config, tiny_method
 
-from raybal.train import fit
+from raybal.training.loop import fit
 
 
 def test_min_norm_weight_is_the_closest_point_to_the_origin() -> None:

@@ -8,7 +8,7 @@ from conftest import tiny_config
 
 from raybal.balancing import METHODS, MethodContext
 from raybal.config import ConfigError
-from raybal.train import fit
+from raybal.training.loop import fit
 
 
 def _method(p: float, world: int = 1, rank: int = 0, exclude: tuple[str, ...] = ()):  # noqa: ANN202

@@ -76,7 +76,7 @@ def test_normalisation_is_measured_on_train_and_travels_with_the_checkpoint(tmp_
                    "[model]\nwidth = 8\nstages = 3\n[train]\nepochs = 1\nbatch_size = 32\nmu_repeats = 1\n"
                    "[robustness]\nmodalities = [\"eo\"]\ncorruptions = [\"gaussian\"]\nsplits = [\"test\"]\n")
     assert main(["train", str(run), "--results", str(tmp_path / "r"), "--quiet"]) == 0
-    from raybal import checkpoint
+    from raybal.training import checkpoint
 
     sel = checkpoint.load_selected(tmp_path / "r" / "checkpoints" / "run" / "model.pt")
     assert sel.normalizer == data.normalizer.to_dict()
@@ -147,7 +147,7 @@ def test_multilabel_metrics_match_sklearn() -> None:
     on the bins, micro / macro F1 at 0.5 equal sklearn's, and the statistics add over batches."""
     from sklearn.metrics import average_precision_score, f1_score
 
-    from raybal.metrics import MULTILABEL_BINS, finish_metric, metric_details, task_metric
+    from raybal.measure.metrics import MULTILABEL_BINS, finish_metric, metric_details, task_metric
 
     g = torch.Generator().manual_seed(0)
     y = (torch.rand(400, 5, generator=g) < torch.tensor([0.5, 0.3, 0.1, 0.6, 0.2])).float()

@@ -10,7 +10,7 @@ from conftest import tiny_config
 from raybal.balancing import METHODS, MethodContext
 from raybal.config import ConfigError
 from raybal.models.base import ModelOutput
-from raybal.train import fit
+from raybal.training.loop import fit
 
 
 class _Feat(torch.nn.Module):

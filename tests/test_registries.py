@@ -14,7 +14,7 @@ from raybal.data import DATASETS
 from raybal.data.base import MultiModalData, Split
 from raybal.noise import CORRUPTIONS, default_levels
 from raybal.resolve import default_config
-from raybal.train import fit
+from raybal.training.loop import fit
 
 
 @dataclass(frozen=True)

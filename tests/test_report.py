@@ -56,8 +56,8 @@ startup_trials = 4
 def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import tomllib
 
-    from raybal.space import study_from_dict
-    from raybal.study import run_study
+    from raybal.study.driver import run_study
+    from raybal.study.space import study_from_dict
 
     study = study_from_dict(tomllib.loads(STUDY), source=STUDY)
     # Make sure every method is drawn at least once: the 4 configurations cover the choice with seed 1.
@@ -92,7 +92,7 @@ def test_report_writes_every_figure(study_dir: Path, capsys: pytest.CaptureFixtu
 def test_report_on_a_single_run_skips_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from conftest import tiny_config
 
-    from raybal.runner import train_to_dir
+    from raybal.training.runner import train_to_dir
 
     train_to_dir(tiny_config(), tmp_path / "run")
     assert main(["report", str(tmp_path / "run")]) == 0

@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import TrialState
 from ray import tune
 
-from raybal.searcher import StudySearch
+from raybal.study.searcher import StudySearch
 
 
 def _searcher(metric):  # noqa: ANN001, ANN202

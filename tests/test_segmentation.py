@@ -13,11 +13,11 @@ from conftest import TINY
 
 from raybal.balancing import METHODS
 from raybal.config import ConfigError
-from raybal.metrics import metric_details, task_metric
-from raybal.results import write_results
-from raybal.tasks import IGNORE_INDEX
-from raybal.train import build_for, fit
-from raybal.utilization import fused_loss_and_stat
+from raybal.config.tasks import IGNORE_INDEX
+from raybal.measure.metrics import metric_details, task_metric
+from raybal.measure.utilization import fused_loss_and_stat
+from raybal.results.tables import write_results
+from raybal.training.loop import build_for, fit
 
 SEG = {"data.task": "segmentation", "model.name": "unet", "model.width": 4, "model.depth": 2,
        "data.n_train": 64, "data.n_val": 32, "data.n_test": 32, "train.batch_size": 16}
@@ -112,7 +112,7 @@ def test_mu_is_per_pixel_loss_with_whole_images_shuffled() -> None:
     images (all its skip levels) moved to other samples: recomputed here by hand."""
     cfg = tiny_config(**SEG, **{"train.epochs": 1, "robustness.enabled": False})
     from raybal.data import load_data
-    from raybal.utilization import measure
+    from raybal.measure.utilization import measure
 
     data = load_data(cfg.data)
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from raybal.config import ConfigError
-from raybal.space import Constraint, load_study, study_from_dict
+from raybal.study.space import Constraint, load_study, study_from_dict
 
 BASE = {
     "data": {"n_train": 256, "n_val": 128, "n_test": 128, "image_size": 16},
@@ -172,7 +172,7 @@ def test_each_method_says_when_it_has_acted() -> None:
 
 
 def test_asha_never_judges_a_trial_before_its_method_has_acted() -> None:
-    from raybal.study import grace_period
+    from raybal.study.driver import grace_period
 
     lam = {"balance.lambda_max": {"loguniform": [2.0, 20.0]}}
     assert grace_period(_with(lam)) == 4  # mu_target's default warm-up ends in epoch 4 of 8

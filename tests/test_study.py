@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from raybal.best import best_trial
+from raybal.analysis.best import best_trial
 from raybal.cli import main
 
 STUDY = """

@@ -17,8 +17,8 @@ from raybal.cli import main
 from raybal.config import ConfigError
 from raybal.data import load_data
 from raybal.resolve import default_config
-from raybal.selection import Selector, resolve_mode
-from raybal.train import build_for, fit
+from raybal.training.loop import build_for, fit
+from raybal.training.selection import Selector, resolve_mode
 
 MU2 = {"balance.method": "mu_target", "balance.target": {"eo": 0.5, "sar": 0.5}}
 VIEWS_TARGET = {"pixels": 0.4, "profile": 0.3, "fourier": 0.3}
@@ -107,7 +107,7 @@ def test_adaptive_weight_rises_while_the_target_is_missed_and_falls_when_met() -
 
 
 def test_validation_feedback_moves_the_set_point_only_once_the_penalty_runs() -> None:
-    from raybal.utilization import MUResult
+    from raybal.measure.utilization import MUResult
 
     cfg = tiny_config(**MU2, **{"balance.pretrain_epochs": 1, "train.epochs": 3})
     m = _method(cfg, 3, 4)
@@ -127,7 +127,7 @@ def test_validation_feedback_waits_until_the_batches_track_their_set_point() -> 
     """Conditional integration: while the batches are still far from the set point (the penalty's
     weight is rising), the validation error is the inner loop's lag; integrating it drove ``aerial_1k``
     at 0.5/0.5 to a set point of 0.3/0.7 by epoch 3. Only epochs that end within tolerance count."""
-    from raybal.utilization import MUResult
+    from raybal.measure.utilization import MUResult
 
     m = _method(tiny_config(**MU2), 4, 4)
     mu = MUResult(metric=0.9, loss=0.3, shares={"eo": 0.7, "sar": 0.3}, raw={"eo": 0.7, "sar": 0.3},

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raybal.config import ConfigError
-from raybal.train import _make_optimizer, build_for, fit
+from raybal.training.loop import _make_optimizer, build_for, fit
 from tests.conftest import tiny_config
 
 TARGETED = {"train__epochs": 3, "balance__method": "mu_target", "balance__target": {"eo": 0.6, "sar": 0.4}}

@@ -9,14 +9,14 @@ import torch
 from torch import nn
 
 from raybal.data.base import Split
-from raybal.models.base import FusionModel, ModelOutput
-from raybal.utilization import (
+from raybal.measure.utilization import (
     LearningSpeedTracker,
     learning_speed,
     mean_ablation_utilization,
     mean_features,
     measure,
 )
+from raybal.models.base import FusionModel, ModelOutput
 
 
 class Oracle(FusionModel):
@@ -96,9 +96,9 @@ def test_learning_speed_is_grad_over_weight_norm() -> None:
 @pytest.mark.parametrize("name", ["late", "unet"])
 def test_chunked_encoding_is_the_whole_batch_encoding(name: str) -> None:
     from raybal.data import load_data
+    from raybal.measure.utilization import encode_chunked
     from raybal.resolve import default_config
-    from raybal.train import build_for
-    from raybal.utilization import encode_chunked
+    from raybal.training.loop import build_for
 
     over = {"model.name": name, "model.width": 4, "data.n_train": 40, "data.n_val": 10, "data.n_test": 10,
             "data.image_size": 16}

@@ -7,7 +7,7 @@ MU, the train-split rows and the methods' per-epoch scalars. Without cross-rank 
 (per-rank BatchNorm) the parameters differed by 0.1 after 2 epochs.
 
 One local Ray and one Ray Train run serve the module: its two workers run every case in turn through
-``raybal.distributed._worker``, the per-worker function of ``fit_distributed`` (starting a worker group
+``raybal.training.distributed._worker``, the per-worker function of ``fit_distributed`` (starting a worker group
 took ~20 s a case on 2 cores; the runs themselves under a second). ``tests/test_distributed.py`` covers
 ``fit_distributed`` itself (storage, failures, the result handed back).
 """
@@ -20,8 +20,8 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from raybal import checkpoint
-from raybal.train import fit
+from raybal.training import checkpoint
+from raybal.training.loop import fit
 
 MMTM = {"model.name": "mmtm", "model.fuse_after": [2, 3]}
 # SGD where Adam amplifies rounding: a rank's half batch runs other CPU kernels than the whole batch, and
@@ -63,7 +63,7 @@ def two_worker_runs(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raybal.distributed import RESULT_FILE, init_ray
+    from raybal.training.distributed import RESULT_FILE, init_ray
 
     root = tmp_path_factory.mktemp("two_workers")
     cfgs = {name: _config(name, 2) for name in CASES}
@@ -71,7 +71,7 @@ def two_worker_runs(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
              for name, cfg in cfgs.items()]
 
     def every_case(cfg: dict) -> None:  # a closure: pickled by value into the workers
-        from raybal.distributed import _worker
+        from raybal.training.distributed import _worker
 
         for loop in cfg["loops"]:  # an error ends the run (a rank that went on would wait on the other)
             _worker(loop)

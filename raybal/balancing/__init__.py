@@ -7,7 +7,7 @@ Each method lives in its own module of this package and registers itself there w
 from __future__ import annotations
 
 from raybal.balancing.base import METHODS, BalanceMethod, MethodContext
-from raybal.registry import import_submodules
+from raybal.config.registry import import_submodules
 
 import_submodules(__name__, __path__)
 

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from raybal.balancing.base import METHODS, MethodContext, ModalityMeans, WindowedMethod, full_precision
 from raybal.config import knob
-from raybal.metrics import task_loss
+from raybal.measure.metrics import task_loss
 from raybal.models.base import ModelOutput
 
 

@@ -1,6 +1,6 @@
 """The balancing-strategy interface: small hooks over the one training loop (DESIGN.md §5.4).
 
-The loop in :mod:`raybal.train` calls, per epoch and per step::
+The loop in :mod:`raybal.training.loop` calls, per epoch and per step::
 
     on_epoch_start(epoch)            # e.g. warm-up of a penalty weight, freezing encoders
     on_training_data(model, batches) # only if training_pass: a look at the epoch's training batches
@@ -38,14 +38,14 @@ import torch
 from torch import Tensor
 
 from raybal.config import ConfigError
-from raybal.metrics import is_multilabel, task_loss
+from raybal.config.registry import RegistrationError, Registry
+from raybal.config.tasks import IGNORE_INDEX
+from raybal.measure.metrics import is_multilabel, task_loss
 from raybal.models.base import FusionModel, ModelOutput
-from raybal.registry import RegistrationError, Registry
-from raybal.tasks import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from raybal.config import RunConfig
-    from raybal.utilization import MUResult
+    from raybal.measure.utilization import MUResult
 
 
 @dataclass
@@ -120,7 +120,7 @@ class BalanceMethod:
     @classmethod
     def acting_epoch(cls, cfg: RunConfig) -> int:
         """The first epoch at whose end the method has fully acted (its warm-up done, its start epoch
-        reached): a trial scheduler must not judge a run before it (ASHA's grace period, study.py)."""
+        reached): a trial scheduler must not judge a run before it (ASHA's grace period, study/driver.py)."""
         return 1
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -143,7 +143,7 @@ class BalanceMethod:
 
     def task_loss(self, out: ModelOutput, y: Tensor) -> Tensor:
         """The training loss before any penalty: cross-entropy of the fused logits (binary cross-entropy
-        for multi-hot labels, :func:`raybal.metrics.task_loss`)."""
+        for multi-hot labels, :func:`raybal.measure.metrics.task_loss`)."""
         return task_loss(full_precision(out.logits), y)
 
     def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:

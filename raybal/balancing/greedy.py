@@ -17,7 +17,7 @@ For M > 2 modalities the modality with the largest s_k is re-balanced when max s
 (identical to the rule above for M = 2).
 
 The training loss is the sum of the branches' own cross-entropy losses (reference
-``train.py``: a sum of CE over the per-branch logits); the fused prediction, used for every
+``training/loop.py``: a sum of CE over the per-branch logits); the fused prediction, used for every
 metric, is the mean of the branch logits. The gates' running averages are registered buffers
 of the model, updated only in training (the reference code keeps plain attributes that also
 move in evaluation); a gate override acts only in training mode, so evaluation, checkpoints,
@@ -34,9 +34,9 @@ from torch import Tensor
 
 from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
 from raybal.config import RunConfig, knob
-from raybal.metrics import task_loss
+from raybal.measure.metrics import task_loss
+from raybal.measure.utilization import LearningSpeedTracker, learning_speed
 from raybal.models.base import ModelOutput
-from raybal.utilization import LearningSpeedTracker, learning_speed
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class GreedyGuided(BalanceMethod):
 
     def choose(self) -> str | None:
         """The modality to re-balance next (None = normal training)."""
-        # The step's one host read (Wu et al. decide per step; raybal.steps): M speeds at once.
+        # The step's one host read (Wu et al. decide per step; raybal.training.steps): M speeds at once.
         s = dict(zip(self.ctx.modalities, self.tracker.speed_vector().tolist()))
         if any(v != v for v in s.values()):  # NaN before the first update
             return None

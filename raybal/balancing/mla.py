@@ -40,7 +40,7 @@ from torch import Tensor
 
 from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
 from raybal.config import ConfigError, RunConfig, knob
-from raybal.metrics import task_loss
+from raybal.measure.metrics import task_loss
 from raybal.models.base import FusionModel, ModelOutput
 
 

@@ -71,12 +71,12 @@ from torch import Tensor
 
 from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision, gathered
 from raybal.config import ConfigError, FrozenMap, knob
-from raybal.metrics import task_loss
+from raybal.measure.metrics import task_loss
 from raybal.models.base import FusionModel, ModelOutput, index_features
 
 if TYPE_CHECKING:
     from raybal.config import RunConfig
-    from raybal.utilization import MUResult
+    from raybal.measure.utilization import MUResult
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class MuTarget(BalanceMethod):
         super().__init__(params, ctx)
         self.target = torch.tensor([params.target[m] for m in ctx.modalities], dtype=torch.float64)
         self.gen = torch.Generator().manual_seed(ctx.seed + 7)
-        # Adaptive state lives on the model's device (the dual step reads nothing on the host, steps.py).
+        # Adaptive state lives on the model's device (the dual step reads nothing on the host, training/steps.py).
         self.log_lam = torch.tensor(math.log(params.lambda_0) if params.lambda_0 > 0 else -math.inf,
                                     dtype=torch.float64)
         self.err_ema: Tensor | None = None  # adaptive: the smoothed batch error u - t'

@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
-from raybal.config import DataConfig, _thaw
+from raybal._atomic import atomic_torch_save, atomic_write_bytes
+from raybal.config import DataConfig, thaw
+from raybal.config.registry import import_submodules
 from raybal.data.base import DATASETS, DataError, DataParams, MultiModalData, Split
 from raybal.data.pipeline import (
     LOADER_KEYS,
@@ -32,8 +34,6 @@ from raybal.data.pipeline import (
     compute_normalizer,
 )
 from raybal.data.store import Chunked, concat_chunks, read_store, write_store
-from raybal.fileio import atomic_torch_save, atomic_write_bytes
-from raybal.registry import import_submodules
 
 import_submodules(__name__, __path__)
 
@@ -52,7 +52,7 @@ def cache_root(cfg: DataConfig) -> Path:
 
 def data_key(cfg: DataConfig) -> str:
     """The data's identity: its name and knobs, without the pipeline's (workers, normalisation, augmentation)."""
-    params = {k: v for k, v in _thaw(cfg.params).items() if k not in LOADER_KEYS}
+    params = {k: v for k, v in thaw(cfg.params).items() if k not in LOADER_KEYS}
     blob = json.dumps({"name": cfg.name, "params": params, "v": GENERATOR_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

@@ -11,10 +11,10 @@ import torch
 from torch import Tensor
 
 from raybal.config import ConfigError
+from raybal.config.registry import RegistrationError, Registry, require
+from raybal.config.tasks import METRICS, Task
 from raybal.data.pipeline import DataError, LazySplit, Normalizer, Pipe, shard_order, transform_batch
 from raybal.data.pipeline import chunks as _chunks
-from raybal.registry import RegistrationError, Registry, require
-from raybal.tasks import METRICS, Task
 
 
 class DataParams(Protocol):

@@ -10,7 +10,7 @@ cloud or shadow are already left out there). 590,326 pairs: nothing is loaded wh
 
 * Labels: multi-hot over the 19-class nomenclature (Sumbul et al. 2020; the official 43 -> 19 mapping,
   under which a patch may keep no class at all) or the original 43 (``classes = 43``). The task is
-  ``multilabel``: binary cross-entropy, mAP / micro and macro F1 (:mod:`raybal.metrics`).
+  ``multilabel``: binary cross-entropy, mAP / micro and macro F1 (:mod:`raybal.measure.metrics`).
 * Bands: ``s2_bands`` (default the ten 10 m and 20 m bands) resampled bilinearly to ``image_size``,
   ``s1_bands`` (VV, VH). Scaling into [0, 1] as for SEN12MS: S2 / 10,000, S1 dB clipped to [-25, 0].
 """

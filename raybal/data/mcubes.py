@@ -15,7 +15,7 @@ Every modality is scaled into [0, 1] (AoLP's sin / cos from [-1, 1], DoLP clippe
 images by their range), the ``crop_left`` columns where the NIR camera sees nothing are dropped (the
 authors' loaders drop 192), and each image is resized to ``image_size`` x ``image_size`` (bilinear;
 labels nearest) so the split fits in memory: 500 image sets at 128 x 128 are ~230 MB. Left-out pixels
-carry :data:`raybal.tasks.IGNORE_INDEX`. A missing file, an unreadable one, a shape that differs
+carry :data:`raybal.config.tasks.IGNORE_INDEX`. A missing file, an unreadable one, a shape that differs
 between modalities or a label outside the 20 materials is a :class:`DataError` naming the file.
 """
 
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from raybal.config import knob
+from raybal.config.tasks import IGNORE_INDEX
 from raybal.data.base import DATASETS, DataError, MultiModalData, Split, check_modalities, check_root
 from raybal.data.pipeline import LoaderKnobs
-from raybal.tasks import IGNORE_INDEX
 
 MATERIALS = ("asphalt", "concrete", "metal", "road_marking", "fabric", "glass", "plaster", "plastic", "rubber",
              "sand", "gravel", "ceramic", "cobblestone", "brick", "grass", "wood", "leaf", "water", "human", "sky")

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from raybal.config import ConfigError, FrozenMap, knob
+from raybal.config.tasks import IGNORE_INDEX
 from raybal.data.base import DATASETS, DataError, MultiModalData, check_band_indices, check_modalities, check_root
 from raybal.data.geotiff import read_bands, resize
 from raybal.data.pipeline import LazySplit, LoaderKnobs
-from raybal.tasks import IGNORE_INDEX
 
 CHANNELS = {"s1": 2, "s2": 13}
 SEASONS = ("spring", "summer", "fall", "winter")

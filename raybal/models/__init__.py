@@ -6,8 +6,8 @@ every module of this package is imported so its entries exist.
 
 from __future__ import annotations
 
+from raybal.config.registry import import_submodules
 from raybal.models.base import MODELS, FusionModel, ModelOutput, index_features
-from raybal.registry import import_submodules
 
 import_submodules(__name__, __path__)
 

@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from raybal.config.registry import RegistrationError, Registry
 from raybal.models.convnext import STANDARD_WIDTH as CONVNEXT_WIDTH
 from raybal.models.convnext import ConvNeXt
 from raybal.models.resnet import STANDARD_WIDTH, ResNet
-from raybal.registry import RegistrationError, Registry
 
 Features = dict[str, Any]  # modality -> Tensor or tuple of Tensors (batch first)
 

@@ -6,8 +6,8 @@ themselves (see :mod:`raybal.noise.base`).
 
 from __future__ import annotations
 
+from raybal.config.registry import import_submodules
 from raybal.noise.base import CORRUPTIONS, CorruptionFn, corrupter, default_levels
-from raybal.registry import import_submodules
 
 import_submodules(__name__, __path__)
 

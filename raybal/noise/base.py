@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from raybal.registry import RegistrationError, Registry
+from raybal.config.registry import RegistrationError, Registry
 
 CorruptionFn = Callable[[Tensor, float, torch.Generator], Tensor]
 

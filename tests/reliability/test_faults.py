@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from raybal.cli import main
-from raybal.results import read_table
+from raybal.results.tables import read_table
 
 BASE = """
 [data]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from raybal.config import ConfigError, RunConfig, load_toml
 from raybal.resolve import config_from_dict
-from raybal.space import Study, study_from_dict
+from raybal.study.space import Study, study_from_dict
 
 SECTIONS = ["data", "model", "balance", "train", "robustness", "study", "search", "junk"]
 KEYS = ["name", "method", "target", "eo", "sar", "ir", "n_train", "image_size", "epochs", "lr", "batch_size",

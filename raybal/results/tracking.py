@@ -1,7 +1,7 @@
 """Optional MLflow logging (the ``[mlflow]`` extra: ``pip install 'raybal[mlflow]'``).
 
 Each raybal run becomes one MLflow run, logged when the run is recorded (by the study driver, or
-by ``raybal train``) from its :class:`~raybal.records.RunResult`: the flattened config as params,
+by ``raybal train``) from its :class:`~raybal.results.schema.RunResult`: the flattened config as params,
 every per-epoch value of ``epochs.parquet`` as a metric ``<split>_<column>`` with ``step = epoch``,
 the numeric finals (``final.*``, ``robust.*``) as metrics, and tags ``raybal.trial_id``,
 ``raybal.config_id``, ``raybal.role``, ``raybal.replicate``, ``raybal.status``. A study logs into
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from raybal.config import ConfigError
 
 if TYPE_CHECKING:
-    from raybal.records import RunResult
+    from raybal.results.schema import RunResult
 
 TRIAL_TAG = "raybal.trial_id"
 _BATCH = 100  # MLflow's log_batch limit for params (1000 for metrics)

@@ -95,13 +95,13 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _thaw(value: Any) -> Any:
+def thaw(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _thaw(getattr(value, f.name)) for f in fields(value)}
+        return {f.name: thaw(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
+        return {k: thaw(v) for k, v in value.items()}
     if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
+        return [thaw(v) for v in value]
     return value
 
 
@@ -312,10 +312,10 @@ class RunConfig:
             d = {selector: getattr(sec, selector)}
             if section == "data" and sec.cache_dir is not None:
                 d["cache_dir"] = sec.cache_dir
-            d.update(_thaw(sec.params) if sec.params is not None else {})
+            d.update(thaw(sec.params) if sec.params is not None else {})
             out[section] = d
-        out["train"] = _thaw(self.train)
-        out["robustness"] = _thaw(self.robustness)
+        out["train"] = thaw(self.train)
+        out["robustness"] = thaw(self.robustness)
         return _drop_none(out)
 
     def to_json(self) -> str:

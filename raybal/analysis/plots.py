@@ -1,6 +1,6 @@
 """Standard figures over the Parquet tables (DESIGN.md §4): ``raybal report`` and the notebooks.
 
-Every function takes a :class:`raybal.results.Results` (or the tables it holds) and returns a
+Every function takes a :class:`raybal.results.tables.Results` (or the tables it holds) and returns a
 matplotlib Figure, or raises :class:`NoData` with a one-line reason when the tables lack what
 the figure needs (a single run has no search; a study whose methods have no target has no targets).
 Colours come from seaborn's colour-blind-safe palette.
@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from raybal.records import target_columns
-from raybal.results import Results
-from raybal.tasks import metric_of_columns
+from raybal.config.tasks import metric_of_columns
+from raybal.results.schema import target_columns
+from raybal.results.tables import Results
 
 PALETTE = "colorblind"
 BAND = 0.05
@@ -82,8 +82,8 @@ def mu_over_epochs(res: Results, split: str = "val") -> plt.Figure:
 
 
 def _t_band(values: Any) -> tuple[float, float]:
-    """seaborn's errorbar: Student's t 95 % interval of the mean (:mod:`raybal.intervals`); none for one run."""
-    from raybal.intervals import mean_interval
+    """seaborn's errorbar: Student's t 95 % interval of the mean (:mod:`raybal.analysis.intervals`); none for one run."""
+    from raybal.analysis.intervals import mean_interval
 
     iv = mean_interval(list(values))
     return (iv.low, iv.high) if iv.defined else (iv.mean, iv.mean)
@@ -142,7 +142,7 @@ def achieved_vs_target(res: Results) -> plt.Figure:
 
 def _configs(res: Results, objective: str) -> pd.DataFrame:
     """One row per study configuration: means over its ok seeds, the objective's 95 % interval."""
-    from raybal.best import config_table
+    from raybal.analysis.best import config_table
 
     c = config_table(res.trials, objective)
     c = c[(c["n_ok"] > 0) & (c["n_failed"] == 0) & (c["n_stopped"] == 0)]
@@ -159,7 +159,7 @@ def search(res: Results, objective: str | None = None) -> plt.Figure:
     """4. The objective vs each searched parameter, one point per configuration (the mean over its seeds,
     95 % interval as error bars), the baseline as a line with its interval as a band; the Pareto front of
     configuration means for multi-objective studies."""
-    from raybal.best import pareto_front, searched_columns
+    from raybal.analysis.best import pareto_front, searched_columns
 
     t = res.trials
     objectives = res.meta.get("objectives", [])

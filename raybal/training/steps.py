@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from raybal.balancing import BalanceMethod
-from raybal.metrics import task_metric
+from raybal.measure.metrics import task_metric
 
 
 class NonFiniteLossError(RuntimeError):

@@ -13,16 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raybal import checkpoint
+from raybal._atomic import atomic_write_json
 from raybal.config import RunConfig
+from raybal.config.tasks import metric_name
 from raybal.data import load_data
-from raybal.fileio import atomic_write_json
-from raybal.records import RunResult, failed_result, robustness_summary
+from raybal.measure.robustness import sweep
 from raybal.resolve import with_overrides
-from raybal.results import ResultsError, check_writable, environment, write_results
-from raybal.robustness import sweep
-from raybal.tasks import metric_name
-from raybal.train import Progress, build_for, check_pretrained, fit
+from raybal.results.schema import RunResult, failed_result, robustness_rows, robustness_summary
+from raybal.results.tables import ResultsError, check_writable, environment, write_results
+from raybal.training import checkpoint
+from raybal.training.loop import Progress, build_for, check_pretrained, fit
 
 RUN_TRIAL_ID = "run"
 
@@ -73,16 +73,16 @@ def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress 
     """Run ``fit`` and record it; a failure is recorded as ``status = failed`` and re-raised.
 
     ``train.workers > 1`` or an ``address`` runs it data-parallel on Ray Train
-    (:mod:`raybal.distributed`); otherwise plain ``fit()`` in this process, no Ray at all.
+    (:mod:`raybal.training.distributed`); otherwise plain ``fit()`` in this process, no Ray at all.
     ``progress`` receives per-epoch events (in rank 0's worker when distributed: it must pickle);
-    ``quiet`` drops it. ``mlflow``: a tracking URI the run is also logged to (:mod:`raybal.tracking`).
+    ``quiet`` drops it. ``mlflow``: a tracking URI the run is also logged to (:mod:`raybal.results.tracking`).
     """
     progress = None if quiet else progress
     data = load_data(cfg.data)  # bad data (missing file, unpaired chip, ...) fails here: nothing written yet
     check_pretrained(cfg, data)  # so does a missing or mismatched model.pretrained file
     tracker = None
     if mlflow:
-        from raybal.tracking import Tracker, check_uri
+        from raybal.results.tracking import Tracker, check_uri
 
         check_uri(mlflow, "--mlflow")  # so does an unusable tracking URI
         tracker = Tracker(mlflow, "raybal-train")
@@ -92,7 +92,7 @@ def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress 
     try:
         ckdir = d / "checkpoints" / RUN_TRIAL_ID
         if cfg.train.workers > 1 or address:
-            from raybal.distributed import fit_distributed
+            from raybal.training.distributed import fit_distributed
 
             result = fit_distributed(cfg, trial_id=RUN_TRIAL_ID, checkpoint_dir=ckdir, storage_path=d / "ray",
                                      address=address, quiet=progress is None, progress=progress)
@@ -138,7 +138,8 @@ def robustness_to_dir(checkpoint_path: str | Path, results_dir: str | Path | Non
         if progress is not None:
             progress({"trial_id": tid, "robustness": (done, total)})
 
-    rows = sweep(model, data, cfg.robustness, trial_id=tid, mu_repeats=cfg.train.mu_repeats, progress=tick)
+    points = sweep(model, data, cfg.robustness, mu_repeats=cfg.train.mu_repeats, progress=tick)
+    rows = robustness_rows(tid, points, data.task, cfg.robustness.measure_mu)
     summary = robustness_summary(rows, data.task)
     ck = str(selected.path.resolve())
     res = RunResult(trial_id=tid, config=cfg, robustness=rows, final={**selected.final, **summary}, checkpoint=ck,

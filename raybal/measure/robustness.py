@@ -1,21 +1,31 @@
 """The noise-robustness sweep: modalities x corruptions x levels on each split (DESIGN.md §2).
 
-Each grid point records the metric (accuracy, or mIoU for segmentation) and, when asked,
-the permutation MU under that corruption. Rows are tidy, one per (split, modality,
-corruption, level), built by :func:`raybal.records.robustness_row`.
+Each grid point measures the metric (accuracy, or mIoU for segmentation) and, when asked,
+the permutation MU under that corruption. The measurements are returned as :class:`Point`s;
+:func:`raybal.results.schema.robustness_rows` turns them into ``robustness.parquet`` rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 from raybal.config import RobustnessConfig
 from raybal.data.base import MultiModalData
+from raybal.measure.utilization import MUResult, measure
 from raybal.models.base import FusionModel
 from raybal.noise import corrupter, default_levels
-from raybal.records import robustness_row
-from raybal.utilization import measure
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point's measurement on one split."""
+
+    split: str
+    modality: str
+    corruption: str
+    level: float
+    result: MUResult
 
 
 def grid(cfg: RobustnessConfig, modalities: tuple[str, ...]) -> list[tuple[str, str, float]]:
@@ -28,10 +38,10 @@ def grid(cfg: RobustnessConfig, modalities: tuple[str, ...]) -> list[tuple[str, 
     return out
 
 
-def sweep(model: FusionModel, data: MultiModalData, cfg: RobustnessConfig, *, trial_id: str, mu_repeats: int = 3,
-          progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    """Evaluate ``model`` over the corruption grid; returns one row per grid point and split."""
-    rows: list[dict[str, Any]] = []
+def sweep(model: FusionModel, data: MultiModalData, cfg: RobustnessConfig, *, mu_repeats: int = 3,
+          progress: Callable[[int, int], None] | None = None) -> list[Point]:
+    """Evaluate ``model`` over the corruption grid; returns one point per grid point and split."""
+    points_out: list[Point] = []
     points = grid(cfg, data.modalities)
     total = len(points) * len(cfg.splits)
     done = 0
@@ -42,8 +52,8 @@ def sweep(model: FusionModel, data: MultiModalData, cfg: RobustnessConfig, *, tr
             res = measure(model, data.split(split), num_classes=data.num_classes, task=data.task,
                           n_repeats=mu_repeats, seed=cfg.seed, corrupt=fn,
                           modalities=data.modalities if cfg.measure_mu else ())
-            rows.append(robustness_row(trial_id, split, mod, corruption, level, data.task, res, cfg.measure_mu))
+            points_out.append(Point(split, mod, corruption, level, res))
             done += 1
             if progress is not None:
                 progress(done, total)
-    return rows
+    return points_out

@@ -2,7 +2,7 @@
 
 Ray is touched here only. Each trial is a Tune *function trainable* that builds its run
 config from the study's base run file plus the values Optuna drew (define-by-run, so
-conditional parameters work) and calls :func:`raybal.train.fit` in the trial process: no
+conditional parameters work) and calls :func:`raybal.training.loop.fit` in the trial process: no
 Train worker group for one-worker trials (that costs ~10 s per trial). Every epoch is
 reported to Tune (ASHA stops trials on the per-epoch validation metric, ``time_attr =
 epoch``); the last report carries the final metrics the objectives name.
@@ -17,6 +17,7 @@ so a driver killed between a trial's end and the merge loses nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,9 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raybal._atomic import atomic_write_bytes, atomic_write_json
 from raybal.config import ConfigError
-from raybal.fileio import atomic_write_bytes, atomic_write_json
-from raybal.recorder import (
+from raybal.config.tasks import metric_name
+from raybal.results.schema import failed_result
+from raybal.results.tables import Results, ResultsError, check_writable, environment, load_results
+from raybal.study.recorder import (
     RESULT_FILE,
     SKIPPED,
     Recorder,
@@ -40,11 +44,8 @@ from raybal.recorder import (
     slot_holders,
     stopped_result,
 )
-from raybal.records import failed_result
-from raybal.results import Results, ResultsError, check_writable, environment, load_results
-from raybal.space import Study, corner_points, load_study, study_from_dict
-from raybal.tasks import metric_name
-from raybal.train import check_pretrained, fit
+from raybal.study.space import Study, corner_points, load_study, study_from_dict
+from raybal.training.loop import check_pretrained, fit
 
 TUNE_DIR = "tune"
 
@@ -118,7 +119,7 @@ class TrialFn:
             if cfg.train.workers > 1:
                 # A multi-worker trial launches its own TorchTrainer (Ray is already connected here). It
                 # reports to Tune once, at the end: ASHA cannot stop it early.
-                from raybal.distributed import fit_distributed
+                from raybal.training.distributed import fit_distributed
 
                 result = fit_distributed(cfg, trial_id=tid, checkpoint_dir=ckdir,
                                          storage_path=self.results_dir / "ray", quiet=True)
@@ -126,13 +127,13 @@ class TrialFn:
                 result = fit(cfg, trial_id=tid, checkpoint_dir=ckdir, progress=progress)
         except Exception as exc:
             failed = failed_result(cfg, tid, exc, time.perf_counter() - t0)
-            failed.replicate, failed.role = rep, role
             done = stopped_result(self.study, tid, values, ckdir, "failed", failed.error)
-            failed.epochs, failed.utilization = done.epochs, done.utilization  # the epochs it did finish
+            failed = dataclasses.replace(failed, replicate=rep, role=role, epochs=done.epochs,
+                                         utilization=done.utilization)  # the epochs it did finish
             atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(failed))
             release_configs(self.results_dir, tid)
             raise
-        result.replicate, result.role = rep, role
+        result = dataclasses.replace(result, replicate=rep, role=role)
         atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(result))
         index_finished(self.results_dir, cfg, tid)
         release_configs(self.results_dir, tid)
@@ -197,7 +198,7 @@ def _init_ray(address: str | None) -> bool:
     # study would start others in their place: one trial more than num_samples.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
-    from raybal.distributed import init_ray
+    from raybal.training.distributed import init_ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return init_ray(address)
@@ -258,7 +259,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from raybal.searcher import StudySearch
+    from raybal.study.searcher import StudySearch
 
     s = study.settings
     if study.base.train.workers > 1:
@@ -312,7 +313,7 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
         open_storage(study.settings.storage)
     tracker = None
     if study.settings.mlflow:
-        from raybal.tracking import Tracker, check_uri
+        from raybal.results.tracking import Tracker, check_uri
 
         check_uri(study.settings.mlflow, "study.mlflow")
     _prepare(d, study, resume)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from raybal.constraint import Constraint
+from raybal.config.constraint import Constraint
 
 if TYPE_CHECKING:
     from raybal.config import RunConfig

@@ -16,7 +16,7 @@ A study file is a run file plus two sections::
                        {loguniform = [0.001, 0.1], when = {"balance.method" = "greedy_guided"}}]
     # "balance.target" = {simplex = ["eo", "sar", "ir"]}  # a target drawn uniformly on the simplex
 
-The distributions are typed classes (:mod:`raybal.distributions`); a fractions knob (one declared
+The distributions are typed classes (:mod:`raybal.study.distributions`); a fractions knob (one declared
 with ``knob(fractions=True)``, such as a method's ``target``) is searched as a simplex or as M-1
 free fractions whose complement keeps the sum at 1. Everything is checked when the file is loaded, before Ray starts: distribution bounds, that
 each searched key exists for the method it applies to, and that the lowest and highest
@@ -46,10 +46,10 @@ from raybal.config import (
     load_toml,
     set_dotted,
 )
-from raybal.constraint import Constraint
-from raybal.distributions import KINDS, Choice, Distribution, LogUniform, Simplex, Uniform, parse_distribution
-from raybal.objectives import Objective, StudySettings, resolve_objectives
+from raybal.config.constraint import Constraint
 from raybal.resolve import config_from_dict
+from raybal.study.distributions import KINDS, Choice, Distribution, LogUniform, Simplex, Uniform, parse_distribution
+from raybal.study.objectives import Objective, StudySettings, resolve_objectives
 
 INTERNAL_PREFIX = "_"  # Optuna-only names (simplex draws, alternatives): not config keys
 

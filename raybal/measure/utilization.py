@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from raybal.data.base import Split
-from raybal.metrics import finish_metric, summed_sample_loss, task_metric
+from raybal.measure.metrics import finish_metric, summed_sample_loss, task_metric
 from raybal.models.base import FusionModel, index_features
 
 Corrupt = Callable[[dict[str, Tensor]], dict[str, Tensor]]

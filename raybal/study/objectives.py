@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Literal
 from raybal.balancing import METHODS
 from raybal.balancing.base import BASELINE
 from raybal.config import ConfigError, FrozenMap, knob
-from raybal.constraint import Constraint
-from raybal.tasks import metric_name
+from raybal.config.constraint import Constraint
+from raybal.config.tasks import metric_name
 
 if TYPE_CHECKING:
     from raybal.config import RunConfig

@@ -2,7 +2,7 @@
 
 A results directory holds ``trials.parquet`` (one row per trial), ``epochs.parquet``,
 ``utilization.parquet``, ``robustness.parquet`` (long format, seaborn-ready) and ``run.json``
-or ``study.json``. The rows and their columns are :mod:`raybal.records`' business; this module
+or ``study.json``. The rows and their columns are :mod:`raybal.results.schema`' business; this module
 only writes and reads files. Every file is written under a temporary name and renamed into
 place, so a reader never sees half a file; appending a trial rewrites each table whole (rows of
 the same trial are replaced, never duplicated).
@@ -23,8 +23,8 @@ from typing import Any
 import pandas as pd
 
 from raybal._version import __version__
-from raybal.fileio import atomic_path
-from raybal.records import TABLES, RunResult, frame, tables_of
+from raybal._atomic import atomic_path
+from raybal.results.schema import TABLES, RunResult, frame, tables_of
 
 
 class ResultsError(ValueError):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raybal.tasks import IGNORE_INDEX
+from raybal.config.tasks import IGNORE_INDEX
 
 MULTILABEL_BINS = 1000
 

@@ -1,6 +1,6 @@
 """Checkpoints: the one module that writes and reads them.
 
-Two kinds, both written atomically (:mod:`raybal.fileio`):
+Two kinds, both written atomically (:mod:`raybal._atomic`):
 
 * ``last.pt`` — the state of an unfinished run after an epoch (model, optimizer, scheduler,
   method state, the records so far, the best epoch so far). ``fit`` resumes from it when the
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
+from raybal._atomic import atomic_torch_save
 from raybal.config import RunConfig
-from raybal.fileio import atomic_torch_save
 from raybal.resolve import config_from_json
 
 LAST = "last.pt"

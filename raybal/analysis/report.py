@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from raybal.results import atomic_path, check_writable, load_results
+from raybal.results.tables import atomic_path, check_writable, load_results
 
 
 @dataclass
@@ -26,8 +26,8 @@ class Figure:
 
 
 def summary_table(res) -> pd.DataFrame:  # noqa: ANN001 - Results
-    from raybal.best import searched_columns
-    from raybal.plots import trial_labels
+    from raybal.analysis.best import searched_columns
+    from raybal.analysis.plots import trial_labels
 
     t = res.trials
     if t.empty:
@@ -46,10 +46,10 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, dpi:
     """Write every figure that the tables support to ``out_dir`` (default ``DIR/report``)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only (a notebook keeps its own backend: it calls raybal.plots directly)
+    matplotlib.use("Agg")  # files only (a notebook keeps its own backend: it calls raybal.analysis.plots directly)
     import matplotlib.pyplot as plt
 
-    from raybal.plots import FIGURES, NoData
+    from raybal.analysis.plots import FIGURES, NoData
 
     res = load_results(results_dir)
     out = check_writable(Path(out_dir) if out_dir else res.path / "report")
@@ -93,8 +93,8 @@ def _write_index(res, out: Path, figures: list[Figure]) -> None:  # noqa: ANN001
 
 def _best_section(res) -> list[str]:  # noqa: ANN001 - Results
     """``raybal best``'s answer (mean ± interval, vs baseline and runner-up, the Pareto set) for a study."""
-    from raybal.best import best_trial, format_best
-    from raybal.results import ResultsError
+    from raybal.analysis.best import best_trial, format_best
+    from raybal.results.tables import ResultsError
 
     if res.kind != "study":
         return []

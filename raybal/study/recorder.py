@@ -1,4 +1,4 @@
-"""The study driver's record keeping (used by :mod:`raybal.study`).
+"""The study driver's record keeping (used by :mod:`raybal.study.driver`).
 
 * Trial slots: Tune snapshots its experiment state every second or so; a driver killed between
   snapshots forgets the trials it started since, and the restored study would start as many again
@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 import pickle
 import sys
@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raybal import checkpoint
+from raybal._atomic import atomic_write_bytes
 from raybal.config import ConfigError
-from raybal.fileio import atomic_write_bytes
-from raybal.records import RunResult
-from raybal.results import ResultsError, load_results, write_results
-from raybal.space import Study
+from raybal.results.schema import RunResult
+from raybal.results.tables import ResultsError, load_results, write_results
+from raybal.study.space import Study
+from raybal.training import checkpoint
 
 RESULT_FILE = "result.pkl"
 SKIPPED = "SKIPPED"
@@ -75,12 +75,11 @@ def stopped_result(study: Study, tid: str, params: dict[str, Any], ckdir: Path, 
         cfg = study.space.trial_config(study.base_raw, params)
     except ConfigError:
         cfg = study.base
-    r = RunResult(trial_id=tid, config=cfg, status=status, error=error, replicate=int(params.get("_replicate", 0)),
-                  role=str(params.get("_role", "search")))
     recs = checkpoint.read_records(ckdir / checkpoint.LAST)
-    if recs is not None:  # None: no checkpoint, or one torn by a killed process; the config row still counts
-        r.epochs, r.utilization, r.wall_s = recs
-    return r
+    # None: no checkpoint, or one torn by a killed process; the config row still counts
+    epochs, utilization, wall_s = recs if recs is not None else ([], [], 0.0)
+    return RunResult(trial_id=tid, config=cfg, status=status, error=error, replicate=int(params.get("_replicate", 0)),
+                     role=str(params.get("_role", "search")), epochs=epochs, utilization=utilization, wall_s=wall_s)
 
 
 class Recorder:
@@ -90,7 +89,7 @@ class Recorder:
         self.study = study
         self.results_dir = results_dir
         self.quiet = quiet
-        self.tracker = tracker  # raybal.tracking.Tracker (study.mlflow) or None
+        self.tracker = tracker  # raybal.results.tracking.Tracker (study.mlflow) or None
         self.recorded: set[str] = set()
 
     def setup(self, **info: Any) -> None:
@@ -206,16 +205,17 @@ def reuse_finished(results_dir: Path, cfg: Any, tid: str, replicate: int = 0, ro
     if prior.status != "ok" or src == tid:
         return None
     t0 = time.perf_counter()
-    res = copy.deepcopy(prior)
-    res.trial_id, res.config = tid, cfg  # this trial's own config (the same digest; resources may differ)
-    res.replicate, res.role = replicate, role
-    for rows in (res.epochs, res.utilization, res.robustness):
-        for row in rows:
-            row["trial_id"] = tid
-    res.final["final.reused_from"] = src
+
+    def own(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**row, "trial_id": tid} for row in rows]
+
     ckdir = results_dir / "checkpoints" / tid
     ckdir.mkdir(parents=True, exist_ok=True)
-    res.wall_s = time.perf_counter() - t0
+    # This trial's own config (the same digest; resources may differ), replicate and role.
+    res = dataclasses.replace(prior, trial_id=tid, config=cfg, replicate=replicate, role=role,
+                              epochs=own(prior.epochs), utilization=own(prior.utilization),
+                              robustness=own(prior.robustness), final={**prior.final, "final.reused_from": src},
+                              wall_s=time.perf_counter() - t0)
     atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(res))
     return res
 

@@ -1,6 +1,6 @@
-"""Data-parallel training on Ray Train (DESIGN.md §6): the same :func:`raybal.train.fit`, N workers.
+"""Data-parallel training on Ray Train (DESIGN.md §6): the same :func:`raybal.training.loop.fit`, N workers.
 
-Ray is touched here only (and in ``study.py``). A ``TorchTrainer`` starts one process per worker;
+Ray is touched here only (and in the study wing). A ``TorchTrainer`` starts one process per worker;
 Ray Train sets up the process group (gloo on CPU, NCCL on GPU); each worker wraps the model in
 DDP and trains on its own disjoint shard of every epoch's permutation with ``train.batch_size /
 workers`` samples per step, so the global batch and the optimisation match ``--workers 1``.
@@ -31,12 +31,12 @@ from typing import Any
 
 import torch
 
+from raybal._atomic import atomic_write_bytes
 from raybal.balancing import METHODS
 from raybal.config import RunConfig
-from raybal.fileio import atomic_write_bytes
-from raybal.records import RunResult
 from raybal.resolve import config_from_json
-from raybal.train import DistContext, Progress, fit
+from raybal.results.schema import RunResult
+from raybal.training.loop import DistContext, Progress, fit
 
 RESULT_FILE = "result.pkl"
 
@@ -120,7 +120,7 @@ def fit_distributed(config: RunConfig, *, trial_id: str = "run", checkpoint_dir:
                     progress: Progress | None = None) -> RunResult:
     """Run ``fit`` on ``train.workers`` Ray Train workers; returns rank 0's :class:`RunResult`.
 
-    ``progress`` (a picklable callable, e.g. :class:`raybal.progress.ProgressPrinter` on stdout)
+    ``progress`` (a picklable callable, e.g. :class:`raybal.training.progress.ProgressPrinter` on stdout)
     receives rank 0's per-epoch events inside its worker process.
     """
     from ray.train import FailureConfig, LoggingConfig, ScalingConfig

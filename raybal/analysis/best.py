@@ -16,11 +16,11 @@ from typing import Any
 
 import pandas as pd
 
-from raybal.constraint import Constraint
-from raybal.intervals import Interval, mean_interval, paired_difference
-from raybal.records import target_columns
-from raybal.results import ResultsError, load_results
-from raybal.tasks import METRICS, metric_of_columns
+from raybal.analysis.intervals import Interval, mean_interval, paired_difference
+from raybal.config.constraint import Constraint
+from raybal.config.tasks import METRICS, metric_of_columns
+from raybal.results.schema import target_columns
+from raybal.results.tables import ResultsError, load_results
 
 CONFIG_PREFIXES = ("data.", "model.", "balance.", "train.")
 
@@ -31,7 +31,7 @@ def infer_mode(metric: str) -> str:
 
 @dataclass
 class Comparison:
-    """The best configuration minus another one, paired by seed (:func:`raybal.intervals.paired_difference`)."""
+    """The best configuration minus another one, paired by seed (:func:`raybal.analysis.intervals.paired_difference`)."""
 
     what: str  # "the runner-up" | "the baseline (vanilla)"
     config_id: str

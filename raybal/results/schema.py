@@ -1,11 +1,11 @@
 """The one record schema: the rows of the four Parquet tables (DESIGN.md §4) and their columns.
 
 Every row of ``trials``, ``epochs``, ``utilization`` and ``robustness`` is built here, from
-what a run measured; :mod:`raybal.results` only writes and reads the files. The required
+what a run measured; :mod:`raybal.results.tables` only writes and reads the files. The required
 columns of each table live here too, so a reader can rely on them even when no row fills them.
 
 * :class:`RunResult`: everything one run produced, as plain records;
-* :func:`epoch_row`, :func:`utilization_rows`, :func:`robustness_row`, :func:`trial_row`: rows;
+* :func:`epoch_row`, :func:`utilization_rows`, :func:`robustness_rows`, :func:`trial_row`: rows;
 * :func:`frame` / :func:`tables_of`: the tables as pandas frames, key and required columns first.
 """
 
@@ -20,11 +20,12 @@ import pandas as pd
 
 from raybal._version import __version__
 from raybal.config import RunConfig
-from raybal.metrics import metric_details
-from raybal.tasks import metric_name
+from raybal.measure.metrics import metric_details
+from raybal.config.tasks import metric_name
 
 if TYPE_CHECKING:
-    from raybal.utilization import MUResult
+    from raybal.measure.robustness import Point
+    from raybal.measure.utilization import MUResult
 
 TABLES = ("trials", "epochs", "utilization", "robustness")
 KEYS = {
@@ -47,9 +48,10 @@ STATUSES = ("ok", "failed", "stopped")
 TARGET_PREFIX = "balance.target."
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunResult:
-    """Everything one run produced, as plain records ready for the Parquet tables."""
+    """Everything one run produced, as plain records ready for the Parquet tables; built once, never edited
+    (:func:`dataclasses.replace` makes a changed copy)."""
 
     trial_id: str
     config: RunConfig
@@ -73,9 +75,8 @@ def one_line(exc: BaseException) -> str:
 
 def failed_result(config: RunConfig, trial_id: str, exc: BaseException, wall_s: float) -> RunResult:
     """A record for a run that raised: status ``failed`` and the error as one line."""
-    res = RunResult(trial_id=trial_id, config=config, status="failed", error=one_line(exc), wall_s=wall_s)
-    res.final = {"error_traceback": "".join(traceback.format_exception(exc))[-4000:]}
-    return res
+    return RunResult(trial_id=trial_id, config=config, status="failed", error=one_line(exc), wall_s=wall_s,
+                     final={"error_traceback": "".join(traceback.format_exception(exc))[-4000:]})
 
 
 def epoch_row(trial_id: str, epoch: int, split: str, task: str, loss: float, value: float,
@@ -103,6 +104,12 @@ def utilization_rows(trial_id: str, epoch: int, split: str, mu: MUResult, *, fin
         row.update((modality_log or {}).get(m, {}))
         rows.append(row)
     return rows
+
+
+def robustness_rows(trial_id: str, points: Iterable[Point], task: str, measure_mu: bool) -> list[dict[str, Any]]:
+    """The ``robustness.parquet`` rows of a sweep's points (:func:`raybal.measure.robustness.sweep`)."""
+    return [robustness_row(trial_id, p.split, p.modality, p.corruption, p.level, task, p.result, measure_mu)
+            for p in points]
 
 
 def robustness_row(trial_id: str, split: str, modality: str, corruption: str, level: float, task: str,
