@@ -22,14 +22,14 @@ quickstart: $(STAMP)
 
 ## The test suite CI runs (slow tests excluded; see test-all).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" --durations=15 tests
+	$(BIN)/python -m pytest -q -m "not slow" --durations=25 tests
 
 ## Everything, including slow calibration / fault-injection tests.
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check raybal benchmarks
+	$(BIN)/ruff check raybal benchmarks tests
 
 ## Smoke-run every benchmark (--quick); see README "Benchmarks" for the full runs.
 bench: $(STAMP)

@@ -272,7 +272,8 @@ def main() -> None:
         mem_growth = mem.loc[10 * n, "peak_rss_mb"] / mem.loc[n, "peak_rss_mb"] - 1
         ratio = (lazy["samples_per_s"] / mem["samples_per_s"]).to_dict()
         goal = 0.95 if dev == "cuda" else 0.8
-        print(f"\n{dev}: lazy peak RSS growth N -> 10N: {growth:+.1%} (goal < +10%: {'met' if growth < 0.1 else 'MISSED'});"
+        print(f"\n{dev}: lazy peak RSS growth N -> 10N: {growth:+.1%} "
+              f"(goal < +10%: {'met' if growth < 0.1 else 'MISSED'});"
               f" in memory: {mem_growth:+.1%}")
         print(f"{dev}: lazy / in-memory throughput: " + ", ".join(f"{k}: {v:.2f}x" for k, v in ratio.items())
               + f" (goal >= {goal}x: {'met' if min(ratio.values()) >= goal else 'MISSED'})")

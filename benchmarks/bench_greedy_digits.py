@@ -6,7 +6,8 @@ colour fails there. Goal: ``greedy_guided`` reaches a higher mean test accuracy 
 ``vanilla`` and a smaller conditional utilization imbalance |d_util| = |u(color|gray) -
 u(gray|color)| (Wu 2022 Eq. 2-3: cross-modal flow turned off at each MMTM unit, each branch's own
 head scored), measured on validation, which follows the training distribution as Wu's test split
-does (``abs_d_util_test``: the same on the colour-shifted test split). Also shown: the share of re-balancing steps and the final
+does (``abs_d_util_test``: the same on the colour-shifted test split). Also shown: the share of re-balancing
+steps and the final
 learning-speed imbalance d.
 
     python benchmarks/bench_greedy_digits.py [--quick]
@@ -64,7 +65,8 @@ def main() -> None:
                      "abs_d_util": abs(r["final.val_cond_util.gray"] - r["final.val_cond_util.color"]),
                      "abs_d_util_test": abs(r["final.test_cond_util.gray"] - r["final.test_cond_util.color"]),
                      "rebalance_frac": tr["rebalance_fraction"].mean() if "rebalance_fraction" in tr else float("nan"),
-                     "speed_imbalance_last": tr["speed_imbalance"].iloc[-1] if "speed_imbalance" in tr else float("nan")})
+                     "speed_imbalance_last": (tr["speed_imbalance"].iloc[-1] if "speed_imbalance" in tr
+                                              else float("nan"))})
     df = pd.DataFrame(rows).sort_values(["method", "seed"]).reset_index(drop=True)
     pd.set_option("display.width", 200)
     print("\nPer run (test_acc: colour random in test; d_util on validation, the training distribution)")

@@ -82,7 +82,8 @@ def main() -> None:
         share = float(tr["final.mu.eo"])
         rows.append({"group": group(tid), "trial_id": tid, "target_eo": target, "share_eo": share,
                      "error": None if target is None else abs(share - target),
-                     "clean_miou": float(tr["final.test_miou"]), "pixel_accuracy": float(tr["final.test_pixel_accuracy"]),
+                     "clean_miou": float(tr["final.test_miou"]),
+                     "pixel_accuracy": float(tr["final.test_pixel_accuracy"]),
                      f"miou@{noisy:.2f}": float(test[noisy]), "mean_over_levels": float(test.mean()),
                      "val_mean_over_levels": float(val.mean()), "wall_s": float(tr["wall_s"])})
     df = pd.DataFrame(rows)
@@ -98,7 +99,8 @@ def main() -> None:
                "mean over levels": mean_sd(d["mean_over_levels"]), "wall s": f"{d['wall_s'].mean():.0f}"}
         if g != "vanilla" and len(van):
             row["clean cost (pts)"] = f"{100 * (van['clean_miou'].mean() - d['clean_miou'].mean()):+.1f}"
-            row[f"gain@{noisy:.2f} (pts)"] = f"{100 * (d[f'miou@{noisy:.2f}'].mean() - van[f'miou@{noisy:.2f}'].mean()):+.1f}"
+            row[f"gain@{noisy:.2f} (pts)"] = (
+                f"{100 * (d[f'miou@{noisy:.2f}'].mean() - van[f'miou@{noisy:.2f}'].mean()):+.1f}")
             row["gain mean (pts)"] = f"{100 * (d['mean_over_levels'].mean() - van['mean_over_levels'].mean()):+.1f}"
         summary.append(row)
     table = pd.DataFrame(summary).fillna("")
@@ -112,9 +114,11 @@ def main() -> None:
         p = targeted[targeted["group"] == picked]
         print(f"\nGoals: every run within ±{TOLERANCE}: {int((targeted['error'] <= TOLERANCE).sum())}/{len(targeted)} "
               f"(max error {targeted['error'].max():.3f}); "
-              f"worst clean cost {100 * (van['clean_miou'].mean() - targeted.groupby('group')['clean_miou'].mean().min()):.1f} "
+              f"worst clean cost "
+              f"{100 * (van['clean_miou'].mean() - targeted.groupby('group')['clean_miou'].mean().min()):.1f} "
               f"pts (goal <= 2); best target on validation: {picked}, gain at {noisy:.2f} "
-              f"{100 * (p[f'miou@{noisy:.2f}'].mean() - van[f'miou@{noisy:.2f}'].mean()):+.1f} pts, on the mean over levels "
+              f"{100 * (p[f'miou@{noisy:.2f}'].mean() - van[f'miou@{noisy:.2f}'].mean()):+.1f} pts, "
+              f"on the mean over levels "
               f"{100 * (p['mean_over_levels'].mean() - van['mean_over_levels'].mean()):+.1f} pts (goal >= +3)")
     out = Path(args.out or Path(args.results) / "segmentation.parquet")
     df.to_parquet(out)

@@ -62,7 +62,8 @@ def main() -> None:
                          "loss": r["result"].loss, "mu_eo": r["result"].shares["eo"]})
     U.FUSE_ELEMENTS = default
     logits = torch.randn(64, data.num_classes, 32, 32)
-    for name, fn in (("argmax(1) (before)", lambda: logits.argmax(1)), ("max(1).indices (now)", lambda: logits.max(1).indices)):
+    for name, fn in (("argmax(1) (before)", lambda: logits.argmax(1)),
+                     ("max(1).indices (now)", lambda: logits.max(1).indices)):
         r = timed(lambda fn=fn: [fn() for _ in range(200)])
         rows.append({"variant": f"prediction of 200 x (64, {data.num_classes}, 32, 32): {name}", "rep": 0,
                      **{k: v for k, v in r.items() if k != "result"}})

@@ -96,7 +96,8 @@ def efficiency(out: Path, quick: bool, grid_points: int, samples: int) -> pd.Dat
     epochs_grid = len(grid) * study.base.train.epochs
     gb, sb = g.loc[g[obj].idxmax()], ok.loc[ok[obj].idxmax()]
     return pd.DataFrame([
-        {"search": f"exhaustive grid ({len(grid)} EO targets, lambda_max 10)", "best_target_eo": gb["balance.target.eo"],
+        {"search": f"exhaustive grid ({len(grid)} EO targets, lambda_max 10)",
+         "best_target_eo": gb["balance.target.eo"],
          "val_objective": gb[obj], "test_robust_acc": gb["robust.test_mean_accuracy"], "epochs_trained": epochs_grid,
          "wall_s": t_grid, "compute_vs_grid": 1.0},
         {"search": f"ASHA + Optuna ({samples} trials, target + lambda_max)", "best_target_eo": sb["balance.target.eo"],

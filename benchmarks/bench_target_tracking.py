@@ -152,7 +152,8 @@ def main() -> None:
     own = df[df["schedule"] == "vanilla"].set_index(["dataset", "seed"])["test_acc"]
     df["acc_vs_same_seed"] = df["test_acc"] - [own[(d, s)] for d, s in zip(df["dataset"], df["seed"])]
     pd.set_option("display.width", 220)
-    print("\nPer run (split: where the shares are read; achieved = MU shares in the target's order; max_err = max |share - target|)")
+    print("\nPer run (split: where the shares are read; achieved = MU shares in the target's order; "
+          "max_err = max |share - target|)")
     print(df.drop(columns=["vanilla_acc"]).round(3).to_string(index=False))
     mu = df[df["schedule"] != "vanilla"]
     summary = mu.groupby(["dataset", "schedule"]).agg(

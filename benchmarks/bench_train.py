@@ -136,7 +136,8 @@ def fit_rows(n: int, epochs: int, rounds: int, device: torch.device) -> list[dic
     same layout; rows in alternation, best of ``rounds`` each."""
     base = {"data.n_train": n, "data.n_val": n // 4, "data.n_test": n // 4, "train.epochs": epochs,
             "train.use_gpu": device.type == "cuda"}
-    cfgs = {"auto": default_config(**base), "channels_last": default_config(**base, **{"train.memory_format": "channels_last"})}
+    cfgs = {"auto": default_config(**base),
+            "channels_last": default_config(**base, **{"train.memory_format": "channels_last"})}
     data = load_data(cfgs["auto"].data)
     layouts = {k: use_channels_last(c.train.memory_format, device, build_for(c, data)) for k, c in cfgs.items()}
     times: dict[tuple[str, str], list[float]] = {}
@@ -238,7 +239,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per backbone and size")
-    ap.add_argument("--epochs", type=int, default=8, help="epochs of the fit() vs plain-loop comparison (train.epochs' default)")
+    ap.add_argument("--epochs", type=int, default=8,
+                    help="epochs of the fit() vs plain-loop comparison (train.epochs' default)")
     ap.add_argument("--out", default=None, help="also write the tables as Parquet (one file, a 'table' column)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -259,7 +261,8 @@ def main() -> None:
     print("\nMU evaluation vs a plain evaluation pass (val split)")
     print(mr.to_string(index=False, **fmt))
     if len(cr):
-        print("\ntrain.compile: train_step on the default model, eager vs torch.compile (first step includes compiling)")
+        print("\ntrain.compile: train_step on the default model, eager vs torch.compile "
+              "(first step includes compiling)")
         print(cr.to_string(index=False, **fmt))
     if args.out:
         pd.concat([bb.assign(table="backbones"), fr.assign(table="fit_vs_plain"), mr.assign(table="mu_eval"),

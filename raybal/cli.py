@@ -64,7 +64,8 @@ def _print_summary(result: Any, results: Path) -> None:
         verdict = "target met" if f["final.target_met"] else "target NOT met"
         how = {"target": f"epoch {f['final.best_epoch']}: the best validation {metric} within the tolerance",
                "closest": f"no epoch within the tolerance on validation; kept epoch {f['final.best_epoch']}, "
-                          "the closest to the target"}.get(f["final.selected_by"], f"selection {f['final.selected_by']}")
+                          "the closest to the target"
+               }.get(f["final.selected_by"], f"selection {f['final.selected_by']}")
         print(f"target         {target}  ->  {verdict}: test error {f['final.target_error']:.3f} "
               f"(tolerance {p.tolerance:g}; {how})")
     for k in sorted(x for x in f if x.startswith("robust.")):
@@ -110,11 +111,13 @@ def _study_summary(res: Any) -> int:
 
     t = res.trials
     objectives = [o["metric"] for o in res.meta.get("objectives", [])]
-    cols = ["trial_id", "role", "train.seed", "status"] + [c for c in objectives if c in t] + searched_columns(t, res.meta)
+    cols = (["trial_id", "role", "train.seed", "status"] + [c for c in objectives if c in t]
+            + searched_columns(t, res.meta))
     cols += [c for c in t.columns if c.startswith("final.mu.")] + ["wall_s"]
     reps, base = res.meta.get("repeats", 1), res.meta.get("baseline")
     counts = ", ".join(f"{n} {s}" for s, n in t["status"].value_counts().items())
-    plan = f"{res.meta.get('configurations', res.meta.get('num_samples'))} configurations" + (f" + the {base} baseline" if base else "")
+    plan = (f"{res.meta['configurations']} configurations"
+            + (f" + the {base} baseline" if base else ""))
     print(f"study {res.meta.get('name')}: {len(t)} runs ({counts}; {plan}, x {reps} seed{'s' if reps != 1 else ''}), "
           f"status {res.meta.get('status')}")
     print(t[list(dict.fromkeys(c for c in cols if c in t))].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -151,7 +154,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     figures = make_report(args.results, args.out)
     for f in figures:
         print(f"{f.name:20s} {f.path if f.path else 'skipped: ' + (f.note or '')}")
-    out = next((f.path.parent for f in figures if f.path), Path(args.out) if args.out else Path(args.results) / "report")
+    out = next((f.path.parent for f in figures if f.path),
+               Path(args.out) if args.out else Path(args.results) / "report")
     print(f"report: {(out / 'index.html').resolve()}")
     return 0
 

@@ -90,14 +90,16 @@ def _cross_validate(cfg: RunConfig) -> None:
     mods = cfg.modalities
     for i, m in enumerate(cfg.robustness.modalities):
         if m not in mods:
-            raise ConfigError(f"robustness.modalities[{i}]", f"unknown modality {m!r} (data set has: {', '.join(mods)})")
+            raise ConfigError(f"robustness.modalities[{i}]",
+                              f"unknown modality {m!r} (data set has: {', '.join(mods)})")
     for i, c in enumerate(cfg.robustness.corruptions):
         if c not in CORRUPTIONS:
             raise ConfigError(f"robustness.corruptions[{i}]",
                               f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
     for c in cfg.robustness.levels:
         if c not in CORRUPTIONS:
-            raise ConfigError(f"robustness.levels.{c}", f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
+            raise ConfigError(f"robustness.levels.{c}",
+                              f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
     for m in getattr(cfg.model.params, "pretrained", None) or {}:
         if m not in mods:
             raise ConfigError(f"model.pretrained.{m}", f"unknown modality {m!r} (data set has: {', '.join(mods)})")

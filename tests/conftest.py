@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,35 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     # Generated data is cached per config: share one cache across the session, never ~/.cache.
     if "RAYBAL_CACHE" not in os.environ:
         os.environ["RAYBAL_CACHE"] = str(tmp_path_factory.mktemp("raybal-cache"))
+
+
+@pytest.fixture
+def local_ray(_cache_dir: None) -> None:
+    """The session's one local Ray. raybal's studies and Ray Train runs use a running Ray instead of starting
+    (and stopping) their own, so the tests that need one share it: started by the first, stopped at the end."""
+    from raybal.training.distributed import init_ray
+
+    init_ray(None)
+
+
+@pytest.fixture
+def no_ray() -> None:
+    """For a test that starts a Ray of its own (a multi-node cluster, or trials that must see an environment
+    variable the test sets): the shared one is stopped first, and the next test that needs it starts it again."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _stop_the_shared_ray() -> object:
+    yield
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 TINY = {

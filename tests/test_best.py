@@ -13,7 +13,7 @@ from conftest import tiny_config
 from raybal.analysis.best import best_trial, format_best
 from raybal.analysis.intervals import mean_interval, paired_difference
 from raybal.results.schema import RunResult
-from raybal.results.tables import ResultsError, write_results
+from raybal.results.tables import FORMAT_VERSION, ResultsError, write_results
 
 T_975_2 = 4.302652729749462  # Student's t, 97.5 % quantile, 2 degrees of freedom (tables: 4.303)
 
@@ -45,7 +45,8 @@ def _study_dir(tmp_path: Path, runs: list[RunResult]) -> Path:
     d = tmp_path / "res"
     d.mkdir()
     (d / "study.json").write_text(json.dumps({
-        "kind": "study", "status": "finished", "baseline": "vanilla", "searched": ["train.lr"],
+        "format_version": FORMAT_VERSION, "kind": "study", "status": "finished", "baseline": "vanilla",
+        "searched": ["train.lr"],
         "objectives": [{"metric": "final.val_accuracy", "mode": "max"}],
         "best": {"metric": "final.val_accuracy", "mode": "max", "constraints": []}}))
     write_results(d, runs)

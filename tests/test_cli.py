@@ -107,6 +107,23 @@ def test_train_writes_every_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (out / "trials.parquet").read_bytes() == before
     assert set(pd.read_parquet(rob_out / "robustness.parquet")["modality"]) == {"sar"}
 
+    # Stored files of another layout are refused by name (one format_version each), never half-read.
+    import torch
+
+    old = torch.load(ckpt, weights_only=False)
+    old_ckpt = tmp_path / "old.pt"
+    torch.save({k: v for k, v in old.items() if k != "format_version"}, old_ckpt)
+    capsys.readouterr()
+    assert main(["robustness", str(old_ckpt), "--results", str(tmp_path / "rob-old"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert str(old_ckpt) in err and "checkpoint format None" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "rob-old").exists()
+    meta["format_version"] = 0
+    (out / "run.json").write_text(json.dumps(meta))
+    assert main(["best", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "run.json" in err and "results format 0" in err and len(err.strip().splitlines()) == 1
+
 
 BAD = [
     ("[train\nlr = 1", "malformed TOML"),

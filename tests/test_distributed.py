@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 RUN = """
 [data]
@@ -45,7 +44,7 @@ def check_tables(d: Path, epochs: int) -> pd.DataFrame:
     return t
 
 
-def test_two_workers_on_a_two_node_cluster(tmp_path: Path) -> None:
+def test_two_workers_on_a_two_node_cluster(tmp_path: Path, no_ray: None) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -75,32 +74,13 @@ def test_two_workers_on_a_two_node_cluster(tmp_path: Path) -> None:
     assert two.config.train.workers == 2 and one.config.train.workers == 1
 
 
-@pytest.mark.parametrize("method, balance", [
-    ("mu_target", "target = {eo = 0.7, sar = 0.3}\nlambda_0 = 1.0"),
-    ("ogm_ge", ""),
-])
-def test_balancing_methods_under_ddp(tmp_path: Path, method: str, balance: str) -> None:
-    from raybal.resolve import load_config
-    from raybal.training.runner import train_to_dir
-
-    cfg = load_config(write_run(tmp_path, epochs=2, method=method, balance=balance), {"train.workers": 2})
-    res = train_to_dir(cfg, tmp_path / "res", quiet=True)
-    check_tables(tmp_path / "res", 2)
-    e = pd.read_parquet(tmp_path / "res" / "epochs.parquet")
-    train = e[e["split"] == "train"]
-    if method == "mu_target":
-        assert (train["lambda_mu"] > 0).all() and train["mu_penalty"].notna().all()
-    else:
-        assert train.filter(like="ogm_coef").notna().all().all()
-    assert res.final["final.test_accuracy"] > 0.5
-
-
-def test_multi_worker_trials_in_a_study(tmp_path: Path) -> None:
+def test_multi_worker_trials_in_a_study(tmp_path: Path, local_ray: None) -> None:
     from raybal.cli import main
 
     study = tmp_path / "s.toml"
     study.write_text(RUN.format(epochs=2, method="vanilla", balance="").replace("n_train = 1000", "n_train = 256")
-                     + "workers = 2\n[study]\nobjective = \"final.val_accuracy\"\nnum_samples = 1\nbaseline = \"none\"\n"
+                     + "workers = 2\n[study]\nobjective = \"final.val_accuracy\"\nnum_samples = 1\n"
+                       "baseline = \"none\"\n"
                        "[search]\n\"train.lr\" = {loguniform = [1e-3, 1e-2]}\n")
     assert main(["study", "run", str(study), "--results", str(tmp_path / "res"), "--quiet"]) == 0
     t = pd.read_parquet(tmp_path / "res" / "trials.parquet")
@@ -109,7 +89,8 @@ def test_multi_worker_trials_in_a_study(tmp_path: Path) -> None:
     assert len(shards) == 2  # the trial really ran two Ray Train workers
 
 
-def test_two_workers_read_disjoint_covering_shards_of_a_lazy_set_every_epoch(tmp_path: Path) -> None:
+def test_two_workers_read_disjoint_covering_shards_of_a_lazy_set_every_epoch(tmp_path: Path,
+                                                                              local_ray: None) -> None:
     """Issue 14: under Ray Train each rank reads only its shard of a set read from files (So2Sat HDF5
     here), the two shards are disjoint and cover the epoch's global batches, and they are drawn anew
     each epoch from the run's seed (the same as one worker's order)."""

@@ -41,7 +41,8 @@ def test_ogm_coefficient_is_eq10_and_ge_noise_uses_the_unscaled_std() -> None:
     for k in ("eo", "sar"):
         p = out.modality_logits[k].detach().softmax(1)
         score[k] = sum(float(p[i, int(yb[i])]) for i in range(len(yb)))
-    ref = {"eo": cls.coefficient(0.5, score["eo"] / score["sar"]), "sar": cls.coefficient(0.5, score["sar"] / score["eo"])}
+    ref = {"eo": cls.coefficient(0.5, score["eo"] / score["sar"]),
+           "sar": cls.coefficient(0.5, score["sar"] / score["eo"])}
     coef = m.coefficients(out, yb)
     assert all(abs(coef[k] - ref[k]) < 1e-6 for k in ref)
     grads = {k: [(p, p.grad.clone()) for p in model.encoder_parameters(k) if p.dim() >= 2] for k in ("eo", "sar")}

@@ -161,6 +161,7 @@ def test_fit_reuses_the_selected_epochs_validation_mu(monkeypatch) -> None:
     assert row and all(abs(res.final[f"final.val_mu.{r['modality']}"] - r["mu"]) < 1e-12 for r in row)
 
 
+@pytest.mark.slow  # compiling the model takes ~30 s on 2 cores: make test-all
 def test_compiled_training_gives_the_eager_answer(tmp_path) -> None:
     from torch._dynamo.utils import counters
 

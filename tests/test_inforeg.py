@@ -34,7 +34,8 @@ def test_only_the_leading_modality_with_an_open_window_is_pulled_back() -> None:
     tie = m.coefficients(torch.tensor([3.0, 3.0], dtype=torch.float64))
     assert (tie > 0).sum() == 1
     m.open = torch.tensor([False, True])  # eo's information no longer grows fast: no regulation at all
-    assert torch.equal(m.coefficients(torch.tensor([10.0, 4.0], dtype=torch.float64)), torch.zeros(2, dtype=torch.float64))
+    assert torch.equal(m.coefficients(torch.tensor([10.0, 4.0], dtype=torch.float64)),
+                       torch.zeros(2, dtype=torch.float64))
 
 
 def test_the_proximal_gradient_and_the_fisher_sums() -> None:

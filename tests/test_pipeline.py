@@ -152,7 +152,8 @@ def test_multilabel_metrics_match_sklearn() -> None:
     g = torch.Generator().manual_seed(0)
     y = (torch.rand(400, 5, generator=g) < torch.tensor([0.5, 0.3, 0.1, 0.6, 0.2])).float()
     y[:, 4] = 0  # a class without positives: no AP, left out of the mean
-    p = ((y * 0.3 + torch.rand(400, 5, generator=g) * 0.7) * (MULTILABEL_BINS - 1)).floor() / MULTILABEL_BINS + 0.5 / MULTILABEL_BINS
+    p = (((y * 0.3 + torch.rand(400, 5, generator=g) * 0.7) * (MULTILABEL_BINS - 1)).floor() / MULTILABEL_BINS
+         + 0.5 / MULTILABEL_BINS)
     logits = torch.logit(p.double()).float()
     h1, _ = task_metric(logits[:150], y[:150], 5, "multilabel")
     h2, _ = task_metric(logits[150:], y[150:], 5, "multilabel")

@@ -51,6 +51,26 @@ def test_prototypes_are_class_means_blended_by_momentum() -> None:
     assert seen == [0, 1]
 
 
+def test_prototypes_are_class_means_when_counts_are_means_over_ranks() -> None:
+    """Data-parallel: counts and sums arrive as means over the ranks (all_reduce), so a class one rank saw
+    once counts 0.5. The prototype is still that sample's feature, not half of it."""
+    entry = METHODS.get("pmr")
+    other = {"eo": torch.tensor([[0.0, 6.0]]), "sar": torch.tensor([[7.0]])}  # rank 1 saw one sample, class 1
+    mine = {"eo": torch.tensor([[2.0, 0.0]]), "sar": torch.tensor([[3.0]])}  # this rank saw one, class 0
+    theirs: list[torch.Tensor] = []
+    ctx1 = MethodContext(model=_Feat(), modalities=("eo", "sar"), epochs=1, steps_per_epoch=1, seed=0)
+    rank1 = entry.obj(entry.params(proto_fraction=1.0), ctx1)
+    rank1.ctx = MethodContext(model=_Feat(), modalities=("eo", "sar"), epochs=1, steps_per_epoch=1, seed=0,
+                              world_size=2, all_reduce=lambda v: theirs.append(v) or v, rank=1)
+    rank1.on_training_data(rank1.ctx.model, iter([(other, torch.tensor([1]))]))
+    ctx0 = MethodContext(model=_Feat(), modalities=("eo", "sar"), epochs=1, steps_per_epoch=1, seed=0,
+                         world_size=2, all_reduce=lambda v: (v + theirs[0]) / 2, rank=0)
+    m = entry.obj(entry.params(proto_fraction=1.0), ctx0)
+    m.on_training_data(m.ctx.model, iter([(mine, torch.tensor([0]))]))
+    assert torch.allclose(m.prototypes["eo"][:2], torch.tensor([[2.0, 0.0], [0.0, 6.0]]))
+    assert torch.allclose(m.prototypes["sar"][:2, 0], torch.tensor([3.0, 7.0]))
+
+
 def test_the_lagging_modality_gets_the_prototypical_loss() -> None:
     assert torch.equal(_pmr(alpha=0.7).coefficient_vector(torch.tensor([5.0, 2.0])), torch.tensor([0.0, 0.7]))
     cont = _pmr(alpha=0.5, scaling="continuous").coefficient_vector(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))

@@ -58,6 +58,9 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from raybal.study.driver import run_study
     from raybal.study.space import study_from_dict
+    from raybal.training.distributed import init_ray
+
+    init_ray(None)  # the session's one local Ray (conftest.local_ray)
 
     study = study_from_dict(tomllib.loads(STUDY), source=STUDY)
     # Make sure every method is drawn at least once: the 4 configurations cover the choice with seed 1.

@@ -98,15 +98,3 @@ def test_per_method_gives_every_method_the_same_budget() -> None:
     assert all(("balance.target.eo" in p) == (p["balance.method"] == "mu_target") for p in points)
     assert [t.state for t in s._ot_study.trials].count(TrialState.COMPLETE) == 9
 
-
-def test_a_searcher_from_a_snapshot_older_than_replicates_still_tells_optuna() -> None:
-    s = _searcher("m")
-    s.suggest("before")  # proposed before the driver stopped
-    for k in ("_repeats", "_baseline", "_base_seed", "_per_method", "_proposed", "_baseline_left", "_queue",
-              "_leader", "_outcomes"):
-        del s.__dict__[k]  # what unpickling a snapshot written by the previous raybal gives
-    s.on_trial_complete("before", {"m": 0.4, "done_ok": 1})
-    p = s.suggest("after")
-    assert "_replicate" in p and p["_role"] == "search"
-    s.on_trial_complete("after", {"m": 0.6, "done_ok": 1})
-    assert [t.value for t in s._ot_study.trials] == [0.4, 0.6]

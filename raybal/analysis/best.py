@@ -31,7 +31,8 @@ def infer_mode(metric: str) -> str:
 
 @dataclass
 class Comparison:
-    """The best configuration minus another one, paired by seed (:func:`raybal.analysis.intervals.paired_difference`)."""
+    """The best configuration minus another one, paired by seed
+    (:func:`raybal.analysis.intervals.paired_difference`)."""
 
     what: str  # "the runner-up" | "the baseline (vanilla)"
     config_id: str
@@ -136,15 +137,10 @@ def pareto_front(df: pd.DataFrame, objectives: list[tuple[str, str]]) -> pd.Data
 
 
 def _runs(t: pd.DataFrame) -> pd.DataFrame:
-    """The trials with the replicate bookkeeping every reader needs (results written before
-    ``study.repeats`` existed: each trial its own configuration), one row per (configuration, seed): a
+    """The trials with the replicate bookkeeping every reader needs, one row per (configuration, seed): a
     row that reused another's result (``final.reused_from``) gives way to a trained one."""
     t = t.copy()
-    if "config_id" not in t:
-        t["config_id"] = t["trial_id"]
-    t["config_id"] = t["config_id"].fillna(t["trial_id"]).astype(str)
-    t["role"] = t["role"].fillna("run") if "role" in t else "run"
-    t["replicate"] = pd.to_numeric(t["replicate"], errors="coerce").fillna(0) if "replicate" in t else 0
+    t["config_id"] = t["config_id"].astype(str)
     t["_seed"] = pd.to_numeric(t["train.seed"], errors="coerce").fillna(0).astype(int) if "train.seed" in t else 0
     reused = t["final.reused_from"].notna() if "final.reused_from" in t else False
     t["_rank"] = (t["status"] != "ok").astype(int) * 2 + pd.Series(reused, index=t.index).astype(int)
@@ -225,7 +221,8 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
     target = {m: float(row[tcols[m]]) for m in mods if m in tcols and pd.notna(row[tcols[m]])} or None
     searched = searched_columns(t, res.meta)
     show = ["config_id", "n_ok", metric, f"{metric}.low", f"{metric}.high"] + [c for c in searched if c != metric]
-    show += [f"final.mu.{m}" for m in mods] + [f"final.test_{m}" for m in METRICS.values() if f"final.test_{m}" in t.columns]
+    show += [f"final.mu.{m}" for m in mods] + [f"final.test_{m}" for m in METRICS.values()
+                                               if f"final.test_{m}" in t.columns]
     base_method = res.meta.get("baseline") if res.meta.get("kind") == "study" else None
     base = configs[(configs["role"] == "baseline") & (configs["n_ok"] > 0)]
     vs_base = vs_next = None
@@ -251,7 +248,8 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
                 .reset_index(drop=True), pareto=pareto, constraints=[str(c) for c in cons], candidates=len(ok),
                 config_id=str(row["config_id"]), interval=mean_interval(list(row["_values"].values())),
                 trial_ids=list(row["trial_ids"]), vs_runner_up=vs_next, vs_baseline=vs_base,
-                baseline=base_method, is_baseline=is_base, study=res.meta.get("kind") == "study", failed=failed.reset_index(drop=True))
+                baseline=base_method, is_baseline=is_base, study=res.meta.get("kind") == "study",
+                failed=failed.reset_index(drop=True))
 
 
 def best_per_method(results_dir: str | Path, metric: str | None = None, mode: str | None = None,

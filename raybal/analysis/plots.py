@@ -56,7 +56,7 @@ def mu_over_epochs(res: Results, split: str = "val") -> plt.Figure:
     u = res.utilization
     if u.empty or "mu" not in u:
         raise NoData("utilization.parquet is empty")
-    u = u[(u["split"] == split) & (~u.get("final", pd.Series(False, index=u.index)).astype(bool))]
+    u = u[(u["split"] == split) & ~u["final"].astype(bool)]
     if u.empty:
         raise NoData(f"no per-epoch MU on the {split} split")
     _style()
@@ -82,7 +82,8 @@ def mu_over_epochs(res: Results, split: str = "val") -> plt.Figure:
 
 
 def _t_band(values: Any) -> tuple[float, float]:
-    """seaborn's errorbar: Student's t 95 % interval of the mean (:mod:`raybal.analysis.intervals`); none for one run."""
+    """seaborn's errorbar: Student's t 95 % interval of the mean (:mod:`raybal.analysis.intervals`);
+    none for one run."""
     from raybal.analysis.intervals import mean_interval
 
     iv = mean_interval(list(values))

@@ -111,8 +111,8 @@ class BalanceMethod:
                               f"per modality (model.name = \"late\" or \"sum\"), not {cfg.model.name!r}{dense}")
         task = cfg.data.params.task
         if task not in cls.tasks:
-            raise ConfigError("balance.method", f"{cfg.balance.method!r} is not defined for the {task} task of data set "
-                              f"{cfg.data.name!r} (it is for: {', '.join(cls.tasks)})")
+            raise ConfigError("balance.method", f"{cfg.balance.method!r} is not defined for the {task} task of "
+                              f"data set {cfg.data.name!r} (it is for: {', '.join(cls.tasks)})")
         if cls.needs_modality_logits and not model_cls.has_modality_logits:
             raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs per-modality logits, "
                               f"which model {cfg.model.name!r} does not provide")
@@ -286,18 +286,6 @@ def true_class_score(logits: Tensor, y: Tensor) -> Tensor:
 def full_precision(t: Tensor) -> Tensor:
     """``t`` in at least float32 (a loss under bf16 autocast is computed in float32; float64 stays)."""
     return t if t.dtype == torch.float64 else t.float()
-
-
-def gathered(feat: Any, world: int) -> Any:
-    """A modality's features (tensor or tuple) of the whole global batch, rank order, differentiable:
-    the backward pass returns each rank the gradient for its own samples."""
-    if world == 1:
-        return feat
-    if isinstance(feat, tuple):
-        return tuple(gathered(f, world) for f in feat)
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(feat.contiguous()), dim=0)
 
 
 def _check_method(name: str, obj: Any, params: type | None) -> None:

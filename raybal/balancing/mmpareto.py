@@ -18,7 +18,8 @@ The reference code (GeWu-Lab/MMPareto_ICML2024, ``code/MMPareto.py``) makes four
 two suffice (the multimodal loss, then the sum of the unimodal ones: encoder m only depends on its
 own). Differences: the unimodal logits are the model's (separate heads for ``sum`` / ``mmtm``, the
 linear head's per-modality slices W_m f_m + b/M for ``late``, as BalanceBenchmark does; for ``unet``
-the decoder on modality m's skips with the others' zeroed, per pixel; the reference has separate heads), and a zero g_new keeps a zero gradient (the reference divides by zero).
+the decoder on modality m's skips with the others' zeroed, per pixel; the reference has separate
+heads), and a zero g_new keeps a zero gradient (the reference divides by zero).
 The method works per modality, so any M >= 2.
 
 Under data-parallel training the step's gradients are made without DDP's averaging and averaged

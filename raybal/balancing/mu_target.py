@@ -12,9 +12,9 @@ and the penalty L_MU = sum_i (u_i - t_i)^2 (or |u_i - t_i|) toward the user's ta
 3-4). Total loss = L + lambda s L_MU, where s (``penalty_scale``) is:
 
 * ``gaps`` (default): the batch's total gap sum_j d_j, held constant. The shares are scale-free, so d u_i / d
-  d_j ~ 1 / sum_j d_j: while every gap is ~0 (early training) Eq. 4's gradient is huge and noisy and stalls the
-  task (``digit_views``, epoch 3: loss 1.46, vanilla 0.64, scaled 1.07). Scaled, it is in loss units whatever
-  the gaps' size: lambda rescaled per step, the penalty still Eq. 4's.
+  d_j ~ 1 / sum_j d_j: while every gap is ~0 (early training) Eq. 4's gradient is huge and noisy and swamps
+  the task's own gradient, so the task stalls (README, "Utilization targeting on any data set"). Scaled, it
+  is in loss units whatever the gaps' size: lambda rescaled per step, the penalty still Eq. 4's.
 * ``none``: s = 1, Eq. 4 as written.
 
 The weight lambda (``weight``):
@@ -37,11 +37,12 @@ The weight lambda (``weight``):
   sum_epochs (MU_val - t), clipped to +-0.2 and projected back on the simplex. It integrates only epochs that
   end with the batches within tolerance of t' (conditional integration, the anti-windup of a cascade's outer
   loop: Astrom & Hagglund, *Advanced PID Control*, ISA 2006): before that, the validation error is the inner
-  loop's own lag, not the bias, and integrating it overshoots (``aerial_1k`` at 0.5/0.5: t' reached 0.3/0.7
-  by epoch 3 and cost 2 points of accuracy).
+  loop's own lag, not the bias, and integrating it overshoots: the set point swings far off the target, and
+  the net steered to it leans past the target the other way, at a cost in accuracy (README, "Utilization
+  targeting on any data set").
 * ``warmup``: the paper's fixed warm-up, lambda = lambda_0 (lambda_max / lambda_0)^min(1, s / (warmup S)) at
   penalised step s (geometric, i.e. exponential in s, as the paper's exp(k e)), in steps so it behaves alike on
-  1,000 or 1,000,000 samples; ``schedule = "epochs"`` keeps the old per-epoch form lambda(e) = min(lambda_max,
+  1,000 or 1,000,000 samples; ``schedule = "epochs"`` is the per-epoch form lambda(e) = min(lambda_max,
   lambda_0 exp(growth (e - e_0))), e_0 the first penalised epoch.
 
 A full penalty from the first step drives the net into poor minima: both forms start small. ``tolerance`` is
@@ -69,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision, gathered
+from raybal.balancing.base import METHODS, BalanceMethod, MethodContext, full_precision
 from raybal.config import ConfigError, FrozenMap, knob
 from raybal.measure.metrics import task_loss
 from raybal.models.base import FusionModel, ModelOutput, index_features
@@ -77,6 +78,18 @@ from raybal.models.base import FusionModel, ModelOutput, index_features
 if TYPE_CHECKING:
     from raybal.config import RunConfig
     from raybal.measure.utilization import MUResult
+
+
+def gathered(feat: Any, world: int) -> Any:
+    """A modality's features (tensor or tuple) of the whole global batch, rank order, differentiable:
+    the backward pass returns each rank the gradient for its own samples."""
+    if world == 1:
+        return feat
+    if isinstance(feat, tuple):
+        return tuple(gathered(f, world) for f in feat)
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(feat.contiguous()), dim=0)
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,8 @@ class MuTargetParams:
 
     def validate(self, prefix: str) -> None:
         if not self.target:
-            raise ConfigError(f"{prefix}.target", "required: a table modality -> fraction, e.g. {eo = 0.75, sar = 0.25}")
+            raise ConfigError(f"{prefix}.target",
+                              "required: a table modality -> fraction, e.g. {eo = 0.75, sar = 0.25}")
         for m, v in self.target.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ConfigError(f"{prefix}.target.{m}", f"expected a fraction (a number), got {v!r}")
@@ -110,11 +124,14 @@ class MuTargetParams:
         if abs(total - 1.0) > 1e-6:
             raise ConfigError(f"{prefix}.target", f"fractions must sum to 1 (within 1e-6), got {total:.6g}")
         if self.schedule == "epochs" and self.lambda_0 <= 0.0:
-            raise ConfigError(f"{prefix}.lambda_0", "must be > 0 with schedule = \"epochs\" (lambda_0 exp(k e) stays 0)")
+            raise ConfigError(f"{prefix}.lambda_0",
+                              "must be > 0 with schedule = \"epochs\" (lambda_0 exp(k e) stays 0)")
         if self.lambda_0 > self.lambda_max:
-            raise ConfigError(f"{prefix}.lambda_0", f"must be <= lambda_max = {self.lambda_max:g}, got {self.lambda_0:g}")
+            raise ConfigError(f"{prefix}.lambda_0",
+                              f"must be <= lambda_max = {self.lambda_max:g}, got {self.lambda_0:g}")
         if self.weight == "adaptive" and self.lambda_0 <= 0.0:
-            raise ConfigError(f"{prefix}.lambda_0", "must be > 0 with weight = \"adaptive\" (the multiplier moves in log space)")
+            raise ConfigError(f"{prefix}.lambda_0",
+                              "must be > 0 with weight = \"adaptive\" (the multiplier moves in log space)")
         if self.schedule == "epochs" and self.weight != "warmup":
             raise ConfigError(f"{prefix}.schedule", "\"epochs\" is the per-epoch warm-up of weight = \"warmup\"; "
                               "set balance.weight = \"warmup\" too (the adaptive weight is updated every step)")
@@ -389,11 +406,10 @@ class MuTarget(BalanceMethod):
                 "ema_started": self.ema_started.cpu(), "offset": self.offset, "val_error": self.val_error}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "gen" in state:
-            self.gen.set_state(state["gen"])
-        self.log_lam = torch.as_tensor(state.get("log_lam", self.log_lam), dtype=torch.float64)  # older: a float
-        self.err_ema = state.get("err_ema", self.err_ema)
-        self.ema_started = torch.as_tensor(state.get("ema_started", self.err_ema is not None))
-        self.offset = state.get("offset", self.offset)
+        self.gen.set_state(state["gen"])
+        self.log_lam = state["log_lam"].to(torch.float64)
+        self.err_ema = state["err_ema"]
+        self.ema_started = state["ema_started"]
+        self.offset = state["offset"]
         # every rank resumes from the main rank's state; only the main rank holds the unshared feedback
-        self.val_error = state.get("val_error") if self.ctx.rank == 0 else None
+        self.val_error = state["val_error"] if self.ctx.rank == 0 else None

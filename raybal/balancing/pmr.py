@@ -111,7 +111,9 @@ class PMR(WindowedMethod):
         seen = (counts > 0)[:, None]
         new = {}
         for m in self.ctx.modalities:
-            fresh = (sums[m] / counts.clamp_min(1)[:, None]).float()
+            # counts are means over ranks (fractions of a sample on one rank): never clamped to 1; a class no
+            # rank saw has 0 / tiny = 0 here and is filled below.
+            fresh = (sums[m] / counts.clamp_min(1e-12)[:, None]).float()
             old = self.prototypes[m] if self.prototypes is not None else None
             if old is None:  # a class never seen yet: the mean of the classes seen
                 fill = fresh[seen[:, 0]].mean(0, keepdim=True) if bool(seen.any()) else torch.zeros_like(fresh[:1])

@@ -2,8 +2,9 @@
 
 Classification reports ``accuracy``; segmentation reports ``miou`` (mean intersection over
 union); multilabel (several classes per sample, multi-hot labels: BigEarthNet) reports ``map`` (mean
-average precision over classes; ``micro_f1`` / ``macro_f1`` beside it). Table columns, progress lines, study objectives and figures all derive their names
-from :func:`metric_name`, so a new task is added here once.
+average precision over classes; ``micro_f1`` / ``macro_f1`` beside it). Table columns, progress
+lines, study objectives and figures all derive their names from :func:`metric_name`, so a new task
+is added here once.
 """
 
 from __future__ import annotations

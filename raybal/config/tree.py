@@ -263,7 +263,8 @@ class TrainConfig:
     seed: int = knob(0, ge=0)
     workers: int = knob(1, ge=1, resource=True, doc="data-parallel workers on Ray Train (1 = plain fit(), no Ray)")
     use_gpu: bool = knob(False, resource=True)
-    max_failures: int = knob(2, ge=0, resource=True, doc="Ray Train: worker-group restarts (from the last epoch checkpoint)")
+    max_failures: int = knob(2, ge=0, resource=True,
+                             doc="Ray Train: worker-group restarts (from the last epoch checkpoint)")
     cpus_per_worker: int = knob(1, ge=1, resource=True, doc="Ray Train: CPUs (torch threads) per worker")
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = knob(False, resource=True, doc="torch.compile the training forward (pays off on long runs)")
@@ -284,7 +285,8 @@ class RobustnessConfig:
     enabled: bool = False
     modalities: tuple[str, ...] = ()
     corruptions: tuple[str, ...] = ("gaussian", "blackout")
-    levels: FrozenMap = knob({}, ge=0.0, doc="corruption -> levels; missing ones use the corruption's registered default levels")
+    levels: FrozenMap = knob({}, ge=0.0, doc="corruption -> levels; missing ones use the corruption's registered "
+                             "default levels")
     splits: tuple[Literal["val", "test"], ...] = ("val", "test")
     measure_mu: bool = True
     seed: int = knob(0, ge=0)

@@ -2,10 +2,10 @@
 
 Each data set registers its builder where it is defined (``@DATASETS.register(name, Params)``,
 the params class following :class:`~raybal.data.base.DataParams`); every module of this
-package is imported so its entries exist. Generated data sets (``synthetic_aerial``, ``colored_digits`` built from scikit-learn's
-digits) are cached under ``data.cache_dir`` (default ``$RAYBAL_CACHE`` or
-``~/.cache/raybal``), keyed by a hash of the data config, so a study's trials load the same
-arrays instead of regenerating them.
+package is imported so its entries exist. Generated data sets (``synthetic_aerial``,
+``colored_digits`` built from scikit-learn's digits) are cached under ``data.cache_dir`` (default
+``$RAYBAL_CACHE`` or ``~/.cache/raybal``), keyed by a hash of the data config, so a study's trials
+load the same arrays instead of regenerating them.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from raybal.data.store import Chunked, concat_chunks, read_store, write_store
 
 import_submodules(__name__, __path__)
 
-# Bump when a generator's output changes, so stale caches are not reused.
-GENERATOR_VERSION = 6  # 6: synthetic_aerial rendered in chunks (splits larger than a chunk changed)
+# Part of every cache key (``data_key``): raised whenever a generator's output changes, so caches
+# written by an earlier generator are never reused.
+GENERATOR_VERSION = 6
 
 _MEMO: dict[str, MultiModalData] = {}
 
@@ -87,8 +88,9 @@ def _normalizer(cfg: DataConfig, data: MultiModalData) -> Normalizer:
             return Normalizer.from_dict(json.loads(path.read_text()))
         except (ValueError, KeyError):
             pass  # a corrupt cache entry is measured again
-    norm = compute_normalizer(data.train.with_pipe(Pipe(num_workers=auto_workers(getattr(cfg.params, "num_workers", None))
-                                                        if isinstance(data.train, LazySplit) else 0)))
+    norm = compute_normalizer(data.train.with_pipe(
+        Pipe(num_workers=auto_workers(getattr(cfg.params, "num_workers", None))
+             if isinstance(data.train, LazySplit) else 0)))
     try:
         atomic_write_bytes(path, json.dumps(norm.to_dict()).encode())
     except OSError:

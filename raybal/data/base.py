@@ -89,7 +89,8 @@ class Split:
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
                 drop_last: bool = False, rank: int = 0, world: int = 1, order: Tensor | None = None,
-                augment: tuple[int, int] | None = None, raw: bool = False) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+                augment: tuple[int, int] | None = None,
+                raw: bool = False) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
         """Mini-batches; with ``world > 1`` each rank takes a disjoint, equal-sized shard. ``augment =
         (seed, epoch)`` augments (training); ``raw`` skips augmentation and normalisation."""
         if order is None:
@@ -150,7 +151,8 @@ def check_modalities(prefix: str, modalities: tuple[str, ...], known: Iterable[s
     known = tuple(known)
     for i, m in enumerate(modalities):
         if m not in known:
-            raise ConfigError(f"{prefix}.modalities[{i}]", f"unknown modality {m!r} ({dataset} has: {', '.join(known)})")
+            raise ConfigError(f"{prefix}.modalities[{i}]",
+                              f"unknown modality {m!r} ({dataset} has: {', '.join(known)})")
     if len(modalities) < 2 or len(set(modalities)) != len(modalities):
         raise ConfigError(f"{prefix}.modalities", "needs two or more distinct modalities")
 

@@ -5,9 +5,10 @@ a colour). In training the colour is the class's own colour with probability ``s
 (a label shortcut that greedy fusion learns first). Validation is carved out of the
 *training* distribution (same shortcut), as in Wu et al., so best-validation selection and
 per-epoch MU / conditional utilization are measured where the model was trained; in test the
-colour is random (the distribution shift), so a model that leaned on it fails there. Report both. The digits come from scikit-learn's
-bundled 8x8 digits (on disk, no download), or from MNIST IDX files when ``root`` points to a
-folder holding ``train-images-idx3-ubyte`` / ``train-labels-idx1-ubyte`` (optionally .gz).
+colour is random (the distribution shift), so a model that leaned on it fails there. Report both.
+The digits come from scikit-learn's bundled 8x8 digits (on disk, no download), or from MNIST IDX
+files when ``root`` points to a folder holding ``train-images-idx3-ubyte`` /
+``train-labels-idx1-ubyte`` (optionally .gz).
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ def build_colored_digits(p: ColoredDigitsParams) -> MultiModalData:
         else:
             col = rng.integers(0, 10, len(lab))
         colour = torch.from_numpy(PALETTE[col])[:, :, None, None]
-        gray = (digit + p.gray_noise * torch.from_numpy(rng.standard_normal(digit.shape).astype(np.float32))).clamp(0, 1)
+        gray = (digit + p.gray_noise * torch.from_numpy(
+            rng.standard_normal(digit.shape).astype(np.float32))).clamp(0, 1)
         splits[name] = Split({"gray": gray, "color": digit * colour}, y[idx])
     return MultiModalData(splits["train"], splits["val"], splits["test"], ("gray", "color"), 10,
                           "classification", tuple(str(i) for i in range(10)))

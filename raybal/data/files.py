@@ -291,7 +291,8 @@ class ManifestSource:
     def read_cell_checked(self, i: int, m: str) -> np.ndarray:
         a = self.cell(i, m)
         if self.expect and a.shape != self.expect[m]:
-            raise DataError(f"{self.path}: column {m!r}, row {i}: shape {a.shape} differs from row 0's {self.expect[m]}")
+            raise DataError(f"{self.path}: column {m!r}, row {i}: shape {a.shape} differs from row 0's "
+                            f"{self.expect[m]}")
         return a
 
     def read(self, i: int) -> tuple[dict[str, np.ndarray], int]:

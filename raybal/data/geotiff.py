@@ -18,7 +18,7 @@ _ENV: dict[int, object] = {}  # pid -> the rasterio.Env this process reads in
 def _env() -> None:
     """Enter one GDAL environment per process and keep it: ``rasterio.open`` outside an Env builds and
     tears one down on every call, and GDAL lists a chip's folder on open unless told not to (SEN12MS
-    folders hold hundreds of chips). Both together halved the cost of opening a chip here."""
+    folders hold hundreds of chips): without this, every chip opened would pay for both."""
     import os
 
     pid = os.getpid()

@@ -171,7 +171,8 @@ def augment_sample(x: dict[str, Tensor], y: Tensor, p: AugmentParams,
 
         def crop(t: Tensor) -> Tensor:
             h, w = t.shape[-2:]
-            padded = torch.nn.functional.pad(t[None].float() if t.dim() == 2 else t[None], (c, c, c, c), mode="reflect")[0]
+            padded = torch.nn.functional.pad(t[None].float() if t.dim() == 2 else t[None], (c, c, c, c),
+                                             mode="reflect")[0]
             out = padded[..., i:i + h, j:j + w]
             return out.to(t.dtype) if t.dim() == 2 else out
 
@@ -262,7 +263,8 @@ class _Reader(torch.utils.data.Dataset):
         except DataError as exc:
             return _Failed(str(exc))
         except Exception as exc:  # an unreadable / truncated file: name it, never skip it
-            return _Failed(f"{self.source.describe(i)}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return _Failed(f"{self.source.describe(i)}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}")
         if not self.raw:
             if self.augment is not None and self.pipe.augment.enabled:
                 x, y = augment_sample(x, y, self.pipe.augment, sample_generator(self.augment[0], self.augment[1], i))
@@ -340,8 +342,8 @@ class LazySplit:
         workers = self.pipe.num_workers
         reader = _Reader(self.source, self.indices, self.pipe, augment, raw)
         loader = torch.utils.data.DataLoader(
-            reader, batch_sampler=plan, num_workers=workers, collate_fn=reader.collate, pin_memory=self.pipe.pin, prefetch_factor=self.pipe.prefetch if workers else None,
-            persistent_workers=False)
+            reader, batch_sampler=plan, num_workers=workers, collate_fn=reader.collate, pin_memory=self.pipe.pin,
+            prefetch_factor=self.pipe.prefetch if workers else None, persistent_workers=False)
         for batch in loader:
             if isinstance(batch, _Failed):
                 raise DataError(batch.message)

@@ -1,9 +1,10 @@
 """The on-disk store for generated data too large to build in one piece.
 
 A generator that renders a split in chunks (``render_chunks``) appends each chunk to ``.npy`` files
-(one per split and modality, plus the labels), so peak memory is one chunk whatever the split's size. The store is built in a temporary folder and renamed into
-place when complete (a reader never sees half of one); reading it back maps the files (copy-on-write)
-instead of loading them, so a 200,000-sample set costs the pages a run touches, not its size.
+(one per split and modality, plus the labels), so peak memory is one chunk whatever the split's size.
+The store is built in a temporary folder and renamed into place when complete (a reader never sees
+half of one); reading it back maps the files (copy-on-write) instead of loading them, so a
+200,000-sample set costs the pages a run touches, not its size.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def write_store(path: Path, splits: dict[str, tuple[int, Iterable[tuple[dict[str
     try:
         for name, (n, chunks) in splits.items():
             # Plain appends, not a writable memory map: pages written through a map stay in this process's
-            # resident set (4.3 GB for 200,000 samples), appended ones are the page cache's to drop.
+            # resident set (the whole split, by the end), appended ones are the page cache's to drop.
             files: dict[str, Any] = {}
             at = 0
             try:
@@ -50,8 +51,8 @@ def write_store(path: Path, splits: dict[str, tuple[int, Iterable[tuple[dict[str
                         a = np.ascontiguousarray(t.numpy())
                         if key not in files:
                             files[key] = open(tmp / f"{name}.{key}.npy", "wb")  # noqa: SIM115 (closed below)
-                            write_array_header_1_0(files[key], {"descr": dtype_to_descr(a.dtype), "fortran_order": False,
-                                                                "shape": (n, *a.shape[1:])})
+                            write_array_header_1_0(files[key], {"descr": dtype_to_descr(a.dtype),
+                                                                "fortran_order": False, "shape": (n, *a.shape[1:])})
                         files[key].write(a.tobytes())
                     at += len(yb)
             finally:

@@ -20,7 +20,7 @@ same scene, as on NTIRE-21 MAVOC (Singh et al. 2023 use it as their EO/SAR bench
 The segmentation variant (``task = "segmentation"``) renders 1-3 objects per scene and
 returns per-pixel masks (0 = background, 1..10 = the object classes). Per pixel, SAR's bright
 returns alone separate objects from terrain, so with the classification defaults a vanilla U-Net
-put only ~0.79 of its MU on EO. The segmentation defaults make SAR a
+leans on EO much less than a vanilla classifier does. The segmentation defaults make SAR a
 single-look image (``sar_looks = 1``) with a 3-pixel resolution cell (``sar_resolution = 3``), as
 real SAR is coarser and noisier per pixel than EO: EO alone is clearly better than SAR alone and
 vanilla fusion leans on EO (``benchmarks/calibrate_aerial.py --task segmentation``).
@@ -76,12 +76,14 @@ class SyntheticAerialParams(LoaderKnobs):
     def validate(self, prefix: str) -> None:
         for i, m in enumerate(self.extra_modalities):
             if m not in KNOWN_EXTRA:
-                raise ConfigError(f"{prefix}.extra_modalities[{i}]", f"unknown modality {m!r} (known: {', '.join(KNOWN_EXTRA)})")
+                raise ConfigError(f"{prefix}.extra_modalities[{i}]",
+                                  f"unknown modality {m!r} (known: {', '.join(KNOWN_EXTRA)})")
         if len(set(self.extra_modalities)) != len(self.extra_modalities):
             raise ConfigError(f"{prefix}.extra_modalities", "lists a modality twice")
         for m in self.informativeness:
             if m not in self.modality_names():
-                raise ConfigError(f"{prefix}.informativeness.{m}", f"unknown modality {m!r} (data set has: {', '.join(self.modality_names())})")
+                raise ConfigError(f"{prefix}.informativeness.{m}",
+                                  f"unknown modality {m!r} (data set has: {', '.join(self.modality_names())})")
         if len(self.object_scale) != 2 or self.object_scale[0] > self.object_scale[1]:
             raise ConfigError(f"{prefix}.object_scale", "must be [low, high] with low <= high")
 
@@ -99,7 +101,8 @@ def _shape_masks(label: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         (au < 0.95) & (av < 0.32),                                  # bar
         ((u > -0.8) & (u < -0.25) & (av < 0.9)) | ((v > 0.35) & (v < 0.9) & (au < 0.9)),  # ell
         (au + av) < 0.95,                                           # diamond
-        (np.sqrt((u - 0.5) ** 2 + v ** 2) < 0.42) | (np.sqrt((u + 0.5) ** 2 + v ** 2) < 0.42) | ((au < 0.5) & (av < 0.12)),
+        (np.sqrt((u - 0.5) ** 2 + v ** 2) < 0.42) | (np.sqrt((u + 0.5) ** 2 + v ** 2) < 0.42)
+        | ((au < 0.5) & (av < 0.12)),                               # dumbbell
         (np.maximum(au, av) < 0.9) & (np.maximum(au, av) > 0.5),   # frame
     ]
     out = np.zeros_like(u, dtype=bool)
@@ -146,8 +149,9 @@ def _render_objects(rng: np.random.Generator, labels: np.ndarray, size: int, sca
     return mask.reshape(n, size, supersample, size, supersample).mean(axis=(2, 4))
 
 
-# Samples rendered at once: bounds peak memory (~1.2 GB at 32 x 32, whatever the split's size). A split
-# of at most one chunk is the stream it always was; chunk k > 0 draws from its own stream (seed, k).
+# Pixels rendered at once (4,096 chips of 32 x 32): bounds peak memory whatever the split's size. Chunk 0
+# draws from the split's own stream (seed), chunk k > 0 from its own (seed, k): a split of at most one
+# chunk is rendered exactly as in one piece.
 CHUNK_PIXELS = 4096 * 32 * 32
 
 
@@ -155,7 +159,8 @@ def chunk_size(image_size: int) -> int:
     return max(64, CHUNK_PIXELS // (image_size * image_size))
 
 
-def render_chunks(p: SyntheticAerialParams, n: int, seed: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+def render_chunks(p: SyntheticAerialParams, n: int,
+                  seed: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     step = chunk_size(p.image_size)
     for k, start in enumerate(range(0, n, step)):
         rng = np.random.default_rng(seed if k == 0 else [seed, k])

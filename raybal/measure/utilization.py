@@ -33,10 +33,10 @@ from raybal.models.base import FusionModel, index_features
 Corrupt = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 
 # Evaluation encodes at most this many samples per forward pass. The per-sample cost depends on the
-# chunk through the CPU caches: 128 is 0.60-1.11x the time of 256 over the cnn, ResNet-18 and
-# ConvNeXt-T at 32 / 64 px on 1 and 2 threads (median 0.89x), and 512 is slower again
-# (benchmarks/bench_eval_batch.py). Results do not depend on it (evaluation is per sample); MU's
-# shuffle chunk (``measure(batch_size=)``) is separate.
+# chunk through the CPU caches: over the cnn, ResNet-18 and ConvNeXt-T at 32 / 64 px on 1 and 2
+# threads, 128 is faster than 256 in most cases, and 512 is slower still (benchmarks/bench_eval_batch.py).
+# Results do not depend on it (evaluation is per sample); MU's shuffle chunk (``measure(batch_size=)``)
+# is separate.
 EVAL_BATCH = 128
 
 
@@ -49,9 +49,10 @@ def encode_chunked(model: FusionModel, xb: dict[str, Tensor], chunk: int = EVAL_
     return {m: _cat([p[m] for p in parts]) for m in parts[0]}
 
 
-# ``fuse`` runs on at most this many feature elements per pass (~16 MB of float32). A dense model's fuse is its
+# ``fuse`` runs on at most this many feature elements per pass (16 MB of float32). A dense model's fuse is its
 # whole decoder: a 500-image pass allocates hundreds of MB per layer, fresh pages from the kernel each time on
-# CPU (bench_segmentation_eval.py). Vector / pooled features (classification) stay one pass per batch.
+# CPU (benchmarks/bench_segmentation_eval.py). Vector / pooled features (classification) stay one pass per
+# batch.
 FUSE_ELEMENTS = 1 << 22
 
 

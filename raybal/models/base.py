@@ -170,7 +170,8 @@ class CNNEncoder(nn.Module):
     """``stages`` conv stages (conv-BN-ReLU, then 2x max-pool) and global average pooling.
 
     Four stages on 32x32 chips give a receptive field that covers the whole object; with
-    three, SAR-only accuracy stalled in the prototype (DESIGN.md §2).
+    three it is smaller than the object, and a SAR-only branch, which has only the object's
+    shape to go by, stalls far below what SAR alone can reach (DESIGN.md §2).
     """
 
     def __init__(self, in_ch: int, width: int, stages: int) -> None:

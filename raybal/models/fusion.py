@@ -25,7 +25,8 @@ Backbone = Literal["cnn", "resnet18", "resnet34", "resnet50", "convnext_tiny"]
 class EncoderParams:
     backbone: Backbone = "cnn"
     width: int | None = knob(None, ge=2, le=512, doc="channels of the first stage; unset = 16 for the cnn and the "
-                             "MLP of vector modalities, 64 for resnets, 96 for convnext_tiny (the widths pretrained files have)")
+                             "MLP of vector modalities, 64 for resnets, 96 for convnext_tiny (the widths "
+                             "pretrained files have)")
     stages: int = knob(4, ge=1, le=6, doc="conv stages of the cnn (each halves the resolution); resnets, convnext: 4")
     pretrained: Mapping[str, str] = knob({}, doc="modality -> local .pth / .pt / .safetensors file of ResNet / "
                                           "ConvNeXt weights in the torchvision / timm layout (never downloaded)")

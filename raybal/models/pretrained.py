@@ -115,7 +115,8 @@ def load_into(module: nn.Module, path: Path, key: str) -> int:
     return len(state)
 
 
-def load_pretrained(model: nn.Module, pretrained: Mapping[str, str], prefix: str = "model.pretrained") -> dict[str, int]:
+def load_pretrained(model: nn.Module, pretrained: Mapping[str, str],
+                    prefix: str = "model.pretrained") -> dict[str, int]:
     """Load each modality's file into its backbone (``model.backbone_module(m)``)."""
     loaded = {}
     for m, file in pretrained.items():

@@ -42,7 +42,8 @@ def default_levels(corruption: str) -> tuple[float, ...]:
     return tuple(CORRUPTIONS.get(corruption).meta.get("levels", (1.0,)))
 
 
-def corrupter(modality: str, corruption: str, level: float, seed: int) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
+def corrupter(modality: str, corruption: str, level: float,
+              seed: int) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
     """A batch transform corrupting one modality; seeded, so a sweep is reproducible."""
     fn = CORRUPTIONS.get(corruption).obj
     g = torch.Generator().manual_seed(seed)

@@ -86,6 +86,26 @@ def write_results(results_dir: str | Path, results: Iterable[RunResult], *, appe
     return d
 
 
+# The layout of a results directory: its record (study.json / run.json) and the tables' columns. A
+# directory of another layout is refused by name, never half-read; bump it with any change a reader
+# would trip on (the CHANGELOG says what changed).
+FORMAT_VERSION = 1
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """A results directory's record (``study.json`` / ``run.json``), checked to be of this layout."""
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ResultsError(f"{path}: not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise ResultsError(f"{path}: not a raybal results record")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ResultsError(f"{path}: results format {meta.get('format_version')!r}, this raybal reads format "
+                           f"{FORMAT_VERSION}: use the raybal that wrote it, or a new results directory")
+    return meta
+
+
 def environment() -> dict[str, str]:
     import torch
 
@@ -136,12 +156,7 @@ def load_results(results_dir: str | Path) -> Results:
     trials_path = d / "trials.parquet"
     if meta_path is None and not trials_path.is_file():
         raise ResultsError(f"{d} is not a raybal results directory (no trials.parquet, run.json or study.json)")
-    meta: dict[str, Any] = {}
-    if meta_path is not None:
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ResultsError(f"{meta_path}: not valid JSON") from None
+    meta = read_meta(meta_path) if meta_path is not None else {}
     frames = {}
     for t in TABLES:
         p = d / f"{t}.parquet"

@@ -148,7 +148,8 @@ class Simplex(Distribution):
             raise ConfigError(f"{key}.simplex", "must list at least two modality names")
         for i, m in enumerate(arg):
             if m not in modalities:
-                raise ConfigError(f"{key}.simplex[{i}]", f"unknown modality {m!r} (data set has: {', '.join(modalities)})")
+                raise ConfigError(f"{key}.simplex[{i}]",
+                                  f"unknown modality {m!r} (data set has: {', '.join(modalities)})")
         if sorted(arg) != sorted(modalities):
             raise ConfigError(f"{key}.simplex", f"must list every modality once: {', '.join(modalities)}")
         return cls(tuple(arg))

@@ -3,9 +3,10 @@
 Ray is touched here only. Each trial is a Tune *function trainable* that builds its run
 config from the study's base run file plus the values Optuna drew (define-by-run, so
 conditional parameters work) and calls :func:`raybal.training.loop.fit` in the trial process: no
-Train worker group for one-worker trials (that costs ~10 s per trial). Every epoch is
-reported to Tune (ASHA stops trials on the per-epoch validation metric, ``time_attr =
-epoch``); the last report carries the final metrics the objectives name.
+Train worker group for one-worker trials (its start-up would be a fixed cost on every trial; see
+benchmarks/bench_distributed.py). Every epoch is reported to Tune (ASHA stops trials on the
+per-epoch validation metric, ``time_attr = epoch``); the last report carries the final metrics
+the objectives name.
 
 Results: each trial writes its :class:`RunResult` next to its checkpoints
 (``checkpoints/<trial_id>/result.pkl``) and the driver, the only writer of the Parquet
@@ -18,10 +19,8 @@ so a driver killed between a trial's end and the merge loses nothing.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -29,21 +28,26 @@ from typing import Any
 from raybal._atomic import atomic_write_bytes, atomic_write_json
 from raybal.config import ConfigError
 from raybal.config.tasks import metric_name
+from raybal.results.result_file import has_result, write_result
 from raybal.results.schema import failed_result
-from raybal.results.tables import Results, ResultsError, check_writable, environment, load_results
-from raybal.study.recorder import (
-    RESULT_FILE,
-    SKIPPED,
-    Recorder,
+from raybal.results.tables import (
+    FORMAT_VERSION,
+    Results,
+    ResultsError,
+    check_writable,
+    environment,
+    load_results,
+    read_meta,
+)
+from raybal.study.claims import (
     await_config,
     claim_slot,
     index_finished,
-    make_callback,
     release_configs,
     release_unfinished_slots,
     slot_holders,
-    stopped_result,
 )
+from raybal.study.recorder import SKIPPED, Recorder, make_callback, stopped_result
 from raybal.study.space import Study, corner_points, load_study, study_from_dict
 from raybal.training.loop import check_pretrained, fit
 
@@ -130,11 +134,11 @@ class TrialFn:
             done = stopped_result(self.study, tid, values, ckdir, "failed", failed.error)
             failed = dataclasses.replace(failed, replicate=rep, role=role, epochs=done.epochs,
                                          utilization=done.utilization)  # the epochs it did finish
-            atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(failed))
+            write_result(ckdir, failed)
             release_configs(self.results_dir, tid)
             raise
         result = dataclasses.replace(result, replicate=rep, role=role)
-        atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(result))
+        write_result(ckdir, result)
         index_finished(self.results_dir, cfg, tid)
         release_configs(self.results_dir, tid)
         final = _numbers(result.final)
@@ -158,13 +162,14 @@ class _DefineByRun:
 def study_meta(study: Study, status: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     s = study.settings
     return {
-        "kind": "study", "name": s.name, "status": status, "study_file": study.source,
+        "format_version": FORMAT_VERSION, "kind": "study", "name": s.name, "status": status, "study_file": study.source,
         "study_resolved": study.resolved, "overrides": study.overrides,
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in study.objectives],
         "constraints": [str(c) for c in study.constraints], "num_samples": s.num_samples, "seed": s.seed,
         "repeats": s.repeats, "baseline": None if s.baseline == "none" else s.baseline, "runs": study.runs,
         "per_method": s.per_method, "configurations": study.configurations,
-        "scheduler": s.scheduler, "base_config": study.base.to_dict(), "searched": study.space.columns(), "versions": environment(),
+        "scheduler": s.scheduler, "base_config": study.base.to_dict(),
+        "searched": study.space.columns(), "versions": environment(),
         "best": {"metric": study.objectives[0].metric, "mode": study.objectives[0].mode,
                  "constraints": [str(c) for c in study.constraints],
                  "selection": "validation metrics; test numbers are reported, never optimised"},
@@ -183,8 +188,10 @@ def _prepare(results_dir: Path, study: Study, resume: bool) -> None:
         release_unfinished_slots(results_dir)
         return
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        same = old.get("study_file") == study.source
+        try:
+            same = read_meta(meta_path)["study_file"] == study.source
+        except ResultsError:  # another layout, or not JSON: not this study either way
+            same = False
         raise ResultsError(f"{results_dir} already holds {'this' if same else 'a different'} study"
                            + (f"; continue it with `raybal study resume {results_dir}`" if same
                               else "; pick another --results"))
@@ -357,7 +364,7 @@ def reconcile(study: Study, d: Path, recorder: Recorder, grid: Any = None) -> No
     # make the study one trial too many.
     held = slot_holders(d)
     for sub in sorted(ck.iterdir()) if ck.is_dir() else []:
-        if (sub / RESULT_FILE).is_file() and sub.name not in ended and sub.name in held:
+        if has_result(sub) and sub.name not in ended and sub.name in held:
             ended[sub.name] = ({}, "complete", None)
     for tid, (params, how, err) in ended.items():
         if tid not in recorder.recorded:
@@ -366,23 +373,16 @@ def reconcile(study: Study, d: Path, recorder: Recorder, grid: Any = None) -> No
 
 def resume_study(results_dir: str | Path, *, address: str | None = None, quiet: bool = False) -> Results:
     """Continue an interrupted study from its results directory (the study file stored in study.json)."""
-    import tomllib
-
     d = Path(results_dir).resolve()
     meta_path = d / "study.json"
     if not meta_path.is_file() or not (d / TUNE_DIR).is_dir():
         raise ResultsError(f"{d} holds no study to resume (no study.json and {TUNE_DIR}/ state)")
-    try:
-        meta = json.loads(meta_path.read_text())
-        source = meta["study_file"]
-    except (json.JSONDecodeError, KeyError):
-        raise ResultsError(f"{meta_path}: not a raybal study record") from None
+    meta = read_meta(meta_path)
+    if meta.get("kind") != "study":
+        raise ResultsError(f"{meta_path}: not a raybal study record")
     try:
         # Resume exactly the study that ran: the file with the --set overrides it was started with.
-        resolved = meta.get("study_resolved") or tomllib.loads(source)
-        if "repeats" not in meta:  # started before replicates and baselines existed: resume it as it ran
-            resolved.setdefault("study", {}).update(baseline="none", repeats=1)
-        study = study_from_dict(resolved, source=source, overrides=meta.get("overrides") or {})
-    except (ConfigError, tomllib.TOMLDecodeError) as exc:
+        study = study_from_dict(meta["study_resolved"], source=meta["study_file"], overrides=meta["overrides"])
+    except (ConfigError, KeyError) as exc:
         raise ResultsError(f"{meta_path}: the stored study file is not valid ({exc})") from None
     return run_study(study, d, address=address, resume=True, quiet=quiet)

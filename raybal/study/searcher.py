@@ -1,4 +1,4 @@
-"""Ray Tune's Optuna searcher, told the truth about trials that did not finish (issue 16).
+"""Ray Tune's Optuna searcher, told the truth about trials that did not finish.
 
 Tune reports a trial's *last* result to the searcher whether the trial finished or ASHA stopped
 it. A stopped trial's last result is a per-epoch report, whose objectives that only exist at the
@@ -16,9 +16,10 @@ this searcher hands out are the baseline's (no Optuna trial: the baseline is the
 proposal); after them every configuration Optuna proposes is handed out ``repeats`` times, once per
 seed, one after the other so they run side by side. With ``study.per_method`` the methods of the
 ``balance.method`` choice take turns (the method is fixed with ``enqueue_trial``, Optuna samples
-its knobs), so every method gets ``num_samples`` configurations. Optuna is told once per configuration, when its
-last replicate ends: the mean of the objectives when every replicate finished, *failed* when one
-failed, *pruned* when one was stopped. Per-epoch reports reach Optuna from the first replicate only.
+its knobs), so every method gets ``num_samples`` configurations. Optuna is told once per
+configuration, when its last replicate ends: the mean of the objectives when every replicate
+finished, *failed* when one failed, *pruned* when one was stopped. Per-epoch reports reach Optuna
+from the first replicate only.
 """
 
 from __future__ import annotations
@@ -41,10 +42,6 @@ class StudySearch(OptunaSearch):
     def __init__(self, *args: Any, repeats: int = 1, baseline: str | None = None, base_seed: int = 0,
                  per_method: tuple[str, ...] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._init_state(repeats, baseline, base_seed, per_method)
-
-    def _init_state(self, repeats: int = 1, baseline: str | None = None, base_seed: int = 0,
-                    per_method: tuple[str, ...] = ()) -> None:
         self._repeats, self._baseline, self._base_seed = repeats, baseline, base_seed
         self._per_method, self._proposed = per_method, 0
         self._baseline_left = repeats if baseline else 0
@@ -52,16 +49,7 @@ class StudySearch(OptunaSearch):
         self._leader: dict[str, str] = {}  # Tune trial id -> the id of its configuration's first replicate
         self._outcomes: dict[str, dict[str, tuple[dict[str, Any] | None, bool]]] = {}  # leader -> tid -> told
 
-    def _upgrade(self) -> None:
-        """A searcher restored from a snapshot written before replicates existed: one run per
-        configuration, no baseline; the configurations it proposed before are their own leaders."""
-        if "_leader" not in self.__dict__:
-            self._init_state()
-            self._leader = {tid: tid for tid in self._ot_trials if tid not in self._completed_trials}
-            self._outcomes = {tid: {} for tid in self._leader}
-
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        self._upgrade()
         k, seed = self._repeats, self._base_seed
         if self._baseline_left:
             self._baseline_left -= 1
@@ -88,7 +76,6 @@ class StudySearch(OptunaSearch):
         # Its reports are then history, not news (optuna refuses them: UpdateFinishedTrialError).
         from optuna.exceptions import UpdateFinishedTrialError
 
-        self._upgrade()
         if self._leader.get(trial_id) != trial_id:
             return  # the baseline, or a later replicate
         try:
@@ -109,7 +96,6 @@ class StudySearch(OptunaSearch):
         return result, False
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        self._upgrade()
         leader = self._leader.get(trial_id)
         if leader is None or leader not in self._outcomes:
             return  # the baseline (or a configuration already told)

@@ -18,11 +18,11 @@ A study file is a run file plus two sections::
 
 The distributions are typed classes (:mod:`raybal.study.distributions`); a fractions knob (one declared
 with ``knob(fractions=True)``, such as a method's ``target``) is searched as a simplex or as M-1
-free fractions whose complement keeps the sum at 1. Everything is checked when the file is loaded, before Ray starts: distribution bounds, that
-each searched key exists for the method it applies to, and that the lowest and highest
-value of every parameter give a valid run config (the run config's own error, prefixed
-with ``search.``). Objectives must be validation metrics: test numbers are reported, never
-optimised.
+free fractions whose complement keeps the sum at 1. Everything is checked when the file is loaded,
+before Ray starts: distribution bounds, that each searched key exists for the method it applies to,
+and that the lowest and highest value of every parameter give a valid run config (the run config's
+own error, prefixed with ``search.``). Objectives must be validation metrics: test numbers are
+reported, never optimised.
 """
 
 from __future__ import annotations
@@ -274,7 +274,8 @@ def study_from_dict(raw: Mapping[str, Any], source: str = "", overrides: Mapping
     _probe(space, base_raw, base)
     if settings.per_method and not any(p.key == "balance.method" and not p.when for p in space.params
                                        if isinstance(p.dist, Choice)):
-        raise ConfigError("study.per_method", "needs an unconditional \"balance.method\" = {choice = [...]} in [search]")
+        raise ConfigError("study.per_method",
+                          "needs an unconditional \"balance.method\" = {choice = [...]} in [search]")
     if settings.repeats > 1 and "train.seed" in {p.key for p in space.params}:
         raise ConfigError("search.train.seed", "cannot be searched with study.repeats > 1 (the replicates' seeds "
                           "are train.seed, train.seed + 1, ...)")

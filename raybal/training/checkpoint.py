@@ -24,6 +24,9 @@ from raybal.resolve import config_from_json
 
 LAST = "last.pt"
 SELECTED = "model.pt"
+# The layout of both kinds. A checkpoint of another layout is refused by name, never half-read; bump it
+# with any change to the keys below (the CHANGELOG says what changed).
+FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
@@ -40,6 +43,9 @@ def _load(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{p}: not a raybal checkpoint ({exc.__class__.__name__})") from None
     if not isinstance(obj, dict) or "config_json" not in obj:
         raise CheckpointError(f"{p}: not a raybal checkpoint (no config_json)")
+    if obj.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{p}: checkpoint format {obj.get('format_version')!r}, this raybal reads "
+                              f"format {FORMAT_VERSION}: retrain, or use the raybal that wrote it")
     return obj
 
 
@@ -48,7 +54,8 @@ def save_last(path: Path, *, config: RunConfig, epoch: int, model: dict[str, Any
               utilization: list[dict[str, Any]], best: dict[str, Any], wall_s: float) -> None:
     """The state after ``epoch`` (state dicts, records so far, best so far)."""
     atomic_torch_save({
-        "kind": "last", "config_digest": config.digest(), "config_json": config.to_json(), "epoch": epoch,
+        "format_version": FORMAT_VERSION, "kind": "last", "config_digest": config.digest(),
+        "config_json": config.to_json(), "epoch": epoch,
         "model": model, "optimizer": optimizer, "scheduler": scheduler, "method": method, "epochs": epochs,
         "utilization": utilization, "best": best, "wall_s": wall_s}, path)
 
@@ -66,7 +73,7 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     (a checkpoint torn by a killed process)."""
     try:
         st = _load(path)
-        return st["epochs"], st["utilization"], float(st.get("wall_s", 0.0))
+        return st["epochs"], st["utilization"], float(st["wall_s"])
     except Exception:
         return None
 
@@ -87,18 +94,19 @@ class Selected:
 def save_selected(path: Path, *, config: RunConfig, model: dict[str, Any], epoch: int, final: dict[str, Any],
                   trial_id: str, normalizer: dict[str, Any] | None = None) -> None:
     """The selected weights, with the input normalisation they were trained behind (``data.normalize``)."""
-    atomic_torch_save({"kind": "selected", "config_json": config.to_json(), "model": model, "epoch": epoch,
+    atomic_torch_save({"format_version": FORMAT_VERSION, "kind": "selected", "config_json": config.to_json(),
+                       "model": model, "epoch": epoch,
                        "final": final, "trial_id": trial_id, "normalizer": normalizer}, path)
 
 
 def load_selected(path: str | Path) -> Selected:
     """Read a ``model.pt``; raises :class:`CheckpointError` naming the path, in one line."""
     st = _load(path)
-    if "model" not in st:
-        raise CheckpointError(f"{path}: not a raybal model checkpoint (no weights)")
+    if st["kind"] != "selected":
+        raise CheckpointError(f"{path}: a {st['kind']!r} checkpoint, not a raybal model checkpoint (model.pt)")
     try:
         cfg = config_from_json(st["config_json"])
     except Exception as exc:
         raise CheckpointError(f"{path}: the stored config is not valid ({exc})") from None
-    return Selected(cfg, st["model"], int(st.get("epoch", 0)), dict(st.get("final", {})),
-                    str(st.get("trial_id", "run")), Path(path), st.get("normalizer"))
+    return Selected(cfg, st["model"], int(st["epoch"]), dict(st["final"]), str(st["trial_id"]), Path(path),
+                    st["normalizer"])

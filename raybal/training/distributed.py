@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,9 @@ from raybal._atomic import atomic_write_bytes
 from raybal.balancing import METHODS
 from raybal.config import RunConfig
 from raybal.resolve import config_from_json
+from raybal.results.result_file import RESULT_FILE, read_result, write_result
 from raybal.results.schema import RunResult
 from raybal.training.loop import DistContext, Progress, fit
-
-RESULT_FILE = "result.pkl"
 
 
 def init_ray(address: str | None, *, log_to_driver: bool = False) -> bool:
@@ -112,7 +110,7 @@ def _worker(loop: dict[str, Any]) -> None:
                        report=report, shard_log=shard_log)
     result = fit(cfg, trial_id=loop["trial_id"], checkpoint_dir=ckdir, progress=progress, dist=dist)
     if rank == 0:
-        atomic_write_bytes(ckdir / RESULT_FILE, pickle.dumps(result))
+        write_result(ckdir, result)
 
 
 def fit_distributed(config: RunConfig, *, trial_id: str = "run", checkpoint_dir: str | Path,
@@ -149,7 +147,7 @@ def fit_distributed(config: RunConfig, *, trial_id: str = "run", checkpoint_dir:
             import ray
 
             ray.shutdown()
-    path = ckdir / RESULT_FILE
-    if not path.is_file():
+    result = read_result(ckdir)
+    if result is None:
         raise RuntimeError("the Ray Train run ended without rank 0's result")
-    return pickle.loads(path.read_bytes())
+    return result

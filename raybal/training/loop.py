@@ -91,7 +91,7 @@ def _make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optim
         return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, foreach=True)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     # foreach (one kernel per operation over all tensors; PyTorch's default on CUDA only): the same
-    # arithmetic in the same order, bit for bit, and half the update's time on CPU (tests/test_train.py).
+    # arithmetic in the same order, bit for bit (tests/test_train.py), and a faster update on CPU.
     return cls(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
 
 
@@ -102,9 +102,9 @@ def build_for(cfg: RunConfig, data: MultiModalData) -> FusionModel:
 def use_channels_last(memory_format: str, device: torch.device, model: torch.nn.Module) -> bool:
     """``train.memory_format``: auto = channels-last on CUDA when the model has 2-D convolutions (cuDNN's
     preferred layout under autocast). On CPU auto keeps PyTorch's NCHW: channels-last is faster there
-    too (bench_train.py: the default model's step 0.64x the time, an evaluation pass half) but its
-    kernels round differently with the batch size, so a run would agree with its 2-worker twin only
-    to ~1e-4 instead of ~1e-6 (tests/test_worker_invariance.py); ask for it with "channels_last"."""
+    too (see benchmarks/bench_train.py), but its kernels round differently with the batch size, so a
+    run would no longer agree with its 2-worker twin to the tolerance of tests/test_worker_invariance.py;
+    ask for it with "channels_last"."""
     if memory_format != "auto":
         return memory_format == "channels_last"
     return device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -267,13 +267,13 @@ def _resume(run: _Run) -> None:
         return
     run.model.load_state_dict(st["model"])
     run.optimizer.load_state_dict(st["optimizer"])
-    if run.scheduler is not None and st.get("scheduler"):
+    if run.scheduler is not None:
         run.scheduler.load_state_dict(st["scheduler"])
     run.method.load_state_dict(st["method"])
     run.epochs, run.utilization = st["epochs"], st["utilization"]
     run.selector.load_state_dict(st["best"])
     run.start_epoch = st["epoch"] + 1
-    run.t0 -= st.get("wall_s", 0.0)
+    run.t0 -= st["wall_s"]
 
 
 def _train_one_epoch(run: _Run, epoch: int) -> _EpochStats:

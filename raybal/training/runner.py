@@ -8,7 +8,6 @@ go through :func:`prepare_dir` (the guard) and :func:`record_run` (the writer).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from raybal.data import load_data
 from raybal.measure.robustness import sweep
 from raybal.resolve import with_overrides
 from raybal.results.schema import RunResult, failed_result, robustness_rows, robustness_summary
-from raybal.results.tables import ResultsError, check_writable, environment, write_results
+from raybal.results.tables import FORMAT_VERSION, ResultsError, check_writable, environment, read_meta, write_results
 from raybal.training import checkpoint
 from raybal.training.loop import Progress, build_for, check_pretrained, fit
 
@@ -39,13 +38,10 @@ def prepare_dir(results_dir: str | Path, cfg: RunConfig, kind: str = "run") -> P
     if (d / "study.json").is_file():
         raise ResultsError(f"{d} holds a study's results; pick another --results for a single run")
     if meta.is_file():
-        try:
-            old = json.loads(meta.read_text())
-        except json.JSONDecodeError:
-            raise ResultsError(f"{meta}: not valid JSON; pick another --results") from None
-        if old.get("kind", "run") != kind:
-            raise ResultsError(f"{d} holds a {old.get('kind', 'run')} record, not a {kind}; pick another --results")
-        if old.get("config_digest") != cfg.digest():
+        old = read_meta(meta)
+        if old["kind"] != kind:
+            raise ResultsError(f"{d} holds a {old['kind']} record, not a {kind}; pick another --results")
+        if old["config_digest"] != cfg.digest():
             raise ResultsError(f"{d} holds a different run (config {old.get('config_digest')}); "
                                "pick another --results or delete it")
     return d
@@ -53,7 +49,8 @@ def prepare_dir(results_dir: str | Path, cfg: RunConfig, kind: str = "run") -> P
 
 def run_meta(cfg: RunConfig, status: str, kind: str = "run", extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
-        "kind": kind, "status": status, "config": cfg.to_dict(), "config_digest": cfg.digest(),
+        "format_version": FORMAT_VERSION, "kind": kind, "status": status, "config": cfg.to_dict(),
+        "config_digest": cfg.digest(),
         "seed": cfg.train.seed, "versions": environment(),
         "best": {"metric": f"final.val_{metric_name(cfg.data.params.task)}",
                  "mode": "max", "selection": "validation split; test numbers are reported, never optimised"},

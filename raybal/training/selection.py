@@ -87,11 +87,6 @@ class Selector:
         return {"mode": self.mode, "tolerance": self.tolerance, "slots": self.slots, "last_epoch": self.last_epoch}
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
-        if "slots" not in st:  # a last.pt written before raybal.training.selection: {"epoch", "value", "state"}
-            self.last_epoch = int(st.get("epoch", 0))
-            self.slots = ({"best": {"epoch": st["epoch"], "value": st["value"], "error": None, "state": st["state"]}}
-                          if st.get("state") is not None else {})
-            return
         self.slots = st["slots"]
         self.last_epoch = st["last_epoch"]
 
