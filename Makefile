@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.raybal-installed
 RESULTS ?= results/quickstart
 
-.PHONY: quickstart test test-all lint bench clean
+.PHONY: quickstart test test-all lint bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,9 +31,13 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check raybal benchmarks tests
 
-## Smoke-run every benchmark (--quick); see README "Benchmarks" for the full runs.
+## Smoke-run every benchmark (--quick); docs/testing.md has the full runs, benchmarks/RESULTS.md their results.
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b --quick || exit 1; done
 
+## The documentation site (MkDocs), built with --strict into site/; the Config reference page is generated.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache site

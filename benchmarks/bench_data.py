@@ -10,7 +10,7 @@ land cover) of N and 10 N triplets, then, each case in a fresh process (so peak 
   processes, default 1 on 2 CPUs) vs in memory on the same chips; goal >= 0.8x on 2 CPU cores.
 * **reader**: samples/s of reading one epoch without training, through the DataLoader (what
   raybal uses) and through Ray Data (``map_batches`` over the indices, ``iter_torch_batches``),
-  the alternative the README weighs against it.
+  the alternative docs/data.md weighs against it.
 
 * **generation**: peak RSS of rendering ``synthetic_aerial`` into a fresh cache at 4,000 and 16,000
   training samples (rendered in chunks into memory-mapped files: the peak is bounded by the chunk),

@@ -7,6 +7,7 @@ Bad input (a config error, a missing file, a foreign results directory) prints o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -162,15 +163,34 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from raybal.balancing import METHODS
+    from raybal.config import ConfigError
+    from raybal.config.registry import knobs
     from raybal.data import DATASETS
     from raybal.models import MODELS
     from raybal.noise import CORRUPTIONS
 
-    for title, reg in (("data sets", DATASETS), ("models", MODELS), ("balancing methods", METHODS),
-                       ("corruptions", CORRUPTIONS)):
-        print(f"{title}:")
-        for name, doc in reg.describe():
-            print(f"  {name:18s} {doc}")
+    registries = (("data sets", DATASETS), ("models", MODELS), ("balancing methods", METHODS),
+                  ("corruptions", CORRUPTIONS))
+    if args.name is None:
+        for title, reg in registries:
+            print(f"{title}:")
+            for name, doc in reg.describe():
+                print(f"  {name:18s} {doc}")
+        print("\n`raybal info NAME` lists an entry's knobs.")
+        return 0
+    found = [(reg, reg.get(args.name)) for _, reg in registries if args.name in reg]
+    if not found:
+        known = sorted(n for _, reg in registries for n in reg.names())
+        raise ConfigError("info", f"unknown name {args.name!r} (known: {', '.join(known)})")
+    for reg, entry in found:
+        print(f"{entry.name} ({reg.kind}): {entry.doc}")
+        rows = knobs(entry.params)
+        if not rows:
+            print("  no knobs")
+        for k in rows:
+            rng = f" [{k['range']}]" if k["range"] else ""
+            doc = f"  {k['doc']}" if k["doc"] else ""
+            print(f"  {k['name']} = {k['default']!r}{rng}{doc}")
     return 0
 
 
@@ -185,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="raybal",
         description="Train multimodal fusion networks whose modality utilization is measured and steered, "
                     "and run robustness and hyperparameter studies on Ray.",
-        epilog="Exit codes: 0 ok, 1 the run failed, 2 bad input. See README.md for the file formats.")
+        epilog="Exit codes: 0 ok, 1 the run failed, 2 bad input. The file formats: docs/run-file.md.")
     p.add_argument("--version", action="version", version=f"raybal {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -238,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--quiet", action="store_true")
     sm.set_defaults(func=cmd_study_resume)
 
-    b = sub.add_parser("best", help="the best configuration (mean ± 95 % CI over seeds, vs baseline and runner-up)",
+    b = sub.add_parser("best", help="the best configuration (mean ± 95 %% CI over seeds, vs baseline and runner-up)",
                        description="Pick the best configuration of a results directory by a validation metric: "
                                    "the best mean over its seeds (study.repeats) among configurations whose every "
                                    "seed finished ok and whose means meet the constraints. Print the mean with its "
@@ -270,7 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="output directory (default: RESULTS/report)")
     rp.set_defaults(func=cmd_report)
 
-    i = sub.add_parser("info", help="list the registered data sets, models, methods and corruptions")
+    i = sub.add_parser("info", help="list the registered data sets, models, methods and corruptions",
+                       description="Without NAME: every registered entry with one sentence. With NAME: that "
+                                   "entry's knobs (the keys of its run-file section) with their defaults, "
+                                   "ranges and docs.")
+    i.add_argument("name", nargs="?", help="a data set, model, balancing method or corruption")
     i.set_defaults(func=cmd_info)
     return p
 
@@ -291,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("raybal: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`raybal info | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # the run itself failed: recorded in the results, one line here
         from raybal.results.schema import one_line
 

@@ -46,6 +46,65 @@ def _stop_the_shared_ray() -> object:
             ray.shutdown()
 
 
+SMALL_STUDY = """
+[data]
+n_train = 256
+n_val = 128
+n_test = 128
+image_size = 16
+[model]
+name = "mmtm"
+width = 8
+stages = 3
+fuse_after = [1, 2]
+[balance]
+method = "vanilla"
+[train]
+epochs = 3
+batch_size = 32
+mu_repeats = 1
+[robustness]
+modalities = ["eo", "sar"]
+corruptions = ["gaussian", "blackout"]
+levels = {gaussian = [0.0, 0.06, 0.12]}
+splits = ["val", "test"]
+measure_mu = true
+[study]
+name = "tiny_report"
+objectives = {"final.val_accuracy" = "max", "robust.val_mean_accuracy" = "max"}
+num_samples = 4
+repeats = 2
+scheduler = "fifo"
+seed = 1
+startup_trials = 4
+[search]
+"balance.method" = {choice = ["vanilla", "mu_target", "greedy_guided"]}
+"balance.target.eo" = {uniform = [0.5, 0.9], when = {"balance.method" = "mu_target"}}
+"balance.window" = {int = [1, 5], when = {"balance.method" = "greedy_guided"}}
+"train.lr" = {loguniform = [1e-3, 5e-3]}
+"""
+
+
+@pytest.fixture(scope="session")
+def small_study(tmp_path_factory: pytest.TempPathFactory, _cache_dir: None) -> Path:
+    """One small real study (4 configurations of 3 methods x 2 seeds, a robustness grid, two objectives),
+    run once for the session; the report, the notebooks and the docs' examples read it."""
+    import tomllib
+
+    from raybal.study.driver import run_study
+    from raybal.study.space import study_from_dict
+    from raybal.training.distributed import init_ray
+
+    init_ray(None)  # the session's one local Ray (local_ray)
+    study = study_from_dict(tomllib.loads(SMALL_STUDY), source=SMALL_STUDY)
+    out = tmp_path_factory.mktemp("small_study") / "res"
+    res = run_study(study, out, quiet=True)
+    # Seed 1 draws every method of the choice at least once in the 4 configurations.
+    methods = set(res.trials["balance.method"])
+    assert {"mu_target", "greedy_guided"} <= methods, f"seed 1 drew only {methods}"
+    return out
+
+
 TINY = {
     "data.n_train": 256, "data.n_val": 128, "data.n_test": 128, "data.image_size": 16,
     "model.width": 8, "model.stages": 3, "train.epochs": 2, "train.batch_size": 32, "train.mu_repeats": 1,
@@ -78,3 +137,16 @@ def tiny_method(cfg, epochs: int = 1, steps_per_epoch: int = 4):  # noqa: ANN001
 def write_toml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def assert_unique_keys(results_dir: Path) -> None:
+    """Every table of a results directory holds one row per its documented key (results.schema.KEYS)."""
+    from raybal.results.schema import KEYS, TABLES
+    from raybal.results.tables import load_results
+
+    res = load_results(results_dir)
+    for table in TABLES:
+        df = getattr(res, table)
+        dup = df[df.duplicated(KEYS[table], keep=False)]
+        assert dup.empty, f"{table}.parquet: {len(dup)} rows share a key {KEYS[table]}:\n{dup[KEYS[table]].head()}"
+

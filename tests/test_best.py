@@ -32,6 +32,22 @@ def test_mean_interval_matches_the_closed_form() -> None:
     assert paired_difference({0: 1.0, 1: 0.0}, {0: 0.0, 1: 1.0}).verdict("max") == "indistinguishable"
 
 
+def test_a_bounded_metric_has_its_interval_inside_its_range() -> None:
+    from raybal.analysis.intervals import bounded_interval, is_bounded, metric_interval
+
+    spread = [0.75, 0.77, 0.94]  # three seeds far apart: the plain t interval leaves [0, 1]
+    assert mean_interval(spread).high > 1.0
+    iv = bounded_interval(spread)
+    assert 0.0 < iv.low < iv.mean < iv.high < 1.0 and iv.mean == pytest.approx(sum(spread) / 3)
+    assert bounded_interval([1.0, 1.0, 0.98]).high <= 1.0 and bounded_interval([0.0, 0.01, 0.0]).low >= 0.0
+    close = [0.80, 0.81, 0.82]  # close together, away from the bounds: the two intervals nearly agree
+    assert bounded_interval(close).low == pytest.approx(mean_interval(close).low, abs=2e-3)
+    assert bounded_interval(close).high == pytest.approx(mean_interval(close).high, abs=2e-3)
+    assert is_bounded("final.val_accuracy") and is_bounded("robust.val_mean_miou") and is_bounded("final.mu.eo")
+    assert not is_bounded("final.val_loss") and not is_bounded("wall_s")
+    assert metric_interval(spread, "final.val_loss") == mean_interval(spread)
+
+
 def _run(tid: str, method: str, seed: int, val: float, test: float, status: str = "ok", role: str = "search",
          **kw: float) -> RunResult:
     extra = {"balance.target": {"eo": 0.75, "sar": 0.25}} if method == "mu_target" else {}
@@ -65,7 +81,12 @@ def test_best_ranks_means_over_seeds_and_compares_paired_by_seed(tmp_path: Path)
     b = best_trial(_study_dir(tmp_path, runs))
     assert b.trial_ids == ["a0", "a1", "a2"] and b.trial_id == "a0"
     assert b.value == pytest.approx(0.75) and b.interval.n == 3
-    assert b.interval.high - b.value == pytest.approx(T_975_2 * 0.05 / math.sqrt(3), rel=1e-6)  # s = 0.05
+    # an accuracy: the t interval of the logits (0.70, 0.80, 0.75), mapped back
+    z = [math.log(v / (1 - v)) for v in (0.70, 0.80, 0.75)]
+    zm = sum(z) / 3
+    zs = math.sqrt(sum((v - zm) ** 2 for v in z) / 2)
+    assert b.interval.high == pytest.approx(1 / (1 + math.exp(-(zm + T_975_2 * zs / math.sqrt(3)))), rel=1e-6)
+    assert b.interval.low == pytest.approx(1 / (1 + math.exp(-(zm - T_975_2 * zs / math.sqrt(3)))), rel=1e-6)
     assert b.row["final.test_accuracy"] == pytest.approx(0.6)  # means over seeds
     assert b.candidates == 3  # A, B, the baseline; C is out
     assert b.vs_baseline.diff.mean == pytest.approx(0.10) and b.vs_baseline.verdict == "better"

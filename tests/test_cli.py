@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import assert_unique_keys
 
 from raybal.cli import main
 
@@ -68,8 +70,12 @@ def test_train_writes_every_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert not epochs.duplicated(["trial_id", "epoch", "split"]).any()
     util = pd.read_parquet(out / "utilization.parquet")
     assert {"mu", "cond_util", "learning_speed"} <= set(util.columns)
-    sums = util.groupby(["trial_id", "epoch", "split", "final"])["mu"].sum()
+    sums = util.groupby(["trial_id", "epoch", "split"])["mu"].sum()
     assert sums.to_numpy() == pytest.approx(1.0)
+    assert_unique_keys(out)
+    best_epoch = trials.iloc[0]["final.best_epoch"]
+    assert set(util.loc[util["final"], "epoch"]) == {best_epoch}  # the selected epoch's rows are marked
+    assert set(util.loc[util["final"], "split"]) == {"val", "test"}
     rob = pd.read_parquet(out / "robustness.parquet")
     # 2 splits x (2 gaussian levels + 1 blackout) on eo
     assert len(rob) == 6 and {"accuracy", "mu.eo", "mu.sar"} <= set(rob.columns)
@@ -162,8 +168,53 @@ def test_missing_file_and_bad_override(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_console_script_help() -> None:
-    out = subprocess.run([sys.executable, "-m", "raybal.cli", "train", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "--results" in out.stdout and "--set" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "raybal.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "COMMAND" in out.stdout and not out.stderr, out.stderr
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command line that ends in a parser: the top level, each sub-command, each sub-sub-command."""
+    out = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _commands(sub, (*prefix, name))
+    return out
+
+
+def test_every_command_explains_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    from raybal.cli import build_parser
+
+    commands = _commands(build_parser())
+    assert {("train",), ("study", "run"), ("study", "resume"), ("best",), ("report",), ("robustness",),
+            ("info",)} <= set(commands)
+    for cmd in commands:
+        with pytest.raises(SystemExit) as stop:
+            main([*cmd, "--help"])
+        out = capsys.readouterr().out
+        assert stop.value.code == 0 and out.startswith("usage: raybal"), cmd
+        assert len(out.splitlines()) > 3, (cmd, out)
+
+
+def test_info_gives_one_whole_sentence_per_entry_and_an_entrys_knobs(capsys: pytest.CaptureFixture[str]) -> None:
+    from raybal.balancing import METHODS
+    from raybal.data import DATASETS
+    from raybal.models import MODELS
+    from raybal.noise import CORRUPTIONS
+
+    assert main(["info"]) == 0
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines()
+             if line.startswith("  ")}
+    for reg in (DATASETS, MODELS, METHODS, CORRUPTIONS):
+        for name in reg.names():
+            assert lines.get(name, "").endswith("."), (name, lines.get(name))  # a sentence, whole
+    assert main(["info", "mu_target"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mu_target (balancing method): Utilization-targeted")
+    assert "tolerance = 0.05 [> 0.0, <= 0.5]  max |MU share - target|" in out
+    assert "weight = 'adaptive' ['adaptive' | 'warmup']" in out
+    assert main(["info", "no_such_thing"]) == 2
+    assert "unknown name 'no_such_thing'" in capsys.readouterr().err
 
 
 def test_worker_count_must_divide_the_global_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,62 +13,11 @@ from PIL import Image
 from raybal.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDY = """
-[data]
-n_train = 256
-n_val = 128
-n_test = 128
-image_size = 16
-[model]
-name = "mmtm"
-width = 8
-stages = 3
-fuse_after = [1, 2]
-[balance]
-method = "vanilla"
-[train]
-epochs = 3
-batch_size = 32
-mu_repeats = 1
-[robustness]
-modalities = ["eo", "sar"]
-corruptions = ["gaussian", "blackout"]
-levels = {gaussian = [0.0, 0.06, 0.12]}
-splits = ["val", "test"]
-measure_mu = true
-[study]
-name = "tiny_report"
-objectives = {"final.val_accuracy" = "max", "robust.val_mean_accuracy" = "max"}
-num_samples = 4
-repeats = 2
-scheduler = "fifo"
-seed = 1
-startup_trials = 4
-[search]
-"balance.method" = {choice = ["vanilla", "mu_target", "greedy_guided"]}
-"balance.target.eo" = {uniform = [0.5, 0.9], when = {"balance.method" = "mu_target"}}
-"balance.window" = {int = [1, 5], when = {"balance.method" = "greedy_guided"}}
-"train.lr" = {loguniform = [1e-3, 5e-3]}
-"""
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import tomllib
-
-    from raybal.study.driver import run_study
-    from raybal.study.space import study_from_dict
-    from raybal.training.distributed import init_ray
-
-    init_ray(None)  # the session's one local Ray (conftest.local_ray)
-
-    study = study_from_dict(tomllib.loads(STUDY), source=STUDY)
-    # Make sure every method is drawn at least once: the 4 configurations cover the choice with seed 1.
-    out = tmp_path_factory.mktemp("report") / "res"
-    res = run_study(study, out, quiet=True)
-    methods = set(res.trials["balance.method"])
-    assert {"mu_target", "greedy_guided"} <= methods, f"seed 1 drew only {methods}"
-    return out
+def study_dir(small_study: Path) -> Path:
+    return small_study
 
 
 def test_report_writes_every_figure(study_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

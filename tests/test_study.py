@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import assert_unique_keys
 
 from raybal.analysis.best import best_trial
 from raybal.cli import main
@@ -77,7 +78,7 @@ def test_tiny_study_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert trials["balance.target.eo"].nunique() == 6 and trials["config_id"].nunique() == 6
     assert ((trials["balance.target.eo"] + trials["balance.target.sar"]) - 1).abs().max() < 1e-9
     epochs = pd.read_parquet(out / "epochs.parquet")
-    assert not epochs.duplicated(["trial_id", "epoch", "split"]).any()
+    assert_unique_keys(out)
     per_trial = epochs[epochs["split"] == "val"].groupby("trial_id")["epoch"].max()
     ok = trials.set_index("trial_id")["status"]
     assert (per_trial[ok[ok == "ok"].index] == 4).all() and (per_trial[ok[ok == "stopped"].index] < 4).all()

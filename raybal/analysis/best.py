@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from raybal.analysis.intervals import Interval, mean_interval, paired_difference
+from raybal.analysis.intervals import Interval, metric_interval, paired_difference
 from raybal.config.constraint import Constraint
 from raybal.config.tasks import METRICS, metric_of_columns
 from raybal.results.schema import target_columns
@@ -154,7 +154,8 @@ def _runs(t: pd.DataFrame) -> pd.DataFrame:
 def config_table(t: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per configuration: its first replicate's columns, numeric ``final.*`` / ``robust.*``
     columns as the mean over its ``ok`` seeds, and ``n_ok`` / ``n_failed`` / ``n_stopped``,
-    ``<metric>.low`` / ``.high`` (the 95 % interval of the metric, NaN under two seeds)."""
+    ``<metric>.low`` / ``.high`` (the 95 % interval of the metric, NaN under two seeds; on the logit scale
+    for a [0, 1] metric: :func:`raybal.analysis.intervals.metric_interval`)."""
     runs = _runs(t)
     out = []
     for cid, g in runs.groupby("config_id", sort=False):
@@ -165,7 +166,7 @@ def config_table(t: pd.DataFrame, metric: str) -> pd.DataFrame:
                 vals = pd.to_numeric(ok[c], errors="coerce")  # text (reused_from) -> NaN; bools -> a fraction
                 if vals.notna().any():
                     row[c] = float(vals.astype(float).mean())
-        iv = mean_interval(pd.to_numeric(ok[metric], errors="coerce").tolist()) if not ok.empty else None
+        iv = metric_interval(pd.to_numeric(ok[metric], errors="coerce").tolist(), metric) if not ok.empty else None
         if iv is not None:
             row[metric] = iv.mean  # whatever the column (final.*, robust.*, wall_s, ...): ranked by the mean
         row.update({"config_id": cid, "n_ok": len(ok), "n_failed": int((g["status"] == "failed").sum()),
@@ -246,7 +247,7 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
                 params={c: _plain(row[c]) for c in searched}, row={k: v for k, v in row.items() if k != "_values"},
                 runners_up=ranked[list(dict.fromkeys(c for c in show if c in ranked))].iloc[1:top + 1]
                 .reset_index(drop=True), pareto=pareto, constraints=[str(c) for c in cons], candidates=len(ok),
-                config_id=str(row["config_id"]), interval=mean_interval(list(row["_values"].values())),
+                config_id=str(row["config_id"]), interval=metric_interval(list(row["_values"].values()), metric),
                 trial_ids=list(row["trial_ids"]), vs_runner_up=vs_next, vs_baseline=vs_base,
                 baseline=base_method, is_baseline=is_base, study=res.meta.get("kind") == "study",
                 failed=failed.reset_index(drop=True))

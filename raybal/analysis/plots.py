@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from raybal.analysis.intervals import is_bounded
 from raybal.config.tasks import metric_of_columns
 from raybal.results.schema import target_columns
 from raybal.results.tables import Results
@@ -56,7 +57,7 @@ def mu_over_epochs(res: Results, split: str = "val") -> plt.Figure:
     u = res.utilization
     if u.empty or "mu" not in u:
         raise NoData("utilization.parquet is empty")
-    u = u[(u["split"] == split) & ~u["final"].astype(bool)]
+    u = u[u["split"] == split]
     if u.empty:
         raise NoData(f"no per-epoch MU on the {split} split")
     _style()
@@ -81,12 +82,12 @@ def mu_over_epochs(res: Results, split: str = "val") -> plt.Figure:
     return fig
 
 
-def _t_band(values: Any) -> tuple[float, float]:
-    """seaborn's errorbar: Student's t 95 % interval of the mean (:mod:`raybal.analysis.intervals`);
-    none for one run."""
-    from raybal.analysis.intervals import mean_interval
+def _bounded_band(values: Any) -> tuple[float, float]:
+    """seaborn's errorbar for a [0, 1] metric: the 95 % logit-scale t interval of the mean
+    (:func:`raybal.analysis.intervals.bounded_interval`), inside [0, 1]; none for one run."""
+    from raybal.analysis.intervals import bounded_interval
 
-    iv = mean_interval(list(values))
+    iv = bounded_interval(list(values))
     return (iv.low, iv.high) if iv.defined else (iv.mean, iv.mean)
 
 
@@ -103,18 +104,23 @@ def accuracy_vs_noise(res: Results, split: str | None = None) -> plt.Figure:
     r = r.assign(method=r["trial_id"].map(labels).fillna(r["trial_id"]), panel=r["modality"] + " · " + r["corruption"])
     _style()
     panels = list(dict.fromkeys(r["panel"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     order = sorted(r["method"].unique())
+    # The legend goes below the panels, so that one panel is not squeezed beside it.
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.5, 4.8 * len(panels)), 5.0), squeeze=False)
     for ax, p in zip(axes[0], panels, strict=True):
         sns.lineplot(data=r[r["panel"] == p], x="level", y=metric, hue="method", hue_order=order, marker="o",
-                     errorbar=_t_band, ax=ax, legend=ax is axes[0][-1], palette=PALETTE)
+                     errorbar=_bounded_band, ax=ax, legend=ax is axes[0][0], palette=PALETTE)
         corruption = p.split(" · ")[1]
         unit = "noise variance" if corruption == "gaussian" else "level"
-        ax.set(title=p, xlabel=f"{corruption} {unit}", ylabel=f"{split} {metric}")
-    if axes[0][-1].get_legend() is not None:
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8, title="method")
-    fig.suptitle(f"Robustness: {split} {metric} under corruption of one modality (mean and 95 % t interval over runs)")
-    fig.tight_layout()
+        ax.set(title=p, xlabel=f"{corruption} {unit}", ylabel=f"{split} {metric}", ylim=(0, 1.02))
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if axes[0][0].get_legend() is not None:
+        axes[0][0].get_legend().remove()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
+    rows = -(-len(labels) // 3)
+    fig.suptitle(f"Robustness: {split} {metric} under corruption of one modality\n"
+                 "mean over runs, 95 % interval (t interval on the logit scale)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.04 + 0.045 * rows, 1, 1))
     return fig
 
 
@@ -207,7 +213,9 @@ def search(res: Results, objective: str | None = None) -> plt.Figure:
         ax.legend(fontsize=8)
     seeds = int(conf["n_ok"].max()) if not conf.empty else 0
     stopped = int((t["status"] == "stopped").sum())
-    fig.suptitle(f"Search: {len(conf)} configurations, mean and 95 % interval over {seeds} seed{'s' * (seeds != 1)}"
+    how = "a t interval on the logit scale" if is_bounded(objective) else "a t interval"
+    fig.suptitle(f"Search: {len(conf)} configurations, mean and 95 % interval ({how}) over {seeds} "
+                 f"seed{'s' * (seeds != 1)}"
                  + (f" ({stopped} runs stopped early, not shown)" if stopped else ""))
     fig.tight_layout()
     return fig
@@ -238,7 +246,8 @@ def configurations(res: Results, objective: str | None = None) -> plt.Figure:
             ax.axvspan(b[f"{objective}.low"], b[f"{objective}.high"], color=colors[3], alpha=0.1, lw=0)
     ax.set_yticks(conf.index, [f"{lab} · {cid[:6]} (n={n})" for lab, cid, n in
                                zip(conf["label"], conf["config_id"], conf["n_ok"], strict=True)], fontsize=8)
-    ax.set(xlabel=f"{objective} ({mode})", title="Configurations: mean and 95 % t interval over seeds")
+    how = "logit-scale t interval" if is_bounded(objective) else "t interval"
+    ax.set(xlabel=f"{objective} ({mode})", title=f"Configurations: mean and 95 % {how} over seeds")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig

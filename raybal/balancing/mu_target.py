@@ -13,7 +13,7 @@ and the penalty L_MU = sum_i (u_i - t_i)^2 (or |u_i - t_i|) toward the user's ta
 
 * ``gaps`` (default): the batch's total gap sum_j d_j, held constant. The shares are scale-free, so d u_i / d
   d_j ~ 1 / sum_j d_j: while every gap is ~0 (early training) Eq. 4's gradient is huge and noisy and swamps
-  the task's own gradient, so the task stalls (README, "Utilization targeting on any data set"). Scaled, it
+  the task's own gradient, so the task stalls (docs/methods.md, "Utilization targeting on any data set"). Scaled, it
   is in loss units whatever the gaps' size: lambda rescaled per step, the penalty still Eq. 4's.
 * ``none``: s = 1, Eq. 4 as written.
 
@@ -38,7 +38,7 @@ The weight lambda (``weight``):
   end with the batches within tolerance of t' (conditional integration, the anti-windup of a cascade's outer
   loop: Astrom & Hagglund, *Advanced PID Control*, ISA 2006): before that, the validation error is the inner
   loop's own lag, not the bias, and integrating it overshoots: the set point swings far off the target, and
-  the net steered to it leans past the target the other way, at a cost in accuracy (README, "Utilization
+  the net steered to it leans past the target the other way, at a cost in accuracy (docs/methods.md, "Utilization
   targeting on any data set").
 * ``warmup``: the paper's fixed warm-up, lambda = lambda_0 (lambda_max / lambda_0)^min(1, s / (warmup S)) at
   penalised step s (geometric, i.e. exponential in s, as the paper's exp(k e)), in steps so it behaves alike on

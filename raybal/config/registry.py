@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -59,8 +60,7 @@ class Registry(Generic[T]):
                 raise RegistrationError(f"{self.kind} {name!r}: params must be a dataclass, got {params!r}")
             if self._check is not None:
                 self._check(name, obj, params)
-            doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
-            self._entries[name] = Entry(name, obj, params, doc[0] if doc else "", dict(meta))
+            self._entries[name] = Entry(name, obj, params, summary(getattr(obj, "__doc__", None)), dict(meta))
             return obj
 
         return deco
@@ -90,6 +90,36 @@ class Registry(Generic[T]):
 
     def describe(self) -> list[tuple[str, str]]:
         return [(n, self._entries[n].doc) for n in self.names()]
+
+
+_NOT_AN_END = ("al", "e.g", "i.e", "vs", "Eq")  # "Wu et al. 2022", "e.g. x": a dot that ends no sentence
+
+
+def summary(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, whole (a summary may wrap over lines)."""
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    for i, ch in enumerate(para):
+        ends = i + 1 == len(para) or para[i + 1] == " "
+        if ch == "." and ends and not para[max(0, i - 3):i].endswith(_NOT_AN_END):
+            return para[:i + 1]
+    return para
+
+
+def knobs(params: type | None) -> list[dict[str, Any]]:
+    """An entry's knobs: name, default, range and doc of each field of its params dataclass."""
+    from raybal.config.tree import thaw
+
+    rows = []
+    hints = typing.get_type_hints(params) if params is not None else {}
+    for f in dataclasses.fields(params) if params is not None else ():
+        default = thaw(f.default_factory()) if f.default_factory is not dataclasses.MISSING else f.default
+        meta = f.metadata
+        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is typing.Literal else ()
+        bounds = [f"{op} {meta[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+                  if meta.get(k) is not None]
+        rows.append({"name": f.name, "default": "required" if default is dataclasses.MISSING else default,
+                     "range": " | ".join(map(repr, choices)) or ", ".join(bounds), "doc": meta.get("doc", "")})
+    return rows
 
 
 def require(kind: str, name: str, obj: Any, members: Iterable[str]) -> None:

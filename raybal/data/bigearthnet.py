@@ -184,6 +184,7 @@ def read_pairs(csv: Path, limit: int) -> list[tuple[str, str]]:
 
 @DATASETS.register("bigearthnet_mm", BigEarthNetParams)
 def build_bigearthnet(p: BigEarthNetParams) -> MultiModalData:
+    """BigEarthNet-MM: Sentinel-1 and Sentinel-2 patches with multi-label land-cover classes (19 or 43), read lazily."""
     root = Path(p.root).expanduser()
     splits = []
     for key in ("train_csv", "val_csv", "test_csv"):

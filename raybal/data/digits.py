@@ -99,6 +99,7 @@ def _load_digits(p: ColoredDigitsParams) -> tuple[np.ndarray, np.ndarray]:
 
 @DATASETS.register("colored_digits", ColoredDigitsParams)
 def build_colored_digits(p: ColoredDigitsParams) -> MultiModalData:
+    """Colored-and-gray digits (Wu et al. 2022): a colour shortcut in training that greedy fusion learns first."""
     images, labels = _load_digits(p)
     if p.max_samples:
         images, labels = images[:p.max_samples], labels[:p.max_samples]

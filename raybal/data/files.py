@@ -230,6 +230,7 @@ def _sample_id(path: Path) -> str:
 
 @DATASETS.register("mavoc_folder", MavocParams)
 def build_mavoc(p: MavocParams) -> MultiModalData:
+    """NTIRE-21 MAVOC-style EO/SAR image folders, one class folder per label, chips paired by id."""
     root = Path(p.root).expanduser()
     folders = {d.name.lower() for d in root.iterdir() if d.is_dir()}
     by_folder = any(m.lower() in folders for m in p.modality_names())
@@ -309,6 +310,7 @@ class ManifestSource:
 
 @DATASETS.register("manifest", ManifestParams)
 def build_manifest(p: ManifestParams) -> MultiModalData:
+    """Any image set listed in a Parquet manifest: one row per sample, a file column per modality, a label."""
     import pandas as pd
 
     path = Path(p.path).expanduser()

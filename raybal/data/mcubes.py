@@ -176,6 +176,7 @@ def _read_split(p: MCubeSParams, root: Path, split: str) -> Split:
 
 @DATASETS.register("mcubes", MCubeSParams)
 def build_mcubes(p: MCubeSParams) -> MultiModalData:
+    """MCubeS material segmentation (Liang et al. 2022): RGB, polarisation (AoLP, DoLP) and NIR per scene."""
     root = Path(p.root).expanduser()
     train, val, test = (_read_split(p, root, s) for s in ("train", "val", "test"))
     return MultiModalData(train, val, test, p.modalities, len(MATERIALS), "segmentation", MATERIALS)

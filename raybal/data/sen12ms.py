@@ -171,6 +171,7 @@ def _classes(igbp: np.ndarray, simplified: bool) -> np.ndarray:
 
 @DATASETS.register("sen12ms", Sen12MSParams)
 def build_sen12ms(p: Sen12MSParams) -> MultiModalData:
+    """SEN12MS: Sentinel-1 SAR and Sentinel-2 optical chips with IGBP land cover, split by scene, read lazily."""
     triplets = index_folder(p)
     scenes = sorted({t.scene for t in triplets})
     if len(scenes) < 3:

@@ -9,7 +9,7 @@ opened once per process on first read (h5py handles do not survive a fork, so a 
 opens its own).
 
 Modalities ``sen1`` and ``sen2`` (the files' names), with ``bands.<modality>`` selecting channels by
-index. The values are the files' own (S1 is not in [0, 1]): set ``normalize = true`` (README).
+index. The values are the files' own (S1 is not in [0, 1]): set ``normalize = true`` (docs/data.md).
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ class H5Source:
 
 @DATASETS.register("so2sat", So2SatParams)
 def build_so2sat(p: So2SatParams) -> MultiModalData:
+    """So2Sat LCZ42: Sentinel-1 and Sentinel-2 patches labelled with 17 local climate zones, read from HDF5."""
     root = Path(p.root).expanduser()
     bands = {m: ([int(b) for b in p.bands[m]] if m in p.bands else None) for m in p.modalities}
     splits = [LazySplit(H5Source(root / f, p.modalities, bands, p.limit)) for f in (p.train_file, p.val_file,

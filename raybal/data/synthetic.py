@@ -232,7 +232,9 @@ def _render(p: SyntheticAerialParams, n: int, rng: np.random.Generator) -> tuple
 
 @DATASETS.register("synthetic_aerial", SyntheticAerialParams)
 def build_synthetic_aerial(p: SyntheticAerialParams) -> Chunked:
-    """The three splits from independent seeded streams (test is never seen in training), rendered
+    """Seeded aerial EO + SAR (+ optional IR) chips of one shared scene, generated on first use.
+
+    The three splits come from independent seeded streams (test is never seen in training), rendered
     chunk by chunk into the data cache (:mod:`raybal.data.store`)."""
     sizes = {"train": (p.n_train, 1), "val": (p.n_val, 2), "test": (p.n_test, 3)}
     splits = {s: (n, partial(render_chunks, p, n, p.seed * 1000 + k)) for s, (n, k) in sizes.items()}

@@ -67,6 +67,7 @@ class DigitViewsParams(LoaderKnobs):
 
 @DATASETS.register("digit_views", DigitViewsParams)
 def build_digit_views(p: DigitViewsParams) -> MultiModalData:
+    """Digit views: three vector views (pixels, profile, Fourier) of the same handwritten digit."""
     from sklearn.datasets import load_digits
 
     d = load_digits()

@@ -20,8 +20,8 @@ import pandas as pd
 
 from raybal._version import __version__
 from raybal.config import RunConfig
-from raybal.measure.metrics import metric_details
 from raybal.config.tasks import metric_name
+from raybal.measure.metrics import metric_details
 
 if TYPE_CHECKING:
     from raybal.measure.robustness import Point
@@ -31,7 +31,7 @@ TABLES = ("trials", "epochs", "utilization", "robustness")
 KEYS = {
     "trials": ["trial_id"],
     "epochs": ["trial_id", "epoch", "split"],
-    "utilization": ["trial_id", "epoch", "split", "modality", "final"],
+    "utilization": ["trial_id", "epoch", "split", "modality"],
     "robustness": ["trial_id", "split", "modality", "corruption", "level"],
 }
 # Columns every table has even when no row fills them (nullable), so readers can rely on them.
@@ -104,6 +104,18 @@ def utilization_rows(trial_id: str, epoch: int, split: str, mu: MUResult, *, fin
         row.update((modality_log or {}).get(m, {}))
         rows.append(row)
     return rows
+
+
+def with_final(rows: list[dict[str, Any]], final: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` (per-epoch utilization) with the selected epoch's ``final`` rows in: a final row replaces the
+    per-epoch row of its (epoch, split, modality), the same measurement with the end-of-run measures added,
+    so the table keeps one row per key (``KEYS["utilization"]``)."""
+    def key(r: Mapping[str, Any]) -> tuple[Any, ...]:
+        return r["epoch"], r["split"], r["modality"]
+
+    finals = {key(r): r for r in final}
+    merged = [{**r, **finals.pop(key(r))} if key(r) in finals else r for r in rows]
+    return merged + list(finals.values())
 
 
 def robustness_rows(trial_id: str, points: Iterable[Point], task: str, measure_mu: bool) -> list[dict[str, Any]]:

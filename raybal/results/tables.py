@@ -22,8 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from raybal._version import __version__
 from raybal._atomic import atomic_path
+from raybal._version import __version__
 from raybal.results.schema import TABLES, RunResult, frame, tables_of
 
 

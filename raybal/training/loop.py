@@ -388,13 +388,14 @@ def _finalize(run: _Run, progress: Progress | None) -> RunResult:
     squeezes = squeeze_means(model, data.train) if model.has_gates else []
     feat_means = mean_features(model, data.train)
     measures: dict[str, dict[str, dict[str, Any]]] = {}
-    utilization = list(run.utilization)
+    final_rows: list[dict[str, Any]] = []
     for split, mu in (("val", val), ("test", test)):
         sp = data.split(split)
         measures[split] = {
             "cond_util": conditional_utilization(model, sp, squeezes, num_classes=ncls, task=task),
             "ablation_util": mean_ablation_utilization(model, sp, feat_means, num_classes=ncls, task=task)}
-        utilization += schema.utilization_rows(tid, best_epoch, split, mu, final=True, **measures[split])
+        final_rows += schema.utilization_rows(tid, best_epoch, split, mu, final=True, **measures[split])
+    utilization = schema.with_final(run.utilization, final_rows)
     final = schema.final_metrics(task, best_epoch, val, test, measures,
                                  {"val": method.split_metrics(val), "test": method.split_metrics(test)},
                                  data.class_names)
