@@ -102,8 +102,8 @@ def two_worker_runs(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raybal.results.result_file import read_result
     from raybal.training.distributed import init_ray
+    from raybal.training.result_file import read_result
 
     root = tmp_path_factory.mktemp("two_workers")
     cfgs = {name: _config(name, 2) for name in CASES}

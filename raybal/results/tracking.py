@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from raybal.config import ConfigError
+from raybal.config.secrets import redact
 
 if TYPE_CHECKING:
     from raybal.results.schema import RunResult
@@ -52,7 +53,8 @@ def check_uri(uri: str, key: str) -> None:
         _client(uri).search_experiments(max_results=1)
     except Exception as exc:  # MlflowException, connection errors, a bad URI scheme
         msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise ConfigError(key, f"cannot use MLflow tracking URI {uri!r} ({type(exc).__name__}: {msg})") from None
+        text = f"cannot use MLflow tracking URI {uri!r} ({type(exc).__name__}: {msg})"
+        raise ConfigError(key, redact(text)) from None
 
 
 class Tracker:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raybal.results.result_file import has_result, read_result, write_result
+from raybal.training.result_file import has_result, read_result, write_result
 
 
 def claim_slot(results_dir: Path, tid: str, n: int) -> bool:

@@ -9,7 +9,7 @@ per-epoch validation metric, ``time_attr = epoch``); the last report carries the
 the objectives name.
 
 Results: each trial writes its :class:`RunResult` next to its checkpoints
-(``checkpoints/<trial_id>/result.pkl``) and the driver, the only writer of the Parquet
+(``checkpoints/<trial_id>/result.json``) and the driver, the only writer of the Parquet
 tables, merges it when Tune reports the trial finished, stopped or failed. A trial stopped by
 ASHA is recorded from its last checkpoint (``status = stopped``), one that raised with its
 error line (``status = failed``). The driver also reconciles on every start and at the end,
@@ -27,8 +27,8 @@ from typing import Any
 
 from raybal._atomic import atomic_write_bytes, atomic_write_json
 from raybal.config import ConfigError
+from raybal.config.secrets import redact, redacted, resolve_url
 from raybal.config.tasks import metric_name
-from raybal.results.result_file import has_result, write_result
 from raybal.results.schema import failed_result
 from raybal.results.tables import (
     FORMAT_VERSION,
@@ -50,6 +50,7 @@ from raybal.study.claims import (
 from raybal.study.recorder import SKIPPED, Recorder, make_callback, stopped_result
 from raybal.study.space import Study, corner_points, load_study, study_from_dict
 from raybal.training.loop import check_pretrained, fit
+from raybal.training.result_file import has_result, write_result
 
 TUNE_DIR = "tune"
 
@@ -162,8 +163,10 @@ class _DefineByRun:
 def study_meta(study: Study, status: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     s = study.settings
     return {
-        "format_version": FORMAT_VERSION, "kind": "study", "name": s.name, "status": status, "study_file": study.source,
-        "study_resolved": study.resolved, "overrides": study.overrides,
+        "format_version": FORMAT_VERSION, "kind": "study", "name": s.name, "status": status,
+        # credentials in URLs masked (config.secrets): a results folder travels
+        "study_file": redact(study.source), "study_resolved": redacted(study.resolved),
+        "overrides": redacted(study.overrides),
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in study.objectives],
         "constraints": [str(c) for c in study.constraints], "num_samples": s.num_samples, "seed": s.seed,
         "repeats": s.repeats, "baseline": None if s.baseline == "none" else s.baseline, "runs": study.runs,
@@ -219,7 +222,7 @@ def storage_url(study: Study, results_dir: Path) -> str | None:
     url = study.settings.storage
     if url == "memory":
         return None
-    return f"sqlite:///{results_dir / OPTUNA_DB}" if url == "sqlite" else url
+    return f"sqlite:///{results_dir / OPTUNA_DB}" if url == "sqlite" else resolve_url(url, "study.storage")
 
 
 def open_storage(url: str) -> Any:
@@ -230,7 +233,7 @@ def open_storage(url: str) -> Any:
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError, a missing DB-API module, ...
         msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise ConfigError("study.storage", f"cannot open {url!r} ({type(exc).__name__}: {msg})") from None
+        raise ConfigError("study.storage", redact(f"cannot open {url!r} ({type(exc).__name__}: {msg})")) from None
 
 
 def grace_period(study: Study) -> int:
@@ -317,15 +320,16 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
     # data cache is warm for trials).
     check_pretrained(study.base, load_data(study.base.data))
     if study.settings.storage not in ("sqlite", "memory") and not resume:
-        open_storage(study.settings.storage)
+        open_storage(resolve_url(study.settings.storage, "study.storage"))
     tracker = None
-    if study.settings.mlflow:
+    mlflow_uri = resolve_url(study.settings.mlflow, "study.mlflow") if study.settings.mlflow else ""
+    if mlflow_uri:
         from raybal.results.tracking import Tracker, check_uri
 
-        check_uri(study.settings.mlflow, "study.mlflow")
+        check_uri(mlflow_uri, "study.mlflow")
     _prepare(d, study, resume)
-    if study.settings.mlflow:
-        tracker = Tracker(study.settings.mlflow, study.settings.name)
+    if mlflow_uri:
+        tracker = Tracker(mlflow_uri, study.settings.name)
     atomic_write_json(study_meta(study, "running"), d / "study.json")
     recorder = Recorder(study, d, quiet=quiet, tracker=tracker)
     started = _init_ray(address)

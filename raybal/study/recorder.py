@@ -1,8 +1,8 @@
 """The study driver's record keeping (used by :mod:`raybal.study.driver`).
 
 :class:`Recorder` is the Tune callback on the driver, the only writer of the Parquet tables. Each
-trial leaves its :class:`RunResult` in ``checkpoints/<trial_id>/result.pkl``
-(:mod:`raybal.results.result_file`); a trial that ended without one (stopped by ASHA, or its process
+trial leaves its :class:`RunResult` in ``checkpoints/<trial_id>/result.json``
+(:mod:`raybal.training.result_file`); a trial that ended without one (stopped by ASHA, or its process
 died) is rebuilt from its last epoch checkpoint. What a trial claims before it trains (a slot, a
 configuration) is :mod:`raybal.study.claims`.
 """
@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from raybal.config import ConfigError
-from raybal.results.result_file import read_result
 from raybal.results.schema import RunResult
 from raybal.results.tables import ResultsError, load_results, write_results
 from raybal.study.claims import release_configs
 from raybal.study.space import Study
 from raybal.training import checkpoint
+from raybal.training.result_file import read_result
 
 SKIPPED = "SKIPPED"
 

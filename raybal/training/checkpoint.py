@@ -8,10 +8,14 @@ Two kinds, both written atomically (:mod:`raybal._atomic`):
 * ``model.pt`` — the selected weights at the end, with the whole validated config (as JSON) and
   the final metrics, so ``raybal robustness CKPT`` rebuilds the data set and the model with no
   other input.
+
+Both hold only tensors, numbers, strings and lists / dicts of them (the config as its JSON string) and
+are read with ``torch.load(weights_only=True)``: a file holding anything else is refused by name.
 """
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,13 @@ def _load(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=False)
+        # weights_only: tensors, numbers, strings and containers of them; any other object in the file (a
+        # pickled callable, a class to import) is refused before it is built, so opening a checkpoint from
+        # someone else can never run code.
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{p}: not a raybal checkpoint (it holds objects other than tensors and plain "
+                              "data; nothing in it was run)") from None
     except Exception as exc:
         raise CheckpointError(f"{p}: not a raybal checkpoint ({exc.__class__.__name__})") from None
     if not isinstance(obj, dict) or "config_json" not in obj:

@@ -34,9 +34,9 @@ from raybal._atomic import atomic_write_bytes
 from raybal.balancing import METHODS
 from raybal.config import RunConfig
 from raybal.resolve import config_from_json
-from raybal.results.result_file import RESULT_FILE, read_result, write_result
 from raybal.results.schema import RunResult
 from raybal.training.loop import DistContext, Progress, fit
+from raybal.training.result_file import RESULT_FILE, read_result, write_result
 
 
 def init_ray(address: str | None, *, log_to_driver: bool = False) -> bool:

@@ -79,10 +79,12 @@ def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress 
     check_pretrained(cfg, data)  # so does a missing or mismatched model.pretrained file
     tracker = None
     if mlflow:
+        from raybal.config.secrets import resolve_url
         from raybal.results.tracking import Tracker, check_uri
 
-        check_uri(mlflow, "--mlflow")  # so does an unusable tracking URI
-        tracker = Tracker(mlflow, "raybal-train")
+        uri = resolve_url(mlflow, "--mlflow")  # env:NAME: the URI (and its token) from the environment
+        check_uri(uri, "--mlflow")  # so does an unusable tracking URI
+        tracker = Tracker(uri, "raybal-train")
     d = prepare_dir(results_dir, cfg)
     atomic_write_json(run_meta(cfg, "running"), d / "run.json")
     t0 = time.perf_counter()

@@ -1,0 +1,162 @@
+"""A shared checkpoint or results folder can never run code: every file raybal reads back is data.
+
+Each test plants a pickle whose ``__reduce__`` runs a shell command (``touch MARKER``) where raybal reads a
+file, then checks that the marker never appeared and that the file was refused by name (or, for caches,
+rebuilt). The first test shows the payload is live: unpickled, it runs."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from raybal.cli import main
+
+
+class Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return os.system, (f"touch {self.marker}",)
+
+
+def _one_line(err: str, path: Path) -> None:
+    assert len(err.strip().splitlines()) == 1 and str(path) in err and err.startswith("raybal: error:"), err
+
+
+def test_the_payload_runs_when_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    pickle.loads(pickle.dumps(Payload(marker)))
+    assert marker.exists()
+
+
+def test_a_model_checkpoint_with_code_in_it_is_refused_by_raybal_robustness(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker, ckpt = tmp_path / "ran", tmp_path / "model.pt"
+    torch.save({"format_version": 1, "kind": "selected", "config_json": Payload(marker), "model": {},
+                "epoch": 1, "final": {}, "trial_id": "run", "normalizer": None}, ckpt)
+    assert main(["robustness", str(ckpt), "--results", str(tmp_path / "rob"), "--quiet"]) == 2
+    _one_line(capsys.readouterr().err, ckpt)
+    assert not marker.exists() and not (tmp_path / "rob").exists()
+
+
+def test_a_last_checkpoint_with_code_in_it_is_refused_on_resume(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run.toml"
+    run.write_text("[data]\nn_train = 64\nn_val = 32\nn_test = 32\nimage_size = 16\n[model]\nwidth = 8\nstages = 3\n"
+                   "[train]\nepochs = 1\nmu_repeats = 1\n")
+    out = tmp_path / "res"
+    assert main(["train", str(run), "--results", str(out), "--quiet"]) == 0
+    last = out / "checkpoints" / "run" / "last.pt"
+    good = torch.load(last, weights_only=True)
+    marker = tmp_path / "ran"
+    torch.save({**good, "method": Payload(marker)}, last)
+    capsys.readouterr()
+    assert main(["train", str(run), "--results", str(out), "--quiet"]) == 2  # the same run: it would resume
+    _one_line(capsys.readouterr().err, last)
+    assert not marker.exists()
+
+
+def test_a_trial_result_file_with_code_in_it_is_refused(tmp_path: Path) -> None:
+    from raybal.training.result_file import RESULT_FILE, ResultFileError, read_result
+
+    marker = tmp_path / "ran"
+    for name, content in (("pickle", pickle.dumps(Payload(marker))), ("json", b'{"format_version": 0}'),
+                          ("torn", b'{"format_version": 1, "trial_id": ')):
+        ckdir = tmp_path / name
+        ckdir.mkdir()
+        (ckdir / RESULT_FILE).write_bytes(content)
+        with pytest.raises(ResultFileError, match=str(ckdir / RESULT_FILE)):
+            read_result(ckdir)
+    assert not marker.exists()
+
+
+def test_a_planted_result_in_a_study_folder_stops_the_resume_and_runs_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], local_ray: None) -> None:
+    from raybal.training.result_file import RESULT_FILE
+
+    study = tmp_path / "s.toml"
+    study.write_text("[data]\nn_train = 64\nn_val = 32\nn_test = 32\nimage_size = 16\n[model]\nwidth = 8\n"
+                     "stages = 3\n[train]\nepochs = 1\nmu_repeats = 1\n[study]\nobjective = \"final.val_accuracy\"\n"
+                     "num_samples = 1\nbaseline = \"none\"\nscheduler = \"fifo\"\n[search]\n"
+                     "\"train.lr\" = {loguniform = [1e-3, 1e-2]}\n")
+    out = tmp_path / "res"
+    assert main(["study", "run", str(study), "--results", str(out), "--quiet"]) == 0
+    # A trial folder raybal did not write, holding a slot, its record a pickle: what resume reads back.
+    planted = out / "checkpoints" / "planted"
+    planted.mkdir()
+    marker = tmp_path / "ran"
+    (planted / RESULT_FILE).write_bytes(pickle.dumps(Payload(marker)))
+    (out / "slots" / "99999").write_text("planted")
+    capsys.readouterr()
+    assert main(["study", "resume", str(out), "--quiet"]) == 2
+    _one_line(capsys.readouterr().err, planted / RESULT_FILE)
+    assert not marker.exists()
+
+
+def test_planted_data_and_normalisation_caches_are_rebuilt_never_run(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from raybal.data import cache_root, data_key, load_data
+    from raybal.resolve import default_config
+
+    monkeypatch.setenv("RAYBAL_CACHE", str(tmp_path / "cache"))
+    cfg = default_config(**{"data.name": "digit_views", "data.normalize": True}).data
+    marker = tmp_path / "ran"
+    root = cache_root(cfg) / "data"
+    root.mkdir(parents=True)
+    torch.save({"x": Payload(marker)}, root / f"{cfg.name}-{data_key(cfg)}.pt")
+    first = load_data(cfg)
+    for norm in root.glob("*.norm.json"):
+        norm.write_bytes(pickle.dumps(Payload(marker)))
+    again = load_data(cfg)
+    assert not marker.exists()
+    assert torch.equal(first.train.y, again.train.y) and again.normalizer == first.normalizer
+
+
+SECRET = "s3cr3t-Passw0rd"
+TINY_STUDY = ("[data]\nn_train = 64\nn_val = 32\nn_test = 32\nimage_size = 16\n[model]\nwidth = 8\nstages = 3\n"
+              "[train]\nepochs = 1\nmu_repeats = 1\n[study]\nobjective = \"final.val_accuracy\"\nnum_samples = 1\n"
+              "baseline = \"none\"\nscheduler = \"fifo\"\nstorage = \"{storage}\"\n[search]\n"
+              "\"train.lr\" = {{loguniform = [1e-3, 1e-2]}}\n")
+
+
+def test_a_password_in_a_storage_url_is_never_printed_or_stored(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from raybal.config.secrets import redact
+    from raybal.study.driver import study_meta
+    from raybal.study.space import load_study
+
+    assert redact(f"postgresql://alice:{SECRET}@db.example:5432/optuna") == "postgresql://alice:***@db.example:5432/optuna"
+    study = tmp_path / "s.toml"
+    study.write_text(TINY_STUDY.format(storage=f"postgresql+psycopg2://alice:{SECRET}@127.0.0.1:1/optuna"))
+    # unreachable (or no driver): refused in one line, before anything is written, the password masked
+    assert main(["study", "run", str(study), "--results", str(tmp_path / "res"), "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err and "alice:***@" in err and "study.storage" in err
+    assert not (tmp_path / "res").exists()
+    # and what a study stores (study.json) masks it too
+    meta = study_meta(load_study(study), "running")
+    text = str(meta)
+    assert SECRET not in text and "alice:***@" in text
+
+
+def test_a_url_from_an_environment_variable(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch, local_ray: None) -> None:
+    import json
+
+    study = tmp_path / "s.toml"
+    study.write_text(TINY_STUDY.format(storage="env:RAYBAL_TEST_STORAGE"))
+    monkeypatch.delenv("RAYBAL_TEST_STORAGE", raising=False)
+    assert main(["study", "run", str(study), "--results", str(tmp_path / "res"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "study.storage" in err and "RAYBAL_TEST_STORAGE" in err and "is not set" in err
+    assert not (tmp_path / "res").exists()
+    monkeypatch.setenv("RAYBAL_TEST_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert main(["study", "run", str(study), "--results", str(tmp_path / "res"), "--quiet"]) == 0
+    assert (tmp_path / "optuna.db").is_file()  # the variable's URL was used
+    stored = json.loads((tmp_path / "res" / "study.json").read_text())
+    assert stored["study_resolved"]["study"]["storage"] == "env:RAYBAL_TEST_STORAGE"  # the name, not the URL
