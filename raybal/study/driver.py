@@ -47,7 +47,7 @@ from raybal.study.claims import (
     release_unfinished_slots,
     slot_holders,
 )
-from raybal.study.recorder import SKIPPED, Recorder, make_callback, stopped_result
+from raybal.study.recorder import SKIPPED, Recorder, make_callback, status_line, stopped_result
 from raybal.study.space import Study, corner_points, load_study, study_from_dict
 from raybal.training.loop import check_pretrained, fit
 from raybal.training.result_file import has_result, write_result
@@ -368,6 +368,10 @@ def reconcile(study: Study, d: Path, recorder: Recorder, grid: Any = None) -> No
     # make the study one trial too many.
     held = slot_holders(d)
     for sub in sorted(ck.iterdir()) if ck.is_dir() else []:
+        if sub.is_symlink() or not sub.is_dir():  # raybal writes folders only: reported, never followed
+            what = "a link" if sub.is_symlink() else "a file"
+            status_line(f"ignored {sub}: not a trial folder raybal wrote ({what})")
+            continue
         if has_result(sub) and sub.name not in ended and sub.name in held:
             ended[sub.name] = ({}, "complete", None)
     for tid, (params, how, err) in ended.items():

@@ -41,6 +41,9 @@ def objective_help(metric: str, methods: Iterable[str]) -> str:
                       f"robust.val_{metric}.<modality>.<corruption>.<level>", *dict.fromkeys(offered)])
 
 
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
 @dataclass(frozen=True)
 class StudySettings:
     name: str = "study"
@@ -68,6 +71,10 @@ class StudySettings:
                         "or an RDB URL such as postgresql://host/db for a cluster")
 
     def validate(self, prefix: str) -> None:
+        # The name becomes a folder (results/<name>) and Optuna's study name: a plain name, never a path.
+        if not _NAME.fullmatch(self.name):
+            raise ConfigError(f"{prefix}.name", f"{self.name!r}: use letters, digits, '_', '-' and '.' (1-64, "
+                                                "not starting with '.')")
         if self.objective and self.objectives:
             raise ConfigError(f"{prefix}.objectives", "give either objective (+ mode) or objectives, not both")
         for i, c in enumerate(self.constraints):

@@ -53,6 +53,8 @@ def read_result(ckdir: Path) -> RunResult | None:
     """The record in ``ckdir``; None when there is none. A file that is not a raybal record (torn, of
     another format, or not JSON at all) raises :class:`ResultFileError` naming it."""
     path = ckdir / RESULT_FILE
+    if path.is_symlink() or ckdir.is_symlink():  # raybal writes plain files in plain folders: never follow one
+        raise ResultFileError(f"{path}: a link, not a trial record raybal wrote")
     try:
         text = path.read_bytes()
     except FileNotFoundError:

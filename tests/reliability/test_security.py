@@ -160,3 +160,44 @@ def test_a_url_from_an_environment_variable(tmp_path: Path, capsys: pytest.Captu
     assert (tmp_path / "optuna.db").is_file()  # the variable's URL was used
     stored = json.loads((tmp_path / "res" / "study.json").read_text())
     assert stored["study_resolved"]["study"]["storage"] == "env:RAYBAL_TEST_STORAGE"  # the name, not the URL
+
+
+def test_a_results_folder_holding_links_and_foreign_files_is_reported_not_followed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], local_ray: None) -> None:
+    import pandas as pd
+
+    from raybal.training.result_file import RESULT_FILE
+
+    study = tmp_path / "s.toml"
+    study.write_text(TINY_STUDY.format(storage="sqlite"))
+    out = tmp_path / "res"
+    assert main(["study", "run", str(study), "--results", str(out), "--quiet"]) == 0
+    before = pd.read_parquet(out / "trials.parquet")
+    # Files raybal writes have the user's usual permissions (umask), not mkstemp's 0600.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "trials.parquet").stat().st_mode & 0o777 == 0o666 & ~umask
+    # A link to a folder outside, holding a real-looking record and a slot, and a stray file.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    real = next(p for p in (out / "checkpoints").iterdir() if (p / RESULT_FILE).is_file())
+    (outside / RESULT_FILE).write_bytes((real / RESULT_FILE).read_bytes().replace(real.name.encode(), b"linked"))
+    (out / "checkpoints" / "linked").symlink_to(outside, target_is_directory=True)
+    (out / "slots" / "99998").write_text("linked")
+    (out / "checkpoints" / "notes.txt").write_text("not raybal's")
+    capsys.readouterr()
+    assert main(["study", "resume", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"ignored {out / 'checkpoints' / 'linked'}: not a trial folder raybal wrote (a link)" in err
+    assert f"ignored {out / 'checkpoints' / 'notes.txt'}: not a trial folder raybal wrote (a file)" in err
+    after = pd.read_parquet(out / "trials.parquet")
+    assert sorted(after["trial_id"]) == sorted(before["trial_id"])  # nothing recorded from the link
+
+
+def test_a_study_name_is_a_plain_name_never_a_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = tmp_path / "s.toml"
+    study.write_text(TINY_STUDY.format(storage="sqlite").replace("[study]\n", "[study]\nname = \"../../escape\"\n"))
+    assert main(["study", "run", str(study), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "study.name" in err and "'../../escape'" in err
+    assert not (tmp_path.parent.parent / "escape").exists()
