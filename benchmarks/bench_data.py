@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _record import record  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "out" / "data"
 
 
@@ -247,6 +250,7 @@ def main() -> None:
                       f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     df = pd.DataFrame(rows)
     df.to_parquet(OUT / "bench_data.parquet", index=False)
+    record("bench_data", df, args.quick)
     pd.set_option("display.width", 200)
     gen = df[df["mode"].str.startswith("synthetic_aerial")]
     epochs = df[~df["mode"].str.startswith("synthetic_aerial")]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,9 @@ import torch
 from raybal.resolve import default_config, with_overrides
 from raybal.training.distributed import fit_distributed, init_ray
 from raybal.training.loop import fit
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _record import record  # noqa: E402
 
 
 def main() -> None:
@@ -75,6 +79,7 @@ def main() -> None:
           f"(+ {one.startup_s:.1f}s worker-group start-up); 2 vs 1 workers: {one.train_s / two.train_s:.2f}x speed-up")
     out.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out / "distributed.parquet")
+    record("bench_distributed", df, args.quick)
     print(f"table written to {out / 'distributed.parquet'}")
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -24,6 +26,9 @@ from raybal.measure.utilization import EVAL_BATCH, encode_chunked
 from raybal.resolve import default_config
 from raybal.training.loop import build_for
 from raybal.training.steps import to_device
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _record import record  # noqa: E402
 
 CASES = (("cnn", 32), ("cnn", 64), ("resnet18", 32), ("resnet18", 64), ("convnext_tiny", 32))
 
@@ -78,6 +83,7 @@ def main() -> None:
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.out:
         df.to_parquet(args.out)
+    record("bench_eval_batch", df, args.quick)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _grid import mean_sd, run_grid  # noqa: E402
+from _record import record  # noqa: E402
 
 from raybal.config import parse_override  # noqa: E402
 from raybal.resolve import default_config  # noqa: E402
@@ -83,6 +84,7 @@ def main() -> None:
               f"|d_util| {g.abs_d_util:.3f} vs {v.abs_d_util:.3f}")
     out = Path(args.out or Path(args.results) / "greedy_digits.parquet")
     df.to_parquet(out)
+    record("bench_greedy_digits", df, args.quick)
     print(f"table written to {out}")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,6 +27,9 @@ from raybal.data import load_data
 from raybal.resolve import default_config
 from raybal.training.loop import build_for, seed_everything
 from raybal.training.steps import train_step
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _record import record  # noqa: E402
 
 VARIANTS = [  # (name, model, balance overrides, baseline name)
     ("vanilla", "late", {}, "vanilla"),
@@ -100,6 +104,7 @@ def main() -> None:
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(args.out)
+    record("bench_method_cost", df, args.quick)
     print(f"table written to {args.out}")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -33,6 +34,9 @@ from raybal.analysis.intervals import mean_interval
 from raybal.results.tables import load_results
 from raybal.study.driver import resume_study, run_study
 from raybal.study.space import study_from_dict
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _record import record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISY = "robust.test_accuracy.eo.gaussian.0.12"
@@ -171,6 +175,7 @@ def run_defaults(args: argparse.Namespace, out: Path) -> None:
         print(g[[c for c in g.columns if g[c].notna().any()]].drop(columns="data").to_string(index=False))
     path = out / "bench_methods_defaults.parquet"
     df.to_parquet(path)
+    record("bench_methods_defaults", df, args.quick)
     print(f"\ntable written to {path}")
 
 
@@ -201,6 +206,7 @@ def main() -> None:
     path = out / "bench_methods.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(path)
+    record("bench_methods", df, args.quick)
     print(f"\ntable written to {path}")
 
 

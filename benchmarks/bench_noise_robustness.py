@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _aerial import add_args, grid, label  # noqa: E402
 from _grid import mean_sd, run_grid  # noqa: E402
+from _record import record  # noqa: E402
 
 from raybal.results.tables import load_results  # noqa: E402
 
@@ -74,6 +75,7 @@ def main() -> None:
         print(goals.round(2).to_string(index=False))
     out = Path(args.out or Path(args.results) / "noise_robustness.parquet")
     table.reset_index().to_parquet(out)
+    record("bench_noise_robustness", table.reset_index(), args.quick)
     print(f"table written to {out}")
 
 

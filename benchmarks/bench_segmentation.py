@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _grid import mean_sd, run_grid  # noqa: E402
+from _record import record  # noqa: E402
 
 from raybal.config import RunConfig, parse_override  # noqa: E402
 from raybal.resolve import default_config  # noqa: E402
@@ -122,6 +123,7 @@ def main() -> None:
               f"{100 * (p['mean_over_levels'].mean() - van['mean_over_levels'].mean()):+.1f} pts (goal >= +3)")
     out = Path(args.out or Path(args.results) / "segmentation.parquet")
     df.to_parquet(out)
+    record("bench_segmentation", df, args.quick)
     print(f"per-run table written to {out}")
 
 

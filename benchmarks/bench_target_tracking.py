@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _grid import default_jobs, run_grid  # noqa: E402
+from _record import record  # noqa: E402
 
 from raybal.config import parse_override  # noqa: E402
 from raybal.resolve import default_config  # noqa: E402
@@ -173,6 +174,7 @@ def main() -> None:
               f"{within_band(g['acc_vs_same_seed'])}/{len(g)}")
     out = Path(args.out or Path(args.results) / "target_tracking.parquet")
     df.to_parquet(out)
+    record("bench_target_tracking", df, args.quick)
     print(f"table written to {out}")
 
 
