@@ -310,7 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ConfigError, DataError, ResultsError, CheckpointError) as exc:
-        print(f"raybal: error: {exc}", file=sys.stderr)
+        from raybal.config.secrets import redact
+
+        print(f"raybal: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("raybal: interrupted; re-run the same command to resume", file=sys.stderr)
@@ -319,9 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:  # the run itself failed: recorded in the results, one line here
+        from raybal.config.secrets import redact
         from raybal.results.schema import one_line
 
-        print(f"raybal: run failed: {one_line(exc)}", file=sys.stderr)
+        print(f"raybal: run failed: {redact(one_line(exc))}", file=sys.stderr)
         return EXIT_FAILED
 
 

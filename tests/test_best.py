@@ -46,6 +46,10 @@ def test_a_bounded_metric_has_its_interval_inside_its_range() -> None:
     assert is_bounded("final.val_accuracy") and is_bounded("robust.val_mean_miou") and is_bounded("final.mu.eo")
     assert not is_bounded("final.val_loss") and not is_bounded("wall_s")
     assert metric_interval(spread, "final.val_loss") == mean_interval(spread)
+    # a column named like a [0, 1] metric whose values leave [0, 1] (a raw MU in nats, a negative relative
+    # drop) keeps the plain t interval
+    assert not is_bounded("final.mu_raw.eo") and not is_bounded("final.val_cond_util.eo")
+    assert metric_interval([-0.1, -0.05, -0.2], "final.val_accuracy") == mean_interval([-0.1, -0.05, -0.2])
 
 
 def _run(tid: str, method: str, seed: int, val: float, test: float, status: str = "ok", role: str = "search",

@@ -59,3 +59,20 @@ def test_the_foreach_optimizer_updates_bit_for_bit_as_the_per_tensor_one(optimiz
         opt_b.step()
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
+
+
+def test_the_selected_epochs_final_rows_merge_into_its_per_epoch_rows() -> None:
+    """utilization.parquet keeps one row per (epoch, split, modality): the final measures join the selected
+    epoch's row, and what the final row leaves empty (a method's per-epoch log) is kept."""
+    from raybal.results.schema import with_final
+
+    per_epoch = [{"epoch": e, "split": "val", "modality": m, "mu": 0.5, "learning_speed": 0.42, "final": False}
+                 for e in (1, 2) for m in ("eo", "sar")]
+    final = [{"epoch": 2, "split": s, "modality": m, "mu": 0.5, "learning_speed": None, "cond_util": 0.3,
+              "final": True} for s in ("val", "test") for m in ("eo", "sar")]
+    rows = with_final(per_epoch, final)
+    assert len(rows) == 6 and len({(r["epoch"], r["split"], r["modality"]) for r in rows}) == 6
+    selected = [r for r in rows if r["epoch"] == 2 and r["split"] == "val"]
+    assert all(r["final"] and r["cond_util"] == 0.3 and r["learning_speed"] == 0.42 for r in selected)
+    assert [r["final"] for r in rows if r["epoch"] == 1] == [False, False]
+

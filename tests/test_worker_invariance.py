@@ -67,7 +67,7 @@ def recorded_steps(out: Path, k: int = K) -> Iterator[None]:
     def train_step(*args: Any, **kwargs: Any) -> Any:
         result = real_step(*args, **kwargs)
         if len(runs[-1]["loss"]) < k:
-            runs[-1]["loss"].append(float(result[1]))
+            runs[-1]["loss"].append(float(result[1].detach()))
         return result
 
     def make_optimizer(cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -87,8 +87,7 @@ def mean_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
 # Values at a bound (an accuracy of exactly 1) have no logit: they are moved this far inside.
 _EDGE = 1e-4
 # Column names of metrics that live in [0, 1]; anything else (losses, times, counts) is unbounded.
-_BOUNDED = ("accuracy", "miou", "iou.", "f1", "map", "mu.", "mu_raw.", "cond_util", "ablation_util",
-            "target_error", "target_met")
+_BOUNDED = ("accuracy", "miou", "iou.", "f1", "map", "mu.", "target_error", "target_met")
 
 
 def is_bounded(metric: str) -> bool:
@@ -117,8 +116,10 @@ def bounded_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
 
 
 def metric_interval(values: Sequence[float], metric: str, level: float = LEVEL) -> Interval:
-    """:func:`bounded_interval` for a [0, 1] metric (:func:`is_bounded`), else :func:`mean_interval`."""
-    return bounded_interval(values, level) if is_bounded(metric) else mean_interval(values, level)
+    """:func:`bounded_interval` for a [0, 1] metric (:func:`is_bounded`) whose values all lie in [0, 1],
+    else :func:`mean_interval`."""
+    inside = all(0.0 <= float(v) <= 1.0 for v in values)
+    return bounded_interval(values, level) if is_bounded(metric) and inside else mean_interval(values, level)
 
 
 def paired_difference(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL) -> Interval:

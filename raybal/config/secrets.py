@@ -17,13 +17,17 @@ from raybal.config.tree import ConfigError
 
 ENV_PREFIX = "env:"
 MASK = "***"
-# scheme://user:password@ : the password is what is masked (the user name stays, for the reader)
-_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*):(?P<secret>[^@\s'\"]+)@")
+# scheme://user:password@host : the password is masked (the user name stays, for the reader). The password
+# runs to the last "@" before the host's "/" (a raw "@" or quote in it is masked too).
+_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*):(?P<secret>[^/\s]+)@")
+# ...?password=...&token=... : secrets passed as query parameters
+_QUERY = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|token|access_token|secret|api_key|key)=)[^&\s'\"]*",
+                    re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """``text`` with the password of every URL in it masked."""
-    return _CREDENTIALS.sub(lambda m: f"{m['head']}:{MASK}@", text)
+    """``text`` with the password (and any password / token query parameter) of every URL in it masked."""
+    return _QUERY.sub(lambda m: f"{m['head']}{MASK}", _CREDENTIALS.sub(lambda m: f"{m['head']}:{MASK}@", text))
 
 
 def redacted(value: Any) -> Any:

@@ -113,8 +113,12 @@ def with_final(rows: list[dict[str, Any]], final: list[dict[str, Any]]) -> list[
     def key(r: Mapping[str, Any]) -> tuple[Any, ...]:
         return r["epoch"], r["split"], r["modality"]
 
+    def merge(epoch_row: dict[str, Any], final_row: dict[str, Any]) -> dict[str, Any]:
+        # the final row's measures added; what it leaves empty (a per-epoch log, learning_speed) is kept
+        return {**epoch_row, **{k: v for k, v in final_row.items() if v is not None or k not in epoch_row}}
+
     finals = {key(r): r for r in final}
-    merged = [{**r, **finals.pop(key(r))} if key(r) in finals else r for r in rows]
+    merged = [merge(r, finals.pop(key(r))) if key(r) in finals else r for r in rows]
     return merged + list(finals.values())
 
 

@@ -76,7 +76,7 @@ class Tracker:
             return self._log(result)
         except Exception as exc:
             if not self._warned:
-                print(f"raybal: warning: MLflow logging to {self.uri} failed ({type(exc).__name__}: "
+                print(f"raybal: warning: MLflow logging to {redact(self.uri)} failed ({type(exc).__name__}: "
                       f"{str(exc).strip()[:160]}); the Parquet tables are unaffected", file=sys.stderr)
                 self._warned = True
             return None

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from raybal.training.result_file import has_result, read_result, write_result
+from raybal.training.result_file import ResultFileError, has_result, read_result, write_result
 
 
 def claim_slot(results_dir: Path, tid: str, n: int) -> bool:
@@ -80,7 +81,11 @@ def reuse_finished(results_dir: Path, cfg: Any, tid: str, replicate: int = 0, ro
     if not entry.is_file():
         return None
     src = entry.read_text().strip()
-    prior = read_result(results_dir / "checkpoints" / src)
+    try:
+        prior = read_result(results_dir / "checkpoints" / src)
+    except ResultFileError as exc:  # not reused, never run: this trial trains the config itself
+        print(f"raybal: not reusing {src}: {exc}", file=sys.stderr)
+        return None
     if prior is None or prior.status != "ok" or src == tid:
         return None
     t0 = time.perf_counter()

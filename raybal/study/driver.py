@@ -192,7 +192,7 @@ def _prepare(results_dir: Path, study: Study, resume: bool) -> None:
         return
     if meta_path.is_file():
         try:
-            same = read_meta(meta_path)["study_file"] == study.source
+            same = read_meta(meta_path)["study_file"] == redact(study.source)
         except ResultsError:  # another layout, or not JSON: not this study either way
             same = False
         raise ResultsError(f"{results_dir} already holds {'this' if same else 'a different'} study"
@@ -379,12 +379,24 @@ def reconcile(study: Study, d: Path, recorder: Recorder, grid: Any = None) -> No
             recorder.record(tid, params, how, err)
 
 
+def _check_tune_state_is_yours(tune_dir: Path) -> None:
+    """Ray Tune keeps its experiment state as pickles (``Tuner.restore`` loads them), which can run code:
+    resume only state this user wrote. A file of another owner, or a link, stops the resume by name."""
+    uid = os.getuid()
+    for path in [tune_dir, *tune_dir.rglob("*")]:
+        if path.is_symlink() or path.lstat().st_uid != uid:
+            why = "a link" if path.is_symlink() else "another owner"
+            raise ResultsError(f"{path}: Ray Tune's state here was not written by you ({why}); it is pickled and "
+                               "would run on resume: start a new study instead")
+
+
 def resume_study(results_dir: str | Path, *, address: str | None = None, quiet: bool = False) -> Results:
     """Continue an interrupted study from its results directory (the study file stored in study.json)."""
     d = Path(results_dir).resolve()
     meta_path = d / "study.json"
     if not meta_path.is_file() or not (d / TUNE_DIR).is_dir():
         raise ResultsError(f"{d} holds no study to resume (no study.json and {TUNE_DIR}/ state)")
+    _check_tune_state_is_yours(d / TUNE_DIR)
     meta = read_meta(meta_path)
     if meta.get("kind") != "study":
         raise ResultsError(f"{meta_path}: not a raybal study record")

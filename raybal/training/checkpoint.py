@@ -31,6 +31,11 @@ SELECTED = "model.pt"
 # The layout of both kinds. A checkpoint of another layout is refused by name, never half-read; bump it
 # with any change to the keys below (the CHANGELOG says what changed).
 FORMAT_VERSION = 1
+_KEYS = {  # what each kind holds, beside config_json and format_version
+    "last": ("config_digest", "epoch", "model", "optimizer", "scheduler", "method", "epochs", "utilization", "best",
+             "wall_s"),
+    "selected": ("model", "epoch", "final", "trial_id", "normalizer"),
+}
 
 
 class CheckpointError(ValueError):
@@ -56,6 +61,9 @@ def _load(path: str | Path) -> dict[str, Any]:
     if obj.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{p}: checkpoint format {obj.get('format_version')!r}, this raybal reads "
                               f"format {FORMAT_VERSION}: retrain, or use the raybal that wrote it")
+    missing = [k for k in _KEYS.get(obj.get("kind"), ("kind",)) if k not in obj]
+    if obj.get("kind") not in _KEYS or missing:
+        raise CheckpointError(f"{p}: not a raybal checkpoint (kind {obj.get('kind')!r}, missing {missing})")
     return obj
 
 

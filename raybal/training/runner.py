@@ -39,9 +39,9 @@ def prepare_dir(results_dir: str | Path, cfg: RunConfig, kind: str = "run") -> P
         raise ResultsError(f"{d} holds a study's results; pick another --results for a single run")
     if meta.is_file():
         old = read_meta(meta)
-        if old["kind"] != kind:
-            raise ResultsError(f"{d} holds a {old['kind']} record, not a {kind}; pick another --results")
-        if old["config_digest"] != cfg.digest():
+        if old.get("kind") != kind:
+            raise ResultsError(f"{d} holds a {old.get('kind')} record, not a {kind}; pick another --results")
+        if old.get("config_digest") != cfg.digest():
             raise ResultsError(f"{d} holds a different run (config {old.get('config_digest')}); "
                                "pick another --results or delete it")
     return d

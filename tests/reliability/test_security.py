@@ -201,3 +201,20 @@ def test_a_study_name_is_a_plain_name_never_a_path(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err
     assert "study.name" in err and "'../../escape'" in err
     assert not (tmp_path.parent.parent / "escape").exists()
+
+
+def test_resume_refuses_ray_tunes_pickled_state_written_by_someone_else(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], local_ray: None) -> None:
+    study = tmp_path / "s.toml"
+    study.write_text(TINY_STUDY.format(storage="sqlite"))
+    out = tmp_path / "res"
+    assert main(["study", "run", str(study), "--results", str(out), "--quiet"]) == 0
+    foreign = next(p for p in (out / "tune").rglob("*.pkl"))
+    if os.geteuid() != 0:
+        pytest.skip("planting a file of another owner needs root")
+    os.chown(foreign, os.getuid() + 12345, -1)  # what another user's (or a planted) file looks like
+    capsys.readouterr()
+    assert main(["study", "resume", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    _one_line(err, foreign)
+    assert "another owner" in err
