@@ -292,6 +292,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
                            baseline=None if s.baseline == "none" else s.baseline, base_seed=study.base.train.seed,
                            per_method=study.space.method_choice() if s.per_method else (),
                            storage=open_storage(url) if url else None,
+                           storage_spec=None if url is None else (url if s.storage == "sqlite" else s.storage),
                             metric=metrics if len(metrics) > 1 else metrics[0],
                             mode=modes if len(modes) > 1 else modes[0], sampler=study.sampler())
     scheduler = (ASHAScheduler(time_attr="epoch", metric=f"val_{metric}", mode="max", max_t=study.base.train.epochs,

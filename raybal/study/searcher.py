@@ -25,6 +25,7 @@ from the first replicate only.
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
@@ -38,16 +39,68 @@ def replicate(values: dict[str, Any], k: int, role: str, base_seed: int) -> dict
     return {**values, **seeded, "_replicate": k, "_role": role}
 
 
+class _TrialRef:
+    """An Optuna trial in the searcher's pickled state: its storage id only (the trial holds its study)."""
+
+    def __init__(self, trial_id: int) -> None:
+        self.trial_id = trial_id
+
+
 class StudySearch(OptunaSearch):
+    """``storage_spec``: the Optuna storage as the study file gives it (an RDB URL, ``env:NAME``, or the
+    SQLite file's URL); None for Optuna's in-memory storage. Ray Tune pickles its searcher into the
+    results folder (``tune/``); an RDB storage is never pickled with it (its URL may carry a password):
+    it is dropped from the state and opened again from the spec when the searcher is restored."""
+
     def __init__(self, *args: Any, repeats: int = 1, baseline: str | None = None, base_seed: int = 0,
-                 per_method: tuple[str, ...] = (), **kwargs: Any) -> None:
+                 per_method: tuple[str, ...] = (), storage_spec: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._storage_spec = storage_spec
         self._repeats, self._baseline, self._base_seed = repeats, baseline, base_seed
         self._per_method, self._proposed = per_method, 0
         self._baseline_left = repeats if baseline else 0
         self._queue: list[tuple[str, dict[str, Any], int]] = []  # (leader, values, replicate) still to hand out
         self._leader: dict[str, str] = {}  # Tune trial id -> the id of its configuration's first replicate
         self._outcomes: dict[str, dict[str, tuple[dict[str, Any] | None, bool]]] = {}  # leader -> tid -> told
+
+    def _portable_state(self) -> dict[str, Any]:
+        from raybal.config.secrets import redact
+
+        state = self.__dict__.copy()
+        if self._storage_spec is not None:  # reopened from the spec: the storage (and its URL) stays out
+            state["_storage"] = state["_ot_study"] = None
+            # an Optuna trial holds its study, and so the storage: kept as its id, rebuilt on reopen
+            state["_ot_trials"] = {tid: _TrialRef(t._trial_id) for tid, t in self._ot_trials.items()}
+            state["_storage_spec"] = redact(self._storage_spec)  # an inline password: resume needs env:NAME
+        return state
+
+    def _reopen(self) -> None:
+        if self._storage_spec is None or self._ot_study is not None:
+            return
+        import optuna
+
+        from raybal.config.secrets import resolve_url
+
+        self._storage = optuna.storages.RDBStorage(resolve_url(self._storage_spec, "study.storage"))
+        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
+                                           sampler=self._sampler, pruner=optuna.pruners.NopPruner())
+        self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, t.trial_id) if isinstance(t, _TrialRef) else t
+                           for tid, t in self._ot_trials.items()}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self._portable_state()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reopen()
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self._portable_state(), fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._reopen()
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         k, seed = self._repeats, self._base_seed

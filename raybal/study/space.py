@@ -149,6 +149,21 @@ class Study:
     resolved: dict[str, Any] = field(default_factory=dict)  # the whole file after --set overrides: what ran
     overrides: dict[str, Any] = field(default_factory=dict)  # the --set overrides, for the record
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to Ray workers, into Ray Tune's state in the results folder) with the credentials of
+        its URLs masked (:mod:`raybal.config.secrets`): only the driver that parsed it connects."""
+        from raybal.config.secrets import redact, redacted
+
+        state = dict(self.__dict__)
+        s = self.settings
+        state.update(source=redact(self.source), resolved=redacted(self.resolved),
+                     overrides=redacted(self.overrides),
+                     settings=dataclasses.replace(s, storage=redact(s.storage), mlflow=redact(s.mlflow)))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def sampler(self) -> Any:
         """Optuna's TPE (single- and multi-objective), seeded; after ``startup_trials`` random
         points it draws from a model of the results so far."""

@@ -160,6 +160,11 @@ def test_a_url_from_an_environment_variable(tmp_path: Path, capsys: pytest.Captu
     assert (tmp_path / "optuna.db").is_file()  # the variable's URL was used
     stored = json.loads((tmp_path / "res" / "study.json").read_text())
     assert stored["study_resolved"]["study"]["storage"] == "env:RAYBAL_TEST_STORAGE"  # the name, not the URL
+    # Ray Tune's own state (tune/, pickles) holds the spec, never the storage or its URL
+    url = str(tmp_path / "optuna.db").encode()
+    leaks = [p for p in (tmp_path / "res").rglob("*")
+             if p.is_file() and p.name != "optuna.db" and url in p.read_bytes()]
+    assert not leaks, leaks
 
 
 def test_a_results_folder_holding_links_and_foreign_files_is_reported_not_followed(
