@@ -63,3 +63,22 @@ def test_an_unusable_tracking_uri_exits_2_before_anything_is_written(tmp_path: P
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(err) == 1 and "--mlflow" in err[0] and "cannot use MLflow" in err[0], err
         assert not (tmp_path / "res").exists()
+
+
+def test_a_pickled_tracker_holds_the_uri_as_written_and_opens_it_again(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray Tune saves the study's callbacks (and so the tracker) in the results folder: what it pickles is
+    the URI as the config gives it (env:NAME), never the resolved URI or its token."""
+    import pickle
+
+    from raybal.results.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("RAYBAL_TEST_MLFLOW", uri)
+    tracker = Tracker(uri, "exp", spec="env:RAYBAL_TEST_MLFLOW")
+    blob = pickle.dumps(tracker)
+    assert uri.encode() not in blob and b"env:RAYBAL_TEST_MLFLOW" in blob
+    again = pickle.loads(blob)
+    assert again.uri == uri and again._exp == tracker._exp and not again._warned
+    inline = pickle.dumps(Tracker(uri, "exp", spec="https://alice:t0ken@mlflow.example"))
+    assert b"t0ken" not in inline

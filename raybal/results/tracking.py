@@ -60,12 +60,29 @@ def check_uri(uri: str, key: str) -> None:
 class Tracker:
     """Logs finished raybal runs to one MLflow experiment."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
-        self.uri, self.experiment = uri, experiment
+    def __init__(self, uri: str, experiment: str, spec: str | None = None) -> None:
+        """``spec``: the URI as the config gives it (``env:NAME`` or the URI itself), kept for a pickled
+        tracker (Ray Tune saves the study's callbacks): it is pickled with its credentials masked, never the
+        resolved URI, and opened again from the spec when unpickled."""
+        self.uri, self.experiment, self.spec = uri, experiment, spec if spec is not None else uri
         self._client = _client(uri)
         found = self._client.get_experiment_by_name(experiment)
         self._exp = found.experiment_id if found else self._client.create_experiment(experiment)
         self._warned = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": redact(self.spec), "experiment": self.experiment}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from raybal.config.secrets import resolve_url
+
+        try:
+            self.__init__(resolve_url(state["spec"], "study.mlflow"), state["experiment"], state["spec"])
+        except Exception as exc:  # a masked password or an unreachable server: the Parquet tables go on
+            self.uri, self.experiment, self.spec = redact(state["spec"]), state["experiment"], state["spec"]
+            self._warned = True
+            print(f"raybal: warning: MLflow logging to {self.uri} stopped ({type(exc).__name__}: "
+                  f"{redact(str(exc).strip())[:160]}); the Parquet tables are unaffected", file=sys.stderr)
 
     def log(self, result: RunResult) -> str | None:
         """Log one run; returns its MLflow run id (None when it was logged before or logging failed; after a

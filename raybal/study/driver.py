@@ -330,7 +330,7 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
         check_uri(mlflow_uri, "study.mlflow")
     _prepare(d, study, resume)
     if mlflow_uri:
-        tracker = Tracker(mlflow_uri, study.settings.name)
+        tracker = Tracker(mlflow_uri, study.settings.name, spec=study.settings.mlflow)
     atomic_write_json(study_meta(study, "running"), d / "study.json")
     recorder = Recorder(study, d, quiet=quiet, tracker=tracker)
     started = _init_ray(address)
