@@ -79,13 +79,7 @@ def test_a_planted_result_in_a_study_folder_stops_the_resume_and_runs_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], local_ray: None) -> None:
     from raybal.training.result_file import RESULT_FILE
 
-    study = tmp_path / "s.toml"
-    study.write_text("[data]\nn_train = 64\nn_val = 32\nn_test = 32\nimage_size = 16\n[model]\nwidth = 8\n"
-                     "stages = 3\n[train]\nepochs = 1\nmu_repeats = 1\n[study]\nobjective = \"final.val_accuracy\"\n"
-                     "num_samples = 1\nbaseline = \"none\"\nscheduler = \"fifo\"\n[search]\n"
-                     "\"train.lr\" = {loguniform = [1e-3, 1e-2]}\n")
-    out = tmp_path / "res"
-    assert main(["study", "run", str(study), "--results", str(out), "--quiet"]) == 0
+    out = _finished_study(tmp_path)
     # A trial folder raybal did not write, holding a slot, its record a pickle: what resume reads back.
     planted = out / "checkpoints" / "planted"
     planted.mkdir()
@@ -122,6 +116,15 @@ TINY_STUDY = ("[data]\nn_train = 64\nn_val = 32\nn_test = 32\nimage_size = 16\n[
               "[train]\nepochs = 1\nmu_repeats = 1\n[study]\nobjective = \"final.val_accuracy\"\nnum_samples = 1\n"
               "baseline = \"none\"\nscheduler = \"fifo\"\nstorage = \"{storage}\"\n[search]\n"
               "\"train.lr\" = {{loguniform = [1e-3, 1e-2]}}\n")
+
+
+def _finished_study(tmp_path: Path) -> Path:
+    """The results folder of a finished one-trial study (SQLite storage), for a test to plant files in."""
+    study = tmp_path / "s.toml"
+    study.write_text(TINY_STUDY.format(storage="sqlite"))
+    out = tmp_path / "res"
+    assert main(["study", "run", str(study), "--results", str(out), "--quiet"]) == 0
+    return out
 
 
 def test_a_password_in_a_storage_url_is_never_printed_or_stored(tmp_path: Path,
@@ -173,10 +176,7 @@ def test_a_results_folder_holding_links_and_foreign_files_is_reported_not_follow
 
     from raybal.training.result_file import RESULT_FILE
 
-    study = tmp_path / "s.toml"
-    study.write_text(TINY_STUDY.format(storage="sqlite"))
-    out = tmp_path / "res"
-    assert main(["study", "run", str(study), "--results", str(out), "--quiet"]) == 0
+    out = _finished_study(tmp_path)
     before = pd.read_parquet(out / "trials.parquet")
     # Files raybal writes have the user's usual permissions (umask), not mkstemp's 0600.
     umask = os.umask(0)
@@ -210,10 +210,7 @@ def test_a_study_name_is_a_plain_name_never_a_path(tmp_path: Path, capsys: pytes
 
 def test_resume_refuses_ray_tunes_pickled_state_written_by_someone_else(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], local_ray: None) -> None:
-    study = tmp_path / "s.toml"
-    study.write_text(TINY_STUDY.format(storage="sqlite"))
-    out = tmp_path / "res"
-    assert main(["study", "run", str(study), "--results", str(out), "--quiet"]) == 0
+    out = _finished_study(tmp_path)
     foreign = next(p for p in (out / "tune").rglob("*.pkl"))
     if os.geteuid() != 0:
         pytest.skip("planting a file of another owner needs root")
