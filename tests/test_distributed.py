@@ -9,7 +9,7 @@ import pandas as pd
 
 RUN = """
 [data]
-n_train = 1000
+n_train = {n_train}
 n_val = 300
 n_test = 300
 image_size = 16
@@ -27,9 +27,9 @@ seed = 3
 """
 
 
-def write_run(tmp_path: Path, epochs: int = 3, method: str = "vanilla", balance: str = "") -> Path:
+def write_run(tmp_path: Path, epochs: int = 3, method: str = "vanilla", balance: str = "", n_train: int = 1000) -> Path:
     p = tmp_path / f"run-{method}.toml"
-    p.write_text(RUN.format(epochs=epochs, method=method, balance=balance))
+    p.write_text(RUN.format(epochs=epochs, method=method, balance=balance, n_train=n_train))
     return p
 
 
@@ -78,7 +78,7 @@ def test_multi_worker_trials_in_a_study(tmp_path: Path, local_ray: None) -> None
     from raybal.cli import main
 
     study = tmp_path / "s.toml"
-    study.write_text(RUN.format(epochs=2, method="vanilla", balance="").replace("n_train = 1000", "n_train = 256")
+    study.write_text(RUN.format(epochs=2, method="vanilla", balance="", n_train=256)
                      + "workers = 2\n[study]\nobjective = \"final.val_accuracy\"\nnum_samples = 1\n"
                        "baseline = \"none\"\n"
                        "[search]\n\"train.lr\" = {loguniform = [1e-3, 1e-2]}\n")

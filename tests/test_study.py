@@ -129,14 +129,17 @@ def test_best_on_empty_or_foreign_dir(tmp_path: Path, capsys: pytest.CaptureFixt
     assert len(err) == 2 and all(line.startswith("raybal: error:") for line in err)
 
 
-def test_interrupted_study_resumes_without_repeats(tmp_path: Path) -> None:
+def test_interrupted_study_resumes_without_repeats(tmp_path: Path, local_ray: None) -> None:
+    import ray
+
     # The file says 4 epochs; the study is started with --set train.epochs=3, and resume must run that study.
     # Two configurations and the baseline, each with two seeds: 6 runs.
     study, out = write_study(tmp_path, n=2, epochs=4), tmp_path / "res"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "raybal.cli", "study", "run", str(study), "--results", str(out),
                              "--set", "study.max_concurrent=1", "--set", "study.scheduler=\"fifo\"",
-                             "--set", "train.epochs=3", "--set", "study.repeats=2"],
+                             "--set", "train.epochs=3", "--set", "study.repeats=2",
+                             "--address", ray.get_runtime_context().gcs_address],  # the session's Ray
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline:

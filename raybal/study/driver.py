@@ -49,6 +49,7 @@ from raybal.study.claims import (
 )
 from raybal.study.recorder import SKIPPED, Recorder, make_callback, status_line, stopped_result
 from raybal.study.space import Study, corner_points, load_study, study_from_dict
+from raybal.training import faults
 from raybal.training.loop import check_pretrained, fit
 from raybal.training.result_file import has_result, write_result
 
@@ -69,6 +70,7 @@ class TrialFn:
     def __init__(self, study: Study, results_dir: Path) -> None:
         self.study = study
         self.results_dir = results_dir
+        self.fault = os.environ.get(faults.ENV)  # the reliability tests' injected fault, carried to the trials
         self.__name__ = "raybal_trial"
 
     def __call__(self, params: dict[str, Any]) -> None:
@@ -129,7 +131,8 @@ class TrialFn:
                 result = fit_distributed(cfg, trial_id=tid, checkpoint_dir=ckdir,
                                          storage_path=self.results_dir / "ray", quiet=True)
             else:
-                result = fit(cfg, trial_id=tid, checkpoint_dir=ckdir, progress=progress)
+                with faults.carried(self.fault):
+                    result = fit(cfg, trial_id=tid, checkpoint_dir=ckdir, progress=progress)
         except Exception as exc:
             failed = failed_result(cfg, tid, exc, time.perf_counter() - t0)
             done = stopped_result(self.study, tid, values, ckdir, "failed", failed.error)

@@ -4,12 +4,16 @@
 ``<epoch>`` of every run whose config meets ``<condition>`` (a constraint on a dotted config
 key, e.g. ``train.batch_size == 16``). Kinds: ``oom`` (``torch.OutOfMemoryError``, what a GPU
 that runs out of memory raises) and ``error`` (a ``RuntimeError``). The variable reaches Ray
-trial and Train worker processes through the environment of a local Ray started by raybal.
+trial and Train worker processes through the environment of a local Ray started by raybal, and a
+study's single-worker trials through :func:`carried` (the study's trial function captures the driver's
+value, so the trials of an already running Ray see it too).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,6 +24,24 @@ if TYPE_CHECKING:
     from raybal.config import RunConfig
 
 ENV = "RAYBAL_FAULT"
+
+
+@contextmanager
+def carried(spec: str | None) -> Iterator[None]:
+    """``RAYBAL_FAULT`` set to ``spec`` (the driver's value) for the span of one trial, then restored: a Ray
+    worker process keeps the environment it was started with, not the driver's of the moment."""
+    old = os.environ.get(ENV)
+    if spec is None or spec == old:
+        yield
+        return
+    os.environ[ENV] = spec
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = old
 
 
 def maybe_inject(config: RunConfig, epoch: int) -> None:

@@ -100,7 +100,7 @@ def wait_for_trials(out: Path, n: int, proc: subprocess.Popen | None = None, tim
 
 
 def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           no_ray: None,  # its trials must see RAYBAL_FAULT
+                                                           local_ray: None,  # TrialFn carries RAYBAL_FAULT
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     # lr 1e12 makes SGD diverge (the NaN guard stops the trial); batch 16 gets a simulated CUDA OOM in epoch 2.
     monkeypatch.setenv("RAYBAL_FAULT", "oom:2:train.batch_size == 16")
@@ -132,15 +132,19 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path, monke
 
 
 def test_killed_driver_then_resume(tmp_path: Path, local_ray: None) -> None:
+    import ray
+
     out = tmp_path / "res"
     study = study_file(tmp_path, 6, extra="max_concurrent = 1\n")
     reader = Reader(out)
     reader.start()
+    # The driver joins the session's Ray (no cold start of its own); Ray ends the killed driver's trials.
     proc = subprocess.Popen([sys.executable, "-m", "raybal.cli", "study", "run", str(study), "--results", str(out),
-                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                             "--quiet", "--address", ray.get_runtime_context().gcs_address],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for_trials(out, 2, proc)
-        os.kill(proc.pid, signal.SIGKILL)  # the driver only; its local Ray goes down with it
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only
         proc.wait(timeout=60)
     finally:
         try:
