@@ -16,7 +16,9 @@ from typing import Any
 
 import pandas as pd
 
+from raybal.analysis.effect import UtilizationEffect, targeted_modality, utilization_effect
 from raybal.analysis.intervals import Interval, metric_interval, paired_difference
+from raybal.analysis.runs import runs
 from raybal.config.constraint import Constraint
 from raybal.config.tasks import METRICS, metric_of_columns
 from raybal.results.schema import target_columns
@@ -76,6 +78,7 @@ class Best:
     is_baseline: bool = False
     study: bool = True  # False: a single run's results (nothing to compare)
     failed: pd.DataFrame | None = None  # configurations with a failed seed: reported, never averaged
+    utilization: UtilizationEffect | None = None  # a study searching a target: does utilization predict it?
 
     def sentences(self) -> list[str]:
         out = []
@@ -87,6 +90,8 @@ class Best:
             out.append("no baseline in this study (study.baseline = \"none\"): nothing to compare the best with")
         if self.vs_runner_up is not None:
             out.append(self.vs_runner_up.sentence(self.metric))
+        if self.utilization is not None:
+            out.append(self.utilization.sentence())
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -98,6 +103,7 @@ class Best:
                "vs_baseline": self.vs_baseline.to_json(self.metric) if self.vs_baseline else None,
                "vs_runner_up": self.vs_runner_up.to_json(self.metric) if self.vs_runner_up else None,
                "sentences": self.sentences(),
+               "utilization_effect": self.utilization.to_json() if self.utilization else None,
                "test": {k: _plain(v) for k, v in self.row.items() if k.startswith("final.test_")},
                "checkpoint": _plain(self.row.get("checkpoint")),
                "runners_up": json.loads(self.runners_up.to_json(orient="records"))}
@@ -136,29 +142,13 @@ def pareto_front(df: pd.DataFrame, objectives: list[tuple[str, str]]) -> pd.Data
     return df[keep]
 
 
-def _runs(t: pd.DataFrame) -> pd.DataFrame:
-    """The trials with the replicate bookkeeping every reader needs, one row per (configuration, seed): a
-    row that reused another's result (``final.reused_from``) gives way to a trained one."""
-    t = t.copy()
-    t["config_id"] = t["config_id"].astype(str)
-    t["_seed"] = pd.to_numeric(t["train.seed"], errors="coerce").fillna(0).astype(int) if "train.seed" in t else 0
-    reused = t["final.reused_from"].notna() if "final.reused_from" in t else False
-    t["_rank"] = (t["status"] != "ok").astype(int) * 2 + pd.Series(reused, index=t.index).astype(int)
-    t = t.sort_values(["config_id", "_seed", "_rank"], kind="stable")
-    baseline_ids = set(t.loc[t["role"] == "baseline", "config_id"])
-    t = t.drop_duplicates(["config_id", "_seed"])
-    t.loc[t["config_id"].isin(baseline_ids), "role"] = "baseline"
-    return t.sort_values(["config_id", "replicate"], kind="stable").drop(columns="_rank")
-
-
 def config_table(t: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per configuration: its first replicate's columns, numeric ``final.*`` / ``robust.*``
     columns as the mean over its ``ok`` seeds, and ``n_ok`` / ``n_failed`` / ``n_stopped``,
     ``<metric>.low`` / ``.high`` (the 95 % interval of the metric, NaN under two seeds; on the logit scale
     for a [0, 1] metric: :func:`raybal.analysis.intervals.metric_interval`)."""
-    runs = _runs(t)
     out = []
-    for cid, g in runs.groupby("config_id", sort=False):
+    for cid, g in runs(t).groupby("config_id", sort=False):
         ok = g[(g["status"] == "ok") & pd.to_numeric(g[metric], errors="coerce").notna()] if metric in g else g[:0]
         row = (ok if not ok.empty else g).iloc[0].to_dict()
         for c in g.columns:
@@ -239,6 +229,8 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
         cols = list(dict.fromkeys(["config_id", "trial_id", "n_ok"] + [m for m, _ in objs] + searched))
         pareto = pareto_front(ok, objs)[cols].reset_index(drop=True)
     # reported, never ranked: a failed seed, or fewer ok seeds than study.repeats (an interrupted study)
+    modality = targeted_modality(t, res.meta) if res.meta.get("kind") == "study" else None
+    effect = utilization_effect(t, metric, modality) if modality else None
     failed = configs.loc[(configs["n_failed"] > 0) | ((configs["n_ok"] > 0) & (configs["n_ok"] < expected)
                                                       & (configs["n_stopped"] == 0)),
                          ["config_id", "n_ok", "n_failed", "n_stopped", *searched]]
@@ -250,7 +242,7 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
                 config_id=str(row["config_id"]), interval=metric_interval(list(row["_values"].values()), metric),
                 trial_ids=list(row["trial_ids"]), vs_runner_up=vs_next, vs_baseline=vs_base,
                 baseline=base_method, is_baseline=is_base, study=res.meta.get("kind") == "study",
-                failed=failed.reset_index(drop=True))
+                failed=failed.reset_index(drop=True), utilization=effect)
 
 
 def best_per_method(results_dir: str | Path, metric: str | None = None, mode: str | None = None,
@@ -261,7 +253,7 @@ def best_per_method(results_dir: str | Path, metric: str | None = None, mode: st
     t = load_results(results_dir).trials
     if t.empty:
         raise ResultsError(f"{results_dir}: no trials recorded yet")
-    rows, runs = [], _runs(t)
+    rows, every = [], runs(t)
     for m in dict.fromkeys(t["balance.method"].dropna().astype(str)):
         try:
             b = best_trial(results_dir, metric, mode, constraints, method=m)
@@ -270,7 +262,7 @@ def best_per_method(results_dir: str | Path, metric: str | None = None, mode: st
             continue
         iv, diff = b.interval, b.vs_baseline.diff if b.vs_baseline else None
         test = next((k for k in b.row if k.startswith("final.test_") and k[11:] in METRICS.values()), None)
-        rows.append({"method": m, "configs": int(runs.loc[runs["balance.method"] == m, "config_id"].nunique()),
+        rows.append({"method": m, "configs": int(every.loc[every["balance.method"] == m, "config_id"].nunique()),
                      "config_id": b.config_id, "n": iv.n, "metric": b.metric, "mean": b.value, "low": iv.low,
                      "high": iv.high, "vs_baseline": diff.mean if diff else (0.0 if b.is_baseline else math.nan),
                      "vs_baseline.low": diff.low if diff else math.nan,
@@ -283,12 +275,15 @@ def best_per_method(results_dir: str | Path, metric: str | None = None, mode: st
 class BestTarget(dict):
     """The best configuration's target (modality -> fraction, a plain dict to read) that also carries
     its uncertainty: ``interval`` (the metric's mean and 95 % interval over seeds), ``vs_baseline`` /
-    ``vs_runner_up`` (paired differences), ``sentences`` and the whole :class:`Best` as ``best``."""
+    ``vs_runner_up`` (paired differences), ``utilization_effect`` (does utilization predict the metric
+    on these runs: :class:`raybal.analysis.effect.UtilizationEffect`), ``sentences`` and the whole
+    :class:`Best` as ``best``."""
 
     def __init__(self, best: Best) -> None:
         super().__init__(best.target or {})
         self.best = best
         self.interval, self.vs_baseline, self.vs_runner_up = best.interval, best.vs_baseline, best.vs_runner_up
+        self.utilization_effect = best.utilization
         self.sentences = best.sentences()
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import seaborn as sns
 
 from raybal.analysis.intervals import is_bounded
+from raybal.analysis.runs import trial_labels
 from raybal.config.tasks import metric_of_columns
 from raybal.results.schema import target_columns
 from raybal.results.tables import Results
@@ -32,20 +33,6 @@ class NoData(Exception):
 
 def _style() -> None:
     sns.set_theme(style="whitegrid", palette=PALETTE, context="notebook")
-
-
-def trial_labels(trials: pd.DataFrame) -> pd.Series:
-    """A short label per trial: the method, with its target when it has one (e.g. "<method> eo=0.75")."""
-    tcols = sorted(target_columns(trials.columns).items())
-
-    def one(r: pd.Series) -> str:
-        method = str(r.get("balance.method", "run"))
-        given = [(m, c) for m, c in tcols if pd.notna(r[c])]
-        if given:
-            m, c = given[0]
-            return f"{method} {m}={float(r[c]):.2f}"
-        return method
-    return trials.set_index("trial_id").apply(one, axis=1) if not trials.empty else pd.Series(dtype=str)
 
 
 def metric_of(res: Results) -> str:
@@ -253,6 +240,54 @@ def configurations(res: Results, objective: str | None = None) -> plt.Figure:
     return fig
 
 
+def utilization_effect(res: Results, objective: str | None = None) -> plt.Figure:
+    """7. Does utilization predict the objective? One point per run (the objective against the achieved MU
+    share of the searched target's modality), coloured by seed; the least-squares line with its 95 %
+    confidence band, and the shares of variance explained by utilization, the configuration and the seed
+    (:mod:`raybal.analysis.effect`)."""
+    from raybal.analysis.effect import STEP, effect_runs, targeted_modality
+    from raybal.analysis.effect import utilization_effect as effect_of
+    from raybal.analysis.intervals import t_quantile
+
+    objectives = res.meta.get("objectives", [])
+    objective = objective or (objectives[0]["metric"] if objectives else None)
+    modality = targeted_modality(res.trials, res.meta) if res.kind == "study" else None
+    if not objective or modality is None:
+        raise NoData("not a study that searches a target utilization")
+    effect = effect_of(res.trials, objective, modality)
+    runs = effect_runs(res.trials, objective, modality)
+    if effect is None:
+        raise NoData(f"fewer than 4 finished runs, or no spread in the achieved {modality} share or the objective")
+    _style()
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    seeds = sorted(runs["seed"].unique())
+    colors = sns.color_palette(PALETTE, max(len(seeds), 1))
+    for i, sd in enumerate(seeds):
+        sub = runs[runs["seed"] == sd]
+        ax.scatter(sub["share"], sub["value"], color=colors[i % len(colors)], s=36, label=f"seed {sd}",
+                   edgecolor="white", lw=0.5)
+    x, y = runs["share"].to_numpy(), runs["value"].to_numpy()
+    b = effect.slope / STEP
+    grid = np.linspace(x.min(), x.max(), 50)
+    fit = y.mean() + b * (grid - x.mean())
+    resid = y - (y.mean() + b * (x - x.mean()))
+    s2 = float((resid ** 2).sum()) / (len(x) - 2)
+    sxx = float(((x - x.mean()) ** 2).sum())
+    half = t_quantile(0.975, len(x) - 2) * np.sqrt(s2 * (1 / len(x) + (grid - x.mean()) ** 2 / sxx))
+    ax.plot(grid, fit, color="0.2", lw=1.5, label="least squares")
+    ax.fill_between(grid, fit - half, fit + half, color="0.5", alpha=0.15, lw=0, label="95 % band (the line)")
+    ax.set(xlabel=f"achieved MU share of {modality} (final)", ylabel=objective,
+           title=f"utilization explains {effect.r2_utilization * 100:.0f} %; configuration "
+                 f"{effect.share_config * 100:.0f} %, seed {effect.share_seed * 100:.0f} %")
+    ax.legend(fontsize=7, ncol=2)
+    scale = 100 if is_bounded(objective) else 1
+    fig.text(0.01, -0.02, f"slope {effect.slope * scale:+.2f}{' points' if scale == 100 else ''} per +{STEP:g} of "
+             f"{modality} share, 95 % CI [{effect.slope_low * scale:+.2f}, {effect.slope_high * scale:+.2f}]; "
+             f"{effect.n_runs} runs, {effect.n_configs} configurations, {effect.n_seeds} seeds", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def greedy(res: Results) -> plt.Figure:
     """6. Wu et al.: learning-speed imbalance over training and the final conditional utilization imbalance."""
     e, t = res.epochs, res.trials
@@ -290,5 +325,7 @@ FIGURES: dict[str, tuple[Any, str]] = {
                "Pareto front for multi-objective studies"),
     "configurations": (configurations, "every configuration's objective: mean and 95 % interval over its seeds, "
                        "the baseline's as a band"),
+    "utilization_effect": (utilization_effect, "does utilization predict the objective? one point per run by "
+                           "seed, the fitted slope with its 95 % band, variance shares of configuration and seed"),
     "greedy": (greedy, "learning-speed and conditional utilization imbalance (Wu et al. 2022)"),
 }
