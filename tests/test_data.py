@@ -14,7 +14,7 @@ from PIL import Image
 from raybal.config import ConfigError
 from raybal.data import DATASETS, load_data
 from raybal.data.base import DataError
-from raybal.resolve import config_from_dict
+from raybal.resolve import config_from_dict, default_config
 
 
 def test_registry_lists_every_data_set() -> None:
@@ -37,6 +37,18 @@ def test_synthetic_aerial_shapes_ranges_and_seed() -> None:
     other = load_data(tiny_config(**{"data.seed": 1}).data)
     assert not torch.equal(other.train.x["sar"], data.train.x["sar"])
     assert not torch.equal(data.train.x["eo"][:50], data.test.x["eo"][:50])
+
+
+def test_a_profile_sets_the_knobs_the_file_leaves_unset() -> None:
+    from raybal.data.synthetic import PROFILES
+
+    plain, cal = default_config(), default_config(**{"data.profile": "ntire21"})
+    for k, v in PROFILES["ntire21"].items():
+        assert getattr(cal.data.params, k) == v != getattr(plain.data.params, k)
+    mixed = default_config(**{"data.profile": "ntire21", "data.sar_looks": 2.0})  # a value in the file wins
+    assert mixed.data.params.sar_looks == 2.0 and mixed.data.params.eo_sensor_noise == PROFILES["ntire21"][
+        "eo_sensor_noise"]
+    assert mixed.data.params.profile == "ntire21" and cal.digest() != plain.digest()
 
 
 def test_generated_data_is_cached_on_disk(tmp_path: Path) -> None:

@@ -63,6 +63,24 @@ def test_augmentation_moves_every_modality_and_the_mask_alike() -> None:
     assert torch.equal(again, augment_sample(x, y, p, sample_generator(0, 1, 5))[1])  # per (seed, epoch, sample)
 
 
+def test_noise_augmentation_adds_gaussian_noise_of_a_drawn_variance_to_the_named_modality() -> None:
+    from raybal.config import FrozenMap
+
+    x = {"eo": torch.zeros(3, 32, 32), "sar": torch.zeros(1, 32, 32)}
+    y = torch.tensor(0)
+    p = AugmentParams(noise=FrozenMap({"eo": 0.12}))
+    assert p.enabled and not AugmentParams(noise=FrozenMap({"eo": 0.0})).enabled
+    variances = []
+    for i in range(200):
+        ax, _ = augment_sample(x, y, p, sample_generator(0, 1, i))
+        assert torch.equal(ax["sar"], x["sar"])  # only the named modality
+        variances.append(float(ax["eo"].var()))
+    # variance drawn uniformly in [0, 0.12] per sample: mean 0.06, none above the top (3,072 pixels each)
+    assert 0.05 < sum(variances) / len(variances) < 0.07 and max(variances) < 0.12 * 1.1 and min(variances) < 0.01
+    again = augment_sample(x, y, p, sample_generator(0, 1, 7))[0]["eo"]
+    assert torch.equal(again, augment_sample(x, y, p, sample_generator(0, 1, 7))[0]["eo"])
+
+
 def test_normalisation_is_measured_on_train_and_travels_with_the_checkpoint(tmp_path) -> None:  # noqa: ANN001
     from raybal.cli import main
 

@@ -129,6 +129,18 @@ def _ss_explained(y: np.ndarray, *groups: np.ndarray) -> float:
     return float(((fitted - y.mean()) ** 2).sum())
 
 
+def variance_shares(values: np.ndarray, configs: np.ndarray, seeds: np.ndarray) -> tuple[float, float, float]:
+    """(configuration, seed, rest): the type-I shares of ``values``' sum of squares, the configuration
+    entered first (module docstring); NaNs when ``values`` do not vary."""
+    y = np.asarray(values, dtype=float)
+    total = float(((y - y.mean()) ** 2).sum())
+    if total <= 1e-18:
+        return math.nan, math.nan, math.nan
+    config = min(1.0, _ss_explained(y, configs) / total)
+    seed = max(0.0, min(1.0, _ss_explained(y, configs, seeds) / total) - config)
+    return config, seed, max(0.0, 1.0 - config - seed)
+
+
 def utilization_effect(trials: pd.DataFrame, metric: str, modality: str) -> UtilizationEffect | None:
     """The slope, its interval and the variance shares over the runs (module docstring); None with fewer
     than :data:`MIN_RUNS` runs or when the achieved share or the objective does not vary."""
@@ -144,14 +156,10 @@ def utilization_effect(trials: pd.DataFrame, metric: str, modality: str) -> Util
     resid = y - (y.mean() + b * (x - x.mean()))
     se = math.sqrt(float((resid ** 2).sum()) / (n - 2) / sxx)
     half = t_quantile(0.975, n - 2) * se
-    configs, seeds = r["config_id"].to_numpy(), r["seed"].to_numpy()
-    ss_config = _ss_explained(y, configs)
-    ss_both = _ss_explained(y, configs, seeds)
-    share_config = min(1.0, ss_config / syy)
-    share_seed = max(0.0, min(1.0, ss_both / syy) - share_config)
+    share_config, share_seed, share_rest = variance_shares(y, r["config_id"].to_numpy(), r["seed"].to_numpy())
     return UtilizationEffect(
         metric=metric, modality=modality, n_runs=n, n_configs=int(r["config_id"].nunique()),
         n_seeds=int(r["seed"].nunique()), slope=b * STEP, slope_low=(b - half) * STEP,
         slope_high=(b + half) * STEP, r2_utilization=b * b * sxx / syy, share_config=share_config,
-        share_seed=share_seed, share_rest=max(0.0, 1.0 - share_config - share_seed),
+        share_seed=share_seed, share_rest=share_rest,
         share_range=(float(x.min()), float(x.max())))

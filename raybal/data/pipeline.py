@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raybal.config import knob
+from raybal.config import FrozenMap, knob
 
 Batch = tuple[dict[str, Tensor], Tensor]
 
@@ -46,10 +46,13 @@ class AugmentParams:
     rot90: bool = knob(False, doc="a random multiple of 90 degrees (square images), the same for every modality")
     crop: int = knob(0, ge=0, le=64, doc="pad by this many pixels (reflected) and crop back at a random offset")
     jitter: float = knob(0.0, ge=0.0, le=1.0, doc="per modality: contrast and brightness changes drawn in [-j, j]")
+    noise: FrozenMap = knob({}, ge=0.0, le=1.0, doc="modality -> v: Gaussian noise of a variance drawn uniformly in "
+                            "[0, v] per sample (the robustness sweep's `gaussian` corruption, as training "
+                            "augmentation)")
 
     @property
     def enabled(self) -> bool:
-        return self.flip or self.rot90 or self.crop > 0 or self.jitter > 0
+        return self.flip or self.rot90 or self.crop > 0 or self.jitter > 0 or any(v > 0 for v in self.noise.values())
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,10 @@ def augment_sample(x: dict[str, Tensor], y: Tensor, p: AugmentParams,
             a, b = (torch.rand(2, generator=g) * 2 - 1) * p.jitter
             mean = x[m].mean()
             x[m] = (x[m] - mean) * (1 + a) + mean + b
+    for m, top in sorted(p.noise.items()):
+        if top > 0 and m in x:
+            variance = float(torch.rand(1, generator=g)) * top
+            x[m] = x[m] + torch.randn(x[m].shape, generator=g, dtype=x[m].dtype) * variance ** 0.5
     return x, y
 
 
