@@ -8,8 +8,15 @@ head's weight gradient projected, an optimizer step. The projection keeps the he
 what the previous modalities taught it (an orthogonal-weight-modification projector, §3.2):
 
     r     = the batch mean of f_m;  alpha = 0.1^(b / B + 1)   (b: the batch's index in the epoch, B batches)
-    k     = P r;   P <- P - k k^T / (alpha + r^T k);   P <- P / |P|_F
+    k     = P r;   P <- P - (k k^T) / (alpha + k r^T);   P <- P / |P|_F
     g_W  <- g_W P^T                                     (the head's weight; its bias is not projected)
+
+The division is element-wise, by the matrix alpha + k r^T: that is the authors' code (``GSPlugin.before_update``
+divides by ``alpha + torch.mm(k, r)``, a d x d matrix) and BalanceBenchmark's, so it is the default
+(``projector = "reference"``). The orthogonal-weight-modification update it descends from (Zeng, Chen, Cui,
+Yu, *Continual learning of context-dependent processing in neural networks*, Nature Machine Intelligence
+2019) divides by the scalar alpha + r^T k; ``projector = "owm"`` gives that form. They are different maps:
+after 20 updates on the same features the two projected gradients are nearly orthogonal.
 
 with P = I at the start of training, shared by the modalities and never reset; the very first call
 only starts the count (the reference skips it). At test time the fused prediction weights each
@@ -33,7 +40,7 @@ over ranks before the projection and the step: every rank makes the same M updat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -47,6 +54,9 @@ from raybal.models.base import FusionModel, ModelOutput
 @dataclass(frozen=True)
 class MLAParams:
     project: bool = knob(True, doc="project the shared head's gradient (the paper's gradient modification)")
+    projector: Literal["reference", "owm"] = knob("reference", doc="the projector's update: reference = the authors' "
+                                                  "code (element-wise by alpha + k r^T); owm = the scalar "
+                                                  "alpha + r^T k of orthogonal weight modification")
 
 
 @METHODS.register("mla", MLAParams)
@@ -89,7 +99,8 @@ class MLA(BalanceMethod):
             return
         alpha = 0.1 ** (self.batch / max(self.ctx.steps_per_epoch, 1) + 1)
         k = self.P @ r
-        self.P = self.P - torch.outer(k, k) / (alpha + r @ k)
+        denominator = alpha + (torch.outer(k, r) if self.params.projector == "reference" else r @ k)
+        self.P = self.P - torch.outer(k, k) / denominator
         self.P = self.P / torch.linalg.matrix_norm(self.P)
         weight_grad.copy_((weight_grad.double() @ self.P.t()).to(weight_grad.dtype))
 
