@@ -28,12 +28,42 @@ def local_ray(_cache_dir: None) -> None:
 
 @pytest.fixture
 def no_ray() -> None:
-    """For a test that starts a Ray of its own (a multi-node cluster, or trials that must see an environment
-    variable the test sets): the shared one is stopped first, and the next test that needs it starts it again."""
+    """For a test that connects to a Ray of its own (``two_node_cluster``): the shared one is stopped first,
+    and the next test that needs it starts it again."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def _cluster(_cache_dir: None) -> object:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.fixture
+def two_node_cluster(_cluster: object, no_ray: None) -> object:
+    """A local Ray cluster of two 1-CPU nodes (a head and a worker), started once for the tests that need
+    one; they run last (``pytest_collection_modifyitems``), after every test of the shared local Ray. A test
+    may remove the worker node (a lost node): the next one gets a fresh worker."""
+    import ray
+
+    if not _cluster.worker_nodes:  # type: ignore[attr-defined]
+        _cluster.add_node(num_cpus=1)  # type: ignore[attr-defined]
+        _cluster.wait_for_nodes()  # type: ignore[attr-defined]
+    yield _cluster
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The multi-node tests last: a local cluster and the shared local Ray never run at the same time, and
+    # the shared one is started once rather than again after each cluster test.
+    items.sort(key=lambda item: "two_node_cluster" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -44,25 +44,19 @@ def check_tables(d: Path, epochs: int) -> pd.DataFrame:
     return t
 
 
-def test_two_workers_on_a_two_node_cluster(tmp_path: Path, no_ray: None) -> None:
+def test_two_workers_on_a_two_node_cluster(tmp_path: Path, two_node_cluster) -> None:  # noqa: ANN001
     import ray
-    from ray.cluster_utils import Cluster
 
     from raybal.resolve import load_config
     from raybal.training.runner import train_to_dir
 
     run = write_run(tmp_path)
     one = train_to_dir(load_config(run), tmp_path / "one", quiet=True)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    try:
-        ray.init(address=cluster.address)
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 2  # 1 CPU each: one worker per node
-        two = train_to_dir(load_config(run, {"train.workers": 2}), tmp_path / "two", address=cluster.address,
-                           quiet=True)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    cluster = two_node_cluster
+    ray.init(address=cluster.address)
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2  # 1 CPU each: one worker per node
+    two = train_to_dir(load_config(run, {"train.workers": 2}), tmp_path / "two", address=cluster.address,
+                       quiet=True)
     check_tables(tmp_path / "two", 3)
     shards = [json.loads((tmp_path / "two" / "checkpoints" / "run" / "shards" / f"rank{r}.json").read_text())
               for r in (0, 1)]

@@ -161,12 +161,9 @@ def test_killed_driver_then_resume(tmp_path: Path, local_ray: None) -> None:
     assert not reader.errors and reader.reads > 20, (reader.errors, reader.reads)
 
 
-def test_lost_node_mid_study(tmp_path: Path, no_ray: None) -> None:
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    worker = cluster.add_node(num_cpus=1)
+def test_lost_node_mid_study(tmp_path: Path, two_node_cluster) -> None:  # noqa: ANN001
+    cluster = two_node_cluster
+    worker = next(iter(cluster.worker_nodes))
     out = tmp_path / "res"
     study = study_file(tmp_path, 4, epochs=4, n=512, extra="max_concurrent = 2\ntrial_retries = 2\n")
     removed = threading.Event()
@@ -184,11 +181,7 @@ def test_lost_node_mid_study(tmp_path: Path, no_ray: None) -> None:
 
     killer = threading.Thread(target=remove_worker_node, daemon=True)
     killer.start()
-    try:
-        rc = main(["study", "run", str(study), "--results", str(out), "--quiet", "--address", cluster.address])
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    rc = main(["study", "run", str(study), "--results", str(out), "--quiet", "--address", cluster.address])
     assert removed.is_set(), "the worker node was never removed"
     assert rc == 0  # the study completes on the remaining node
     # Every trial is recorded once. A trial on the lost node is retried there (study.trial_retries) and
