@@ -101,9 +101,11 @@ def _cross_validate(cfg: RunConfig) -> None:
             raise ConfigError(f"robustness.levels.{c}",
                               f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
     augment = getattr(cfg.data.params, "augment", None)
-    for m in augment.noise if augment is not None else ():
+    for m, v in augment.noise.items() if augment is not None else ():
         if m not in mods:
             raise ConfigError(f"data.augment.noise.{m}", f"unknown modality {m!r} (data set has: {', '.join(mods)})")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"data.augment.noise.{m}", f"expected a variance (a number), got {v!r}")
     for m in getattr(cfg.model.params, "pretrained", None) or {}:
         if m not in mods:
             raise ConfigError(f"model.pretrained.{m}", f"unknown modality {m!r} (data set has: {', '.join(mods)})")

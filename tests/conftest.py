@@ -38,8 +38,11 @@ def no_ray() -> None:
 
 @pytest.fixture(scope="session")
 def _cluster(_cache_dir: None) -> object:
+    import ray
     from ray.cluster_utils import Cluster
 
+    if ray.is_initialized():  # never beside the shared local Ray
+        ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     yield cluster
     cluster.shutdown()

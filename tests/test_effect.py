@@ -76,6 +76,15 @@ def test_no_effect_when_only_the_seed_moves_the_objective(tmp_path: Path) -> Non
     assert b.to_json()["utilization_effect"]["predicts"] is False
 
 
+def test_one_run_per_configuration_has_no_variance_shares(tmp_path: Path) -> None:
+    d = _study(tmp_path, lambda share, seed: 0.5 + 0.5 * share + SEED_EFFECT[seed])
+    t = read_table(d / "trials.parquet")
+    one = t[t["train.seed"] == 0]  # 4 configurations, one seed each: the configuration would "explain" 100 %
+    e = utilization_effect(one, "final.val_accuracy", "eo")
+    assert e is not None and e.slope == pytest.approx(0.05) and np.isnan(e.share_config)
+    assert "the configuration explains" not in e.sentence() and e.to_json()["share_config"] is None
+
+
 def test_no_answer_without_a_searched_target_or_enough_runs(tmp_path: Path) -> None:
     d = _study(tmp_path, lambda share, seed: 0.5 + 0.5 * share)
     t = read_table(d / "trials.parquet")

@@ -14,6 +14,11 @@ here, one point per run (every configuration and seed, the baseline's included):
   configuration run on the same seeds the two are orthogonal and the order does not matter;
   the remainder is their interaction (a seed that favours one configuration) and noise.
 
+The slope's interval treats runs as independent; replicate k of every configuration shares a seed, so
+with a large seed share it is narrower than it should be: read it beside the shares. With one run per
+configuration (``study.repeats = 1``) the configuration would explain everything by construction, so
+the shares are NaN and not reported.
+
 A configuration share far above the seed's, and a slope whose interval excludes 0, say the target
 matters; a seed share that dwarfs the configuration's says a run's outcome is decided by its
 initialisation and data order, whatever the target (then more seeds, not a finer search, are what
@@ -73,7 +78,7 @@ class UtilizationEffect:
         lo, hi = self.share_range
         verdict = ("it predicts the objective (the slope's 95 % interval excludes 0)" if self.predicts else
                    "no evidence that it predicts the objective (the slope's 95 % interval includes 0)")
-        seed = ("" if self.n_seeds < 2 else
+        seed = ("" if self.n_seeds < 2 or math.isnan(self.share_config) else
                 f"; the configuration explains {pct(self.share_config)}, the seed {pct(self.share_seed)}")
         return (f"utilization explains {pct(self.r2_utilization)} of {self.metric} over {self.n_runs} runs "
                 f"({self.modality} share {lo:.2f}-{hi:.2f}): slope {f(self.slope)}{unit} per +{STEP:g} of "
@@ -157,6 +162,8 @@ def utilization_effect(trials: pd.DataFrame, metric: str, modality: str) -> Util
     se = math.sqrt(float((resid ** 2).sum()) / (n - 2) / sxx)
     half = t_quantile(0.975, n - 2) * se
     share_config, share_seed, share_rest = variance_shares(y, r["config_id"].to_numpy(), r["seed"].to_numpy())
+    if r.groupby("config_id").size().max() < 2:  # one run per configuration: it "explains" everything
+        share_config = share_seed = share_rest = math.nan
     return UtilizationEffect(
         metric=metric, modality=modality, n_runs=n, n_configs=int(r["config_id"].nunique()),
         n_seeds=int(r["seed"].nunique()), slope=b * STEP, slope_low=(b - half) * STEP,

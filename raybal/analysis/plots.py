@@ -276,9 +276,10 @@ def utilization_effect(res: Results, objective: str | None = None) -> plt.Figure
     half = t_quantile(0.975, len(x) - 2) * np.sqrt(s2 * (1 / len(x) + (grid - x.mean()) ** 2 / sxx))
     ax.plot(grid, fit, color="0.2", lw=1.5, label="least squares")
     ax.fill_between(grid, fit - half, fit + half, color="0.5", alpha=0.15, lw=0, label="95 % band (the line)")
+    shares = ("" if effect.share_config != effect.share_config else  # NaN: one run per configuration
+              f"; configuration {effect.share_config * 100:.0f} %, seed {effect.share_seed * 100:.0f} %")
     ax.set(xlabel=f"achieved MU share of {modality} (final)", ylabel=objective,
-           title=f"utilization explains {effect.r2_utilization * 100:.0f} %; configuration "
-                 f"{effect.share_config * 100:.0f} %, seed {effect.share_seed * 100:.0f} %")
+           title=f"utilization explains {effect.r2_utilization * 100:.0f} %{shares}")
     ax.legend(fontsize=7, ncol=2)
     scale = 100 if is_bounded(objective) else 1
     fig.text(0.01, -0.02, f"slope {effect.slope * scale:+.2f}{' points' if scale == 100 else ''} per +{STEP:g} of "

@@ -100,8 +100,10 @@ class MLA(BalanceMethod):
         alpha = 0.1 ** (self.batch / max(self.ctx.steps_per_epoch, 1) + 1)
         k = self.P @ r
         denominator = alpha + (torch.outer(k, r) if self.params.projector == "reference" else r @ k)
-        self.P = self.P - torch.outer(k, k) / denominator
-        self.P = self.P / torch.linalg.matrix_norm(self.P)
+        P = self.P - torch.outer(k, k) / denominator
+        P = P / torch.linalg.matrix_norm(P)
+        if torch.isfinite(P).all():  # the element-wise form divides by entries that can cross 0: keep the last P
+            self.P = P
         weight_grad.copy_((weight_grad.double() @ self.P.t()).to(weight_grad.dtype))
 
     def update(self, optimizer: torch.optim.Optimizer, x: dict[str, Tensor], y: Tensor,

@@ -47,8 +47,8 @@ class AugmentParams:
     crop: int = knob(0, ge=0, le=64, doc="pad by this many pixels (reflected) and crop back at a random offset")
     jitter: float = knob(0.0, ge=0.0, le=1.0, doc="per modality: contrast and brightness changes drawn in [-j, j]")
     noise: FrozenMap = knob({}, ge=0.0, le=1.0, doc="modality -> v: Gaussian noise of a variance drawn uniformly in "
-                            "[0, v] per sample (the robustness sweep's `gaussian` corruption, as training "
-                            "augmentation)")
+                            "[0, v] per sample, before normalisation (the robustness sweep's `gaussian` corruption "
+                            "as training augmentation, with data.normalize = false)")
 
     @property
     def enabled(self) -> bool:

@@ -31,10 +31,13 @@ def carried(spec: str | None) -> Iterator[None]:
     """``RAYBAL_FAULT`` set to ``spec`` (the driver's value) for the span of one trial, then restored: a Ray
     worker process keeps the environment it was started with, not the driver's of the moment."""
     old = os.environ.get(ENV)
-    if spec is None or spec == old:
+    if spec == old:
         yield
         return
-    os.environ[ENV] = spec
+    if spec is None:  # the driver has none: a value this worker inherited is not the study's
+        os.environ.pop(ENV, None)
+    else:
+        os.environ[ENV] = spec
     try:
         yield
     finally:

@@ -92,6 +92,8 @@ RUN_CASES = [  # (id, run file text or a data-case kind, what the one line must 
      "balance.target.nir: unknown modality"),
     ("unknown_profile", TINY.replace("n_train = 64", 'n_train = 64\nprofile = "ntire"'),
      "data.profile: unknown profile 'ntire' (known: default, ntire21)"),
+    ("augment_noise_text", TINY + "[data.augment]\nnoise = {eo = \"0.1\"}\n",
+     "data.augment.noise.eo: expected a variance (a number), got '0.1'"),
     ("augment_noise_modality", TINY + "[data.augment]\nnoise = {ir = 0.1}\n",
      "data.augment.noise.ir: unknown modality 'ir'"),
     ("tolerance_zero", MU_TINY + 'tolerance = 0.0\n', "balance.tolerance: must be > 0"),
