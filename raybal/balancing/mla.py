@@ -102,8 +102,8 @@ class MLA(BalanceMethod):
         denominator = alpha + (torch.outer(k, r) if self.params.projector == "reference" else r @ k)
         P = self.P - torch.outer(k, k) / denominator
         P = P / torch.linalg.matrix_norm(P)
-        if torch.isfinite(P).all():  # the element-wise form divides by entries that can cross 0: keep the last P
-            self.P = P
+        # the element-wise form divides by entries that can cross 0: keep the last P (on the device, no host read)
+        self.P = torch.where(torch.isfinite(P).all(), P, self.P)
         weight_grad.copy_((weight_grad.double() @ self.P.t()).to(weight_grad.dtype))
 
     def update(self, optimizer: torch.optim.Optimizer, x: dict[str, Tensor], y: Tensor,
