@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.raybal-installed
 RESULTS ?= results/quickstart
 
-.PHONY: quickstart test test-all lint bench docs clean
+.PHONY: quickstart test test-faults test-all lint bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,11 +20,15 @@ quickstart: $(STAMP)
 	else $(BIN)/raybal study run studies/quickstart.toml --results $(RESULTS); fi
 	$(BIN)/raybal best $(RESULTS)
 
-## The test suite CI runs (slow tests excluded; see test-all).
+## The test suite (slow calibration checks and fault injection excluded; see test-faults and test-all).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" --durations=25 tests
+	$(BIN)/python -m pytest -q -m "not slow and not faults" --durations=25 tests
 
-## Everything, including slow calibration / fault-injection tests.
+## Fault injection: killed workers, a killed driver, a lost node, failing trials (CI runs it after `test`).
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q -m "faults and not slow" --durations=10 tests
+
+## Everything, including slow calibration and fault-injection tests.
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 

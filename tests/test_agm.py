@@ -86,6 +86,24 @@ def test_gradients_are_clipped_when_a_head_gradient_is_large() -> None:
     assert all(torch.all(p.grad == 1e-4) for p in model.parameters())  # inside [-1, 1]: untouched
 
 
+def test_the_clip_reads_the_classifier_not_the_mmtm_units() -> None:
+    """On ``mmtm`` the reference's trigger is its classifier: large MMTM-unit gradients with small head
+    gradients leave the step alone, a large head gradient clips it."""
+    method, model, x, y = _setup(**{"balance.grad_clip": 1.0, "model.name": "mmtm"})
+    heads = {id(p) for p in model.classifier_parameters()}
+    units = {id(p) for p in model.mmtm.parameters()}
+    assert heads and not heads & units
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0 if id(p) in units else 1e-3)
+    method.after_backward(None, y)
+    assert all(torch.all(p.grad == (3.0 if id(p) in units else 1e-3)) for p in model.parameters())
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0 if id(p) in heads else 1e-3)
+    method.after_backward(None, y)
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert total.item() == pytest.approx(1.0, rel=1e-4)
+
+
 def test_trains_end_to_end_and_keeps_its_history_in_the_checkpoint() -> None:
     r = fit(tiny_config(**{"balance.method": "agm", "train.epochs": 2}))
     assert r.status == "ok" and r.final["final.test_accuracy"] > 0.2

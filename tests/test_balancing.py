@@ -194,3 +194,38 @@ def test_mmtm_running_gates_are_buffers_that_move_only_in_training() -> None:
     model(xb)
     assert not torch.equal(unit.running_gate_eo, before)
     assert not torch.equal(unit.running_gate_sar, before_sar)
+
+
+def test_mmtm_gate_and_running_average_as_wu_et_al_reference() -> None:
+    """``gate = "sigmoid"``, ``running = "mean"``: Wu et al.'s reference (balanced_mmtm.py) gates by sigmoid
+    and keeps the mean of every training batch's gate; the defaults are Joze et al.'s 2 sigmoid and an EMA."""
+    from raybal.models.fusion import MMTMUnit
+
+    torch.manual_seed(0)
+    xs = [{"eo": torch.randn(4, 8, 5, 5), "sar": torch.randn(4, 8, 5, 5)} for _ in range(3)]
+
+    def batch_gates(unit: MMTMUnit, x: dict) -> torch.Tensor:
+        sq = torch.cat([x[m].mean(dim=(2, 3)) for m in ("eo", "sar")], dim=1)
+        return torch.sigmoid(unit.excite["eo"](torch.relu(unit.squeeze(sq)))).mean(0)
+
+    wu = MMTMUnit({"eo": 8, "sar": 8}, 4, 0.1, gate="sigmoid", running="mean").train()
+    joze = MMTMUnit({"eo": 8, "sar": 8}, 4, 0.1).train()
+    joze.load_state_dict(wu.state_dict(), strict=False)  # the same weights; Joze's has no counts
+    with torch.no_grad():
+        out = wu(xs[0])
+        assert torch.allclose(out["eo"], xs[0]["eo"] * torch.sigmoid(
+            wu.excite["eo"](torch.relu(wu.squeeze(torch.cat([xs[0][m].mean(dim=(2, 3)) for m in ("eo", "sar")], 1)))
+                            ))[:, :, None, None], atol=1e-6)
+        for x in xs[1:]:
+            wu(x)
+        mean = torch.stack([batch_gates(wu, x) for x in xs]).mean(0)
+        assert torch.allclose(wu.running_gate_eo, mean, atol=1e-6) and float(wu.running_count_eo) == 3
+        ema = torch.ones(8)
+        for x in xs:
+            joze(x)
+            ema = 0.9 * ema + 0.1 * 2 * batch_gates(joze, x)
+        assert torch.allclose(joze.running_gate_eo, ema, atol=1e-6)
+        before = wu.running_gate_eo.clone()
+        wu.momentum = 0.0  # FusionModel.frozen_running_stats: no average moves
+        wu(xs[0])
+        assert torch.equal(wu.running_gate_eo, before) and float(wu.running_count_eo) == 3

@@ -106,6 +106,21 @@ def test_best_ranks_means_over_seeds_and_compares_paired_by_seed(tmp_path: Path)
     assert js["failed_configs"][0]["n_failed"] == 1 and len(js["sentences"]) == 2
 
 
+def test_best_says_when_the_best_configuration_was_steered_by_validation(tmp_path: Path) -> None:
+    runs = [_run(f"b{s}", "vanilla", s, 0.6, 0.5, role="baseline") for s in range(2)]
+    runs += [_run(f"m{s}", "mu_target", s, 0.8, 0.6) for s in range(2)]
+    for r in runs:
+        r.final["final.steered_by_val"] = r.trial_id.startswith("m")
+    b = best_trial(_study_dir(tmp_path, runs))
+    assert b.trial_ids == ["m0", "m1"] and b.steered and b.to_json()["steered_by_val"] is True
+    assert "steered by the validation split" in format_best(b)
+    for r in runs:
+        r.final["final.steered_by_val"] = False
+    (tmp_path / "res2").mkdir()
+    clean = best_trial(_study_dir(tmp_path / "res2", runs))
+    assert not clean.steered and "steered" not in format_best(clean)
+
+
 def test_constraints_hold_on_the_means_and_duplicates_count_once(tmp_path: Path) -> None:
     runs = [_run(f"b{s}", "vanilla", s, v, 0.5, role="baseline") for s, v in enumerate([0.6, 0.8])]
     runs += [_run("dup0", "vanilla", 0, 0.6, 0.5), _run("dup1", "vanilla", 1, 0.8, 0.5)]  # the baseline, re-proposed

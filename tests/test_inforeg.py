@@ -38,6 +38,34 @@ def test_only_the_leading_modality_with_an_open_window_is_pulled_back() -> None:
                        torch.zeros(2, dtype=torch.float64))
 
 
+def test_beta_0_is_per_modality_as_the_reference() -> None:
+    """The reference (InfoReg_CVPR2025 main.py, 939b2ed) pulls audio, its first modality, with 0.95 and
+    visual with 0.1: the second modality leading gets its own, smaller beta_0 (one 0.95 for either fails)."""
+    m, _, _ = _method()
+    m.on_epoch_start(1)
+    first = m.coefficients(torch.tensor([10.0, 4.0], dtype=torch.float64))
+    second = m.coefficients(torch.tensor([4.0, 10.0], dtype=torch.float64))
+    assert first[0] == pytest.approx(0.95 * math.exp(math.tanh(6.0))) and first[1] == 0
+    assert second[1] == pytest.approx(0.1 * math.exp(math.tanh(6.0))) and second[0] == 0
+    three, _, _ = tiny_method(tiny_config(**{"balance.method": "inforeg", "model.name": "sum",
+                                             "balance.beta_others": 0.3}), epochs=3)
+    three.on_epoch_start(1)
+    assert three.coefficients(torch.tensor([1.0, 5.0], dtype=torch.float64))[1] == pytest.approx(
+        0.3 * math.exp(math.tanh(4.0)))
+
+
+def test_the_window_closes_below_the_reference_threshold() -> None:
+    """threshold 0.05 (the reference's): a trace growing 4.5 % per epoch no longer opens the window."""
+    m, _, _ = _method()
+    w = m.params.window
+    trace = [1.0] * (w + 1)
+    trace[-1] = 1.0 + 0.045 * w / (1 - 0.045)  # relative growth of the w-epoch average: 0.045
+    assert InfoReg.window_growth(trace, w) == pytest.approx(0.045)
+    m.traces = {"eo": list(trace), "sar": list(trace)}
+    m.on_epoch_start(2)
+    assert not m.open.any()
+
+
 def test_the_proximal_gradient_and_the_fisher_sums() -> None:
     m, model, data = _method()
     m.on_epoch_start(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_config, tiny_method
@@ -25,8 +26,11 @@ def test_min_norm_weight_is_the_closest_point_to_the_origin() -> None:
     assert float(MMPareto.min_norm_weight(3 * g1, g1)) == 0.001
 
 
-def test_encoder_gradients_are_the_integrated_ones_and_heads_get_the_plain_sum() -> None:
-    cfg = tiny_config(**{"balance.method": "mmpareto", "model.name": "sum", "balance.gamma": 1.5})
+@pytest.mark.parametrize("model_name", ["sum", "mmtm"])
+def test_encoder_gradients_are_the_integrated_ones_and_heads_get_the_plain_sum(model_name: str) -> None:
+    """Encoder m's unimodal gradient is that of its own loss alone: with MMTM gates every head sees every
+    encoder, and one backward pass of the losses' sum would add the other branches' losses to it."""
+    cfg = tiny_config(**{"balance.method": "mmpareto", "model.name": model_name, "balance.gamma": 1.5})
     method, model, data = tiny_method(cfg, steps_per_epoch=1)
     xb, yb = next(iter(data.train.batches(64, shuffle=False)))
     out = model(xb)
@@ -58,6 +62,33 @@ def test_encoder_gradients_are_the_integrated_ones_and_heads_get_the_plain_sum()
     assert heads and all(torch.allclose(p.grad, g) for p, g in zip(params, plain) if id(p) not in enc_ids)
     log = method.epoch_log()
     assert sum(log.values()) == conflicts and set(log) == {f"pareto_conflict.{m}" for m in data.modalities}
+
+
+def test_a_forced_conflict_takes_the_min_norm_weights() -> None:
+    """Losses linear in the encoder weights with opposed gradients: the conflict branch must run, with
+    MGDA's weight c on the multimodal gradient and 1 - c on the unimodal one (swapped, this fails)."""
+    cfg = tiny_config(**{"balance.method": "mmpareto", "model.name": "sum", "balance.gamma": 1.5})
+    method, model, data = tiny_method(cfg, steps_per_epoch=1)
+    gen = torch.Generator().manual_seed(3)
+    enc = {m: model.encoder_parameters(m) for m in data.modalities}
+    a = {id(p): torch.randn(p.shape, generator=gen) for ps in enc.values() for p in ps}
+    b = {k: -0.4 * v + 0.2 * torch.randn(v.shape, generator=gen) for k, v in a.items()}  # cos(a, b) < 0
+    a_loss = sum((p * a[id(p)]).sum() for ps in enc.values() for p in ps)
+    b_loss = sum((p * b[id(p)]).sum() for ps in enc.values() for p in ps)
+    method.on_epoch_start(1)
+    model.zero_grad()
+    method.backward(a_loss, b_loss)
+    for m in data.modalities:
+        ga = torch.cat([a[id(p)].flatten() for p in enc[m]]).double()
+        gb = torch.cat([b[id(p)].flatten() for p in enc[m]]).double()
+        assert float(ga @ gb) < 0
+        c = float((gb @ gb - ga @ gb) / ((ga - gb) @ (ga - gb)))  # MGDA's weight on the multimodal one
+        assert 0.05 < c < 0.95 and abs(c - 0.5) > 0.05
+        for p in enc[m]:
+            new = 2 * (c * a[id(p)] + (1 - c) * b[id(p)])
+            expect = 1.5 * max(1.0, float((a[id(p)] + b[id(p)]).norm() / new.norm())) * new
+            assert torch.allclose(p.grad, expect, rtol=1e-4, atol=1e-6)
+    assert method.epoch_log() == {f"pareto_conflict.{m}": 1.0 for m in data.modalities}
 
 
 def test_trains_end_to_end_on_late_fusion_with_three_modalities() -> None:

@@ -23,7 +23,8 @@ def study_dir(small_study: Path) -> Path:
 def test_report_writes_every_figure(study_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = study_dir / "rep"
     assert main(["report", str(study_dir), "--out", str(out)]) == 0
-    expected = ["mu_over_epochs", "accuracy_vs_noise", "achieved_vs_target", "search", "configurations", "greedy"]
+    expected = ["mu_over_epochs", "accuracy_vs_noise", "achieved_vs_target", "search", "configurations", "greedy",
+                "imbalance_measures"]
     html = (out / "index.html").read_text()
     for name in expected:
         png = out / f"{name}.png"

@@ -149,6 +149,64 @@ def test_validation_feedback_waits_until_the_batches_track_their_set_point() -> 
     assert m.setpoint().tolist() == pytest.approx([0.4, 0.6])
 
 
+def test_a_dead_zone_batch_is_skipped_and_does_not_drive_lambda() -> None:
+    """relu with M = 2: one gap <= 0 makes u = (1, 0) and the penalty's gradient zero. Such a batch must
+    add nothing, count as skipped and leave lambda and the smoothed error alone (it drove lambda up)."""
+    m = _method(tiny_config(**MU2), 4, 4)
+    m.on_epoch_start(1)
+    m._dual_step(torch.tensor([0.6, 0.4], dtype=torch.float64), OK)  # a defined step first
+    before, ema = m.log_lam.clone(), m.err_ema.clone()
+    gaps = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+
+    def one_sided(out, y, loss, x=None):  # noqa: ANN001, ANN202
+        d = torch.relu(gaps)
+        return d, d / d.sum().clamp_min(1e-12)
+
+    m.batch_utilization = one_sided
+    term = m.extra_loss({}, None, torch.zeros(4, dtype=torch.long), torch.tensor(1.0))
+    term.backward()
+    assert float(term.detach()) == 0.0 and torch.equal(gaps.grad, torch.zeros(2, dtype=torch.float64))
+    assert torch.equal(m.log_lam, before) and torch.equal(m.err_ema, ema)
+    assert m.epoch_log()["mu_skipped"] == pytest.approx(1.0)
+    gaps.grad = None  # two positive gaps: a gradient, a penalised step that moves lambda
+    gaps.data = torch.tensor([0.3, 0.1], dtype=torch.float64)
+    m.extra_loss({}, None, torch.zeros(4, dtype=torch.long), torch.tensor(1.0)).backward()
+    assert float(gaps.grad.abs().sum()) > 0 and not torch.equal(m.log_lam, before)
+    assert m.epoch_log()["mu_skipped"] == pytest.approx(0.5)
+
+
+def test_feedback_none_turns_the_outer_loop_off_alone() -> None:
+    from raybal.measure.utilization import MUResult
+
+    mu = MUResult(metric=0.9, loss=0.3, shares={"eo": 0.7, "sar": 0.3}, raw={"eo": 0.7, "sar": 0.3},
+                  degenerate=False)
+    for feedback, moved in ((None, True), ("validation", True), ("none", False)):
+        over = {} if feedback is None else {"balance.feedback": feedback}
+        m = _method(tiny_config(**MU2, **over), 4, 4)
+        assert m.params.weight == "adaptive" and m.steers_by_validation == moved
+        m.on_epoch_start(1)
+        for _ in range(60):  # the batches track their set point: the outer loop may integrate
+            m._dual_step(torch.tensor([0.5, 0.5], dtype=torch.float64), OK)
+        m.on_validation(mu)
+        m.on_epoch_start(2)
+        assert (m.setpoint().tolist() != pytest.approx([0.5, 0.5])) == moved
+
+
+def test_the_paper_recipe_is_singh_2024_and_a_written_knob_wins() -> None:
+    p = tiny_config(**MU2, **{"balance.recipe": "paper"}).balance.params
+    assert (p.weight, p.penalty_scale, p.feedback) == ("warmup", "none", "none")
+    m = _method(tiny_config(**MU2, **{"balance.recipe": "paper"}), 4, 4)
+    assert not m.steers_by_validation
+    assert tiny_config(**MU2, **{"balance.recipe": "paper", "balance.penalty_scale": "gaps"}
+                       ).balance.params.penalty_scale == "gaps"
+    default = tiny_config(**MU2).balance.params
+    assert (default.recipe, default.weight, default.penalty_scale) == ("raybal", "adaptive", "gaps")
+    with pytest.raises(ConfigError, match=r"balance\.recipe"):
+        tiny_config(**MU2, **{"balance.recipe": "papers"})
+    with pytest.raises(ConfigError, match=r"balance\.feedback"):
+        tiny_config(**MU2, **{"balance.weight": "warmup", "balance.feedback": "validation"})
+
+
 def _penalty_grad(m, d: torch.Tensor) -> torch.Tensor:
     """d(s L_MU) / d(gaps) at gaps ``d``, through the method's own :meth:`penalty` (the term lambda multiplies)."""
     d = d.clone().double().requires_grad_(True)
@@ -237,6 +295,7 @@ def test_a_run_with_a_target_selects_by_it_and_reports_target_met() -> None:
     # 6 epochs at the defaults reach the target: the selection by target happens (the fallback to the
     # closest epoch is test_selector_falls_back_to_the_closest_epoch_and_says_so).
     assert f["final.selected_by"] == "target"
+    assert f["final.steered_by_val"] is True  # the outer loop read validation: final.val_* is not held out
     assert f["final.target_error"] == pytest.approx(max(abs(f[f"final.mu.{m}"] - t) for m, t in VIEWS_TARGET.items()))
     # final.val_* re-measures the selected epoch as the selection saw it
     assert f["final.val_mu_target_error"] == pytest.approx(
@@ -255,6 +314,7 @@ def test_a_run_with_a_target_selects_by_it_and_reports_target_met() -> None:
     # vanilla keeps best-validation selection and has no target columns
     van = fit(default_config(**{"data.name": "digit_views", "train.epochs": 2}))
     assert van.final["final.selected_by"] == "best_val" and "final.target_met" not in van.final
+    assert van.final["final.steered_by_val"] is False
 
 
 # --- M >= 3 and the vector data set --------------------------------------------------------------

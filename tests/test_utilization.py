@@ -114,3 +114,45 @@ def test_chunked_encoding_is_the_whole_batch_encoding(name: str) -> None:
         a = whole[m] if isinstance(whole[m], tuple) else (whole[m],)
         b = parts[m] if isinstance(parts[m], tuple) else (parts[m],)
         assert len(a) == len(b) and all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a, b))
+
+
+def test_shapley_of_a_one_modality_model_and_any_m_against_all_orderings() -> None:
+    """BalanceBenchmark's Shapley contribution: the oracle reading only a earns a's whole gain over the
+    blank model and b nothing; a real 3-modality net's values equal the average marginal gain over all
+    3! join orders, each v(S) from a forward pass with the absent inputs zeroed."""
+    import itertools
+
+    from raybal.data import load_data
+    from raybal.measure.metrics import finish_metric, task_metric
+    from raybal.measure.utilization import shapley_utilization
+    from raybal.resolve import default_config
+    from raybal.training.loop import build_for
+
+    model, sp = Oracle({"a": 1.0}), onehot_split()
+    phi = shapley_utilization(model, sp, num_classes=5, task="classification")
+    assert phi["b"] == pytest.approx(0.0) and phi["a"] == pytest.approx(1.0 - 0.2)  # blank: ties -> class 0
+
+    cfg = default_config(**{"data.extra_modalities": ["ir"], "model.width": 4, "data.n_train": 40,
+                            "data.n_val": 10, "data.n_test": 60, "data.image_size": 16})
+    data = load_data(cfg.data)
+    torch.manual_seed(1)
+    net = build_for(cfg, data).eval()
+    mods = data.modalities
+
+    def v(present: frozenset) -> float:  # the metric with the other modalities' inputs zeroed
+        stat = total = None
+        for xb, yb in data.test.batches(32):
+            with torch.no_grad():
+                logits = net({m: t if m in present else torch.zeros_like(t) for m, t in xb.items()}).logits
+            st, tot = task_metric(logits, yb, data.num_classes, "classification")
+            stat, total = (st, tot) if stat is None else (stat + st, total + tot)
+        return finish_metric(stat, total, "classification")
+
+    orders = list(itertools.permutations(mods))
+    expect = {m: 0.0 for m in mods}
+    for order in orders:
+        for i, m in enumerate(order):
+            expect[m] += (v(frozenset(order[:i + 1])) - v(frozenset(order[:i]))) / len(orders)
+    got = shapley_utilization(net, data.test, num_classes=data.num_classes, task="classification")
+    assert got == pytest.approx(expect, abs=1e-9)
+    assert sum(got.values()) == pytest.approx(v(frozenset(mods)) - v(frozenset()), abs=1e-9)

@@ -79,6 +79,7 @@ class Best:
     study: bool = True  # False: a single run's results (nothing to compare)
     failed: pd.DataFrame | None = None  # configurations with a failed seed: reported, never averaged
     utilization: UtilizationEffect | None = None  # a study searching a target: does utilization predict it?
+    steered: bool = False  # some run of the best configuration read validation while training
 
     def sentences(self) -> list[str]:
         out = []
@@ -92,6 +93,10 @@ class Best:
             out.append(self.vs_runner_up.sentence(self.metric))
         if self.utilization is not None:
             out.append(self.utilization.sentence())
+        if self.steered:
+            out.append("training was steered by the validation split (final.steered_by_val: the outer loop of "
+                       "balance.feedback = \"validation\"), so the val_* numbers are not held out: compare on "
+                       "final.test_*")
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -102,7 +107,7 @@ class Best:
                "candidates": self.candidates, "baseline": self.baseline, "is_baseline": self.is_baseline,
                "vs_baseline": self.vs_baseline.to_json(self.metric) if self.vs_baseline else None,
                "vs_runner_up": self.vs_runner_up.to_json(self.metric) if self.vs_runner_up else None,
-               "sentences": self.sentences(),
+               "sentences": self.sentences(), "steered_by_val": self.steered,
                "utilization_effect": self.utilization.to_json() if self.utilization else None,
                "test": {k: _plain(v) for k, v in self.row.items() if k.startswith("final.test_")},
                "checkpoint": _plain(self.row.get("checkpoint")),
@@ -242,7 +247,16 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
                 config_id=str(row["config_id"]), interval=metric_interval(list(row["_values"].values()), metric),
                 trial_ids=list(row["trial_ids"]), vs_runner_up=vs_next, vs_baseline=vs_base,
                 baseline=base_method, is_baseline=is_base, study=res.meta.get("kind") == "study",
-                failed=failed.reset_index(drop=True), utilization=effect)
+                failed=failed.reset_index(drop=True), utilization=effect,
+                steered=_steered(t, list(row["trial_ids"])))
+
+
+def _steered(t: pd.DataFrame, trial_ids: list[str]) -> bool:
+    """Did any of these runs read validation while training (``final.steered_by_val``)?"""
+    if "final.steered_by_val" not in t.columns:
+        return False
+    runs = t.loc[t["trial_id"].astype(str).isin([str(i) for i in trial_ids]), "final.steered_by_val"]
+    return any(bool(v) for v in runs if v is not None and v == v)  # null: a run recorded before the column
 
 
 def best_per_method(results_dir: str | Path, metric: str | None = None, mode: str | None = None,

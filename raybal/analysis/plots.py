@@ -318,6 +318,33 @@ def greedy(res: Results) -> plt.Figure:
     return fig
 
 
+def imbalance_measures(res: Results) -> plt.Figure:
+    """7. Three imbalance measures side by side on test, per method and modality: permutation MU's share,
+    the Shapley contribution (BalanceBenchmark's; in metric units) and mean-ablation utilization."""
+    t = res.trials
+    measures = [("final.mu.", "permutation MU share"), ("final.test_shapley.", "Shapley contribution (metric)"),
+                ("final.test_ablation_util.", "mean-ablation utilization")]
+    if "status" in t:
+        t = t[t["status"] == "ok"]
+    shown = [(c, title) for c, title in measures if any(k.startswith(c) and t[k].notna().any() for k in t.columns)]
+    if not any(c == "final.test_shapley." for c, _ in shown):
+        raise NoData("no Shapley contributions recorded (runs older than the measure)")
+    labels = trial_labels(t)
+    _style()
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 4.0), squeeze=False)
+    for ax, (col, title) in zip(axes[0], shown):
+        cols = [c for c in t.columns if c.startswith(col) and "." not in c[len(col):]]
+        long = t.assign(method=t["trial_id"].map(labels)).melt(id_vars=["method"], value_vars=cols,
+                                                               var_name="modality", value_name="value")
+        long["modality"] = long["modality"].str[len(col):]
+        sns.barplot(data=long, x="method", y="value", hue="modality", errorbar="sd", ax=ax, palette=PALETTE)
+        ax.axhline(0, color="0.4", lw=0.8)
+        ax.set(xlabel="", ylabel=title, title=title)
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return fig
+
+
 FIGURES: dict[str, tuple[Any, str]] = {
     "mu_over_epochs": (mu_over_epochs, "MU per modality over epochs, target ±0.05 as a band"),
     "accuracy_vs_noise": (accuracy_vs_noise, "accuracy vs noise level per corrupted modality"),
@@ -329,4 +356,6 @@ FIGURES: dict[str, tuple[Any, str]] = {
     "utilization_effect": (utilization_effect, "does utilization predict the objective? one point per run by "
                            "seed, the fitted slope with its 95 % band, variance shares of configuration and seed"),
     "greedy": (greedy, "learning-speed and conditional utilization imbalance (Wu et al. 2022)"),
+    "imbalance_measures": (imbalance_measures, "permutation MU, Shapley contribution and mean-ablation "
+                           "utilization on test, per method and modality"),
 }

@@ -17,8 +17,9 @@ so sum_m m_m = T (for M = 2: m_a = (T - f(v) + f(a)) / 2, the reference's formul
 and the training loss is CE(sum_m m_m, y) with the gradient reaching each m_m multiplied by
 kappa_m (the reference's backward hooks; here m_m's value is kept and its gradient scaled): a
 modality learning faster than its own history (r_m > rbar_m) is slowed, one lagging is sped up.
-After the backward pass, if any gradient of the fusion layers and heads leaves [-grad_clip,
-grad_clip] the whole gradient is clipped to norm grad_clip (the reference's rule on its head).
+After the backward pass, if any gradient of the classifier (the layers making logits from the fused
+features, ``classifier_parameters``: the heads for ``mmtm``, not its fusion units) leaves [-grad_clip,
+grad_clip] the whole gradient is clipped to norm grad_clip (the reference's rule on its classifier).
 
 Differences from the reference code (lihong2303/AGM, ``run/CREMAD_main.py``, ``model/CREMAD_net.py``;
 ``URFunny_*`` for three modalities) and why:
@@ -147,7 +148,7 @@ class AGM(WindowedMethod):
         if not thr:
             return
         grads = [p.grad for p in self.ctx.model.parameters() if p.grad is not None]
-        heads = [p.grad for p in self.ctx.model.fusion_parameters() if p.grad is not None]
+        heads = [p.grad for p in self.ctx.model.classifier_parameters() if p.grad is not None]
         if not grads or not heads:
             return
         with torch.no_grad():  # no host read: the factor is 1 unless a head gradient left [-thr, thr]

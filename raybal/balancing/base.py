@@ -197,6 +197,12 @@ class BalanceMethod:
         return True
 
     @property
+    def steers_by_validation(self) -> bool:
+        """Training itself reads the validation split (e.g. a set point moved by the validation MU), beyond
+        model selection: ``final.val_*`` is then not a held-out number (``final.steered_by_val``)."""
+        return False
+
+    @property
     def tolerance(self) -> float | None:
         """The largest :meth:`target_error` that counts as meeting the target (None: no target)."""
         return None

@@ -16,6 +16,10 @@ the paper's control: each step is uniformly one of normal / re-balance m_0 / re-
 For M > 2 modalities the modality with the largest s_k is re-balanced when max s - min s > alpha
 (identical to the rule above for M = 2).
 
+The gates are the model's (``mmtm``): by default Joze et al.'s 2 sigmoid with an EMA (momentum 0.1)
+as the running average; Wu et al.'s reference gates by sigmoid and keeps the mean of every training
+batch's gate since the start (``model.gate = "sigmoid"``, ``model.running = "mean"``).
+
 The training loss is the sum of the branches' own cross-entropy losses (reference
 ``training/loop.py``: a sum of CE over the per-branch logits); the fused prediction, used for every
 metric, is the mean of the branch logits. The gates' running averages are registered buffers

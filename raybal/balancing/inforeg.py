@@ -13,21 +13,24 @@ Per batch, with s_m = sum_i softmax(logits_m)_{i, y_i} (the batch's summed true-
 of modality m's own head), the leading modality (the highest s), if its window is open, is slowed by
 a proximal pull toward its weights at the start of the epoch:
 
-    beta  = beta_0 exp(tanh(s_lead - s_next))          (s_next: the best other modality)
+    beta  = beta_0,lead exp(tanh(s_lead - s_next))     (s_next: the best other modality)
     g_p  += beta (theta_p - theta_p^{epoch start})     for every parameter p of the leading encoder
 
 (the gradient of beta/2 |theta - theta_0|^2), so the information-sufficient modality does not crowd
 out the others while they can still learn; once its information growth slows, training is joint.
+beta_0 is per modality, as the reference: ``beta`` (0.95) for the data set's first modality (the
+reference's audio, the modality that leads on its data) and ``beta_others`` (0.1) for every other
+(the reference's visual). The window opens at ``threshold`` = 0.05, the reference's.
 
-Differences from the reference code (GeWu-Lab/InfoReg_CVPR2025, ``main.py``) and why:
+Differences from the reference code (GeWu-Lab/InfoReg_CVPR2025, ``main.py`` at 939b2ed) and why:
 
-* the reference hard-codes two modalities, reads the window from the audio trace only and regulates
-  only audio (the branch meant for visual has a typo making it unreachable); here every modality
-  has its own trace and window, and the leading one by score is regulated (for M = 2 with audio
-  leading, the reference's behaviour), for any M;
-* the unimodal logits are the model's (separate heads for ``sum`` / ``mmtm``; for ``late``, the linear
-  head's per-modality slices; for ``unet``, the decoder with the other modalities' skips zeroed, and
-  the scores sum over labelled pixels); the reference has separate unimodal heads;
+* the reference hard-codes two modalities and reads one window, from the audio trace, for both;
+  here every modality has its own trace and window (the paper's prime learning window is each
+  modality's), and the leading one by score is regulated, for any M;
+* the unimodal logits are the model's: for ``late``, the linear head's per-modality slices
+  W_m f_m + b / M, as the reference computes them from its fused head; separate heads for ``sum`` /
+  ``mmtm``; for ``unet``, the decoder with the other modalities' skips zeroed, and the scores sum
+  over labelled pixels;
 * the score is a batch *sum*, as the reference (so tanh saturates and beta is ~beta_0 e while active);
   the Fisher sums square the gradient after the proximal term is added, as the reference does.
 
@@ -51,8 +54,10 @@ from raybal.models.base import ModelOutput
 
 @dataclass(frozen=True)
 class InfoRegParams:
-    beta: float = knob(0.95, ge=0.0, doc="proximal weight scale beta_0 (beta = beta_0 exp(tanh(s_lead - s_next)))")
-    threshold: float = knob(0.04, ge=0.0, doc="the window is open while the Fisher trace's relative growth "
+    beta: float = knob(0.95, ge=0.0, doc="beta_0 of the data set's first modality (beta = beta_0 exp(tanh(s_lead - "
+                       "s_next)) while it leads; the reference's audio)")
+    beta_others: float = knob(0.1, ge=0.0, doc="beta_0 of every other modality (the reference's visual)")
+    threshold: float = knob(0.05, ge=0.0, doc="the window is open while the Fisher trace's relative growth "
                             "exceeds this")
     window: int = knob(10, ge=1, doc="epochs in the Fisher trace's moving average")
     unimodal_weight: float = knob(1.0, ge=0.0, doc="weight of each modality's unimodal cross-entropy (1 in the "
@@ -100,13 +105,15 @@ class InfoReg(BalanceMethod):
 
     @torch.no_grad()
     def coefficients(self, scores: Tensor) -> Tensor:
-        """beta per modality: beta_0 exp(tanh(s_lead - s_next)) for the leading one if its window is
-        open, 0 for every other (device tensors, no host read)."""
+        """beta per modality: its own beta_0 times exp(tanh(s_lead - s_next)) for the leading one if its
+        window is open, 0 for every other (device tensors, no host read)."""
         others = scores[None, :].expand(len(scores), -1).clone()
         others.fill_diagonal_(-torch.inf)
         lead = scores >= scores.max()
         lead &= torch.cumsum(lead.long(), 0) == 1  # one leader on a tie: the first
-        beta = self.params.beta * torch.exp(torch.tanh(scores - others.max(1).values))
+        beta0 = torch.full_like(scores, self.params.beta_others)
+        beta0[0] = self.params.beta
+        beta = beta0 * torch.exp(torch.tanh(scores - others.max(1).values))
         if self.open.device != scores.device:  # once per epoch (on_epoch_start makes it on the CPU)
             self.open = self.open.to(scores.device)
         return torch.where(lead & self.open, beta, torch.zeros_like(beta))

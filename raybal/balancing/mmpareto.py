@@ -15,11 +15,16 @@ the norm of the plain sum g_mm,p + g_u,p and multiplied by ``gamma`` (§3.3, the
 plain sum. Heads and fusion layers get the plain sum of both losses' gradients.
 
 The reference code (GeWu-Lab/MMPareto_ICML2024, ``code/MMPareto.py``) makes four backward passes;
-two suffice (the multimodal loss, then the sum of the unimodal ones: encoder m only depends on its
-own). Differences: the unimodal logits are the model's (separate heads for ``sum`` / ``mmtm``, the
-linear head's per-modality slices W_m f_m + b/M for ``late``, as BalanceBenchmark does; for ``unet``
-the decoder on modality m's skips with the others' zeroed, per pixel; the reference has separate
-heads), and a zero g_new keeps a zero gradient (the reference divides by zero).
+two suffice where encoder m reaches only its own unimodal loss (``late``, ``sum``, ``unet``): the
+multimodal loss, then the sum of the unimodal ones. With cross-modal gates (``mmtm``) every branch
+head sees every encoder, so the sum's gradient on encoder m would carry the other branches' losses:
+there each unimodal loss gets its own backward pass (M + 1 in all) and encoder m takes only its own
+loss's gradient, as the reference's separate passes give it.
+
+Differences: the unimodal logits are the model's (separate heads for ``sum`` / ``mmtm``, the linear
+head's per-modality slices W_m f_m + b/M for ``late``, as BalanceBenchmark does; for ``unet`` the
+decoder on modality m's skips with the others' zeroed, per pixel; the reference has separate heads),
+and a zero g_new keeps a zero gradient (the reference divides by zero).
 The method works per modality, so any M >= 2.
 
 Under data-parallel training the step's gradients are made without DDP's averaging and averaged
@@ -55,6 +60,7 @@ class MMPareto(BalanceMethod):
     def __init__(self, params: MMParetoParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
         self.conflicts = ModalityMeans("pareto_conflict", 0.0)  # share of steps with cos <= 0, per modality
+        self.unimodal: list[Tensor] = []  # the step's unimodal losses (extra_loss), for the gated backward
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
@@ -62,7 +68,24 @@ class MMPareto(BalanceMethod):
 
     def extra_loss(self, x: dict[str, Tensor], out: ModelOutput, y: Tensor, loss: Tensor) -> Tensor | None:
         assert out.modality_logits is not None
-        return sum(task_loss(full_precision(out.modality_logits[m]), y) for m in self.ctx.modalities)
+        self.unimodal = [task_loss(full_precision(out.modality_logits[m]), y) for m in self.ctx.modalities]
+        return sum(self.unimodal)
+
+    def _unimodal_backward(self, extra: Tensor, enc: dict[str, list[torch.nn.Parameter]]) -> None:
+        """Encoder m's gradient of its own unimodal loss only, the other parameters' gradient of their sum
+        (added to the multimodal gradient already there)."""
+        model, losses = self.ctx.model, self.unimodal
+        self.unimodal = []  # the step's graph is not kept past it
+        if not model.has_gates:  # encoder m reaches only its own loss: one pass of the sum
+            extra.backward()
+            return
+        enc_ids = {id(p) for ps in enc.values() for p in ps}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
+        for i, (m, lm) in enumerate(zip(self.ctx.modalities, losses)):
+            grads = torch.autograd.grad(lm, enc[m] + rest, retain_graph=i < len(losses) - 1, allow_unused=True)
+            for p, g in zip(enc[m] + rest, grads):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
 
     @staticmethod
     def min_norm_weight(g_mm: Tensor, g_u: Tensor) -> Tensor:
@@ -83,7 +106,7 @@ class MMPareto(BalanceMethod):
             for p in ps:
                 g_mm[id(p)] = p.grad if p.grad is not None else torch.zeros_like(p)
                 p.grad = None
-        extra.backward()  # encoders: their own unimodal gradient; heads / fusion: both losses' sum
+        self._unimodal_backward(extra, enc)  # encoders: their own unimodal gradient; heads / fusion: the sum
         params = [p for p in model.parameters() if p.requires_grad]
         for p in params:
             if id(p) in enc_ids and p.grad is None:

@@ -6,7 +6,9 @@ with some probability during training, so the fusion layers cannot rely on any s
 Here, each training sample independently loses one modality with probability ``p``; which one
 is drawn uniformly (``exclude`` names modalities that are never dropped). A dropped modality is
 set to zeros, the value a dead sensor gives (the ``blackout`` corruption), so the fused head
-learns to decide from the remaining ones. Nothing changes at evaluation time.
+learns to decide from the remaining ones. Nothing changes at evaluation time, except that the
+zeroed inputs pass through the encoders in training mode: BatchNorm's batch statistics and running
+averages include them (about p / M of each modality's samples are zeros), as a dead sensor would.
 
 The draw for a step is made over the whole global batch from a generator seeded by (run seed,
 step) and each data-parallel rank takes its own slice, so the samples dropped do not depend on

@@ -45,6 +45,12 @@ The weight lambda (``weight``):
   1,000 or 1,000,000 samples; ``schedule = "epochs"`` is the per-epoch form lambda(e) = min(lambda_max,
   lambda_0 exp(growth (e - e_0))), e_0 the first penalised epoch.
 
+``feedback = "none"`` turns the outer loop off alone (it runs only with the adaptive weight). With it on (the
+default), training is steered by the validation MU, so ``final.val_*`` is not held out: a published
+comparison reads ``final.test_*`` (``final.steered_by_val`` marks such runs; ``raybal best`` says so).
+``recipe = "paper"`` is Singh et al. 2024 as published: ``weight = "warmup"``, ``penalty_scale = "none"``,
+``feedback = "none"`` (each still settable).
+
 A full penalty from the first step drives the net into poor minima: both forms start small. ``tolerance`` is
 what counts as meeting the target (model selection, ``final.target_met``, the outer loop's integration).
 
@@ -54,8 +60,9 @@ output): the penalty reruns only ``fuse``, M fusion + head passes, not M full fo
 the global batch, so a rank's sample is paired with a partner from any rank (features all-gathered with
 autograd), and the loss gaps are averaged over ranks: the estimate is the one-worker estimate.
 
-Pitfalls handled (DESIGN.md §2): with relu, a batch where every d_i = 0 has no defined u and a zero gradient; it
-is skipped and counted (``mu_skipped``). softplus floors every d_i and pulls u toward 1/M, so relu is the
+Pitfalls handled (DESIGN.md §2): with relu, a batch with fewer than two positive d_i (every d_i = 0: u undefined;
+one alone: u one-hot) has a zero penalty gradient; it is skipped, counted (``mu_skipped``) and does not move
+lambda. softplus floors every d_i and pulls u toward 1/M, so relu is the
 default. ``freeze_encoders`` gives the paper's two-phase recipe (``pretrain_epochs`` of vanilla training, then
 only fusion + head under the penalty).
 """
@@ -64,7 +71,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +99,21 @@ def gathered(feat: Any, world: int) -> Any:
     return torch.cat(all_gather(feat.contiguous()), dim=0)
 
 
+RECIPES: dict[str, dict[str, object]] = {
+    "raybal": {},
+    # Singh et al. 2024 as published: the fixed warm-up, Eq. 4 unscaled, no validation feedback.
+    "paper": {"weight": "warmup", "penalty_scale": "none", "feedback": "none"},
+}
+
+
 @dataclass(frozen=True)
 class MuTargetParams:
+    PROFILES: ClassVar[dict[str, dict[str, object]]] = RECIPES
+    PROFILE_KNOB: ClassVar[str] = "recipe"
+
+    recipe: Literal["raybal", "paper"] = knob("raybal", doc="a named set of the knobs below (a knob set in the "
+                                              "file wins): paper = weight \"warmup\", penalty_scale \"none\", "
+                                              "feedback \"none\" (Singh et al. 2024 as published)")
     target: FrozenMap = knob({}, ge=0.0, le=1.0, fractions=True,
                              doc="modality -> target utilization fraction (sums to 1)")
     tolerance: float = knob(0.05, gt=0.0, le=0.5, doc="max |MU share - target| that counts as meeting the target")
@@ -110,6 +130,9 @@ class MuTargetParams:
     d_fn: Literal["relu", "softplus"] = "relu"
     softplus_beta: float = knob(20.0, gt=0.0, doc="sharpness when d_fn = softplus")
     shuffle: Literal["features", "inputs"] = "features"
+    feedback: Literal["validation", "none"] | None = knob(None, doc="the outer loop moving the set point by the "
+                                                          "validation MU each epoch (weight = \"adaptive\" only; "
+                                                          "default: \"validation\" when adaptive, else \"none\")")
     freeze_encoders: bool = False
     pretrain_epochs: int = knob(0, ge=0, doc="vanilla epochs before the penalty (and freezing) starts")
 
@@ -132,6 +155,9 @@ class MuTargetParams:
         if self.weight == "adaptive" and self.lambda_0 <= 0.0:
             raise ConfigError(f"{prefix}.lambda_0",
                               "must be > 0 with weight = \"adaptive\" (the multiplier moves in log space)")
+        if self.feedback == "validation" and self.weight != "adaptive":
+            raise ConfigError(f"{prefix}.feedback", "\"validation\" moves the set point the adaptive weight steers "
+                              "to; set balance.weight = \"adaptive\" or feedback = \"none\"")
         if self.schedule == "epochs" and self.weight != "warmup":
             raise ConfigError(f"{prefix}.schedule", "\"epochs\" is the per-epoch warm-up of weight = \"warmup\"; "
                               "set balance.weight = \"warmup\" too (the adaptive weight is updated every step)")
@@ -202,6 +228,13 @@ class MuTarget(BalanceMethod):
         self.lam_sum: Tensor | float = 0.0
         self.steps = 0
         self.skipped: Tensor | int = 0
+
+    @property
+    def steers_by_validation(self) -> bool:
+        """The outer loop runs (``feedback``; by default with the adaptive weight): the set point moves by
+        the validation MU, so ``final.val_*`` is not a held-out number."""
+        feedback = self.params.feedback or ("validation" if self.params.weight == "adaptive" else "none")
+        return feedback == "validation"
 
     @property
     def tolerance(self) -> float:
@@ -297,7 +330,7 @@ class MuTarget(BalanceMethod):
     def on_validation(self, mu: MUResult) -> None:
         """Keep the epoch's validation error for the set point; not during vanilla pretraining (its
         error says nothing about the penalty) and not from a degenerate or non-finite MU."""
-        if self.params.weight != "adaptive" or mu.degenerate or self.epoch <= self.params.pretrain_epochs:
+        if not self.steers_by_validation or mu.degenerate or self.epoch <= self.params.pretrain_epochs:
             return
         shares = torch.tensor([mu.shares[m] for m in self.ctx.modalities], dtype=torch.float64)
         if torch.isfinite(shares).all():
@@ -306,7 +339,7 @@ class MuTarget(BalanceMethod):
     def _share_validation_feedback(self) -> None:
         """Fold the last validation error into the set point, the same on every rank: only the main
         rank measured it, so the others contribute zeros to a sum over ranks."""
-        if self.params.weight != "adaptive":
+        if not self.steers_by_validation:
             return
         e = self.val_error if self.val_error is not None else torch.zeros_like(self.target)
         self.val_error = None
@@ -361,10 +394,12 @@ class MuTarget(BalanceMethod):
         if not isinstance(lam, Tensor) and lam <= 0.0:
             return None
         d, u = self.batch_utilization(out, y, loss, x)
-        # sum d = 0: u undefined and the gradient zero: the step adds no penalty and is counted as
-        # skipped (DESIGN.md §2 pitfall); decided on the device, no host read. A NaN sum is not
-        # skipped: it reaches the loss, and the run stops on the non-finite loss.
-        ok = ~(d.detach().sum() <= 0.0)
+        # Fewer than two positive gaps (with relu: sum d = 0, or one d_i > 0 alone, which makes u one-hot
+        # and d u / d d zero): the penalty has no gradient, so the step adds none, is counted as skipped
+        # (DESIGN.md §2 pitfall) and leaves lambda alone; decided on the device, no host read. A NaN sum
+        # is not skipped: it reaches the loss, and the run stops on the non-finite loss.
+        dd = d.detach()
+        ok = ~(((dd > 0).sum() < 2) & torch.isfinite(dd.sum()))
         self.skipped = self.skipped + (~ok).long()
         if self.params.weight == "adaptive":
             t = self._setpoint_on(u.device).to(u.dtype)

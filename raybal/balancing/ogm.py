@@ -20,7 +20,10 @@ Differences from the reference code (GeWu-Lab/OGM-GE_CVPR2022 ``main.py``), and 
   the reference has none of) — not BatchNorm, biases or per-branch heads (``params = "weights"``);
   ``params = "all"`` modulates every encoder parameter;
 * for M > 2 each modality is compared with the weakest other (BalanceBenchmark's choice), so
-  only modalities ahead of the weakest are slowed; for M = 2 this is the paper's rule.
+  only modalities ahead of the weakest are slowed; for M = 2 this is the paper's rule;
+* the reference stops modulating at epoch 50 of 100 (``modulation_ends``) and its README recommends
+  alpha per data set (0.1 or 0.8); here modulation runs to the end unless ``end_epoch`` is set (half of
+  ``train.epochs`` gives the reference's schedule), with alpha 0.5 between the two.
 
 Dense outputs (segmentation): s_k sums softmax(out_k)[y] over every labelled *pixel* of the batch
 (Eq. 8 with pixels as the samples; ``true_class_score``), and out_k is the U-Net's decoder run on

@@ -23,8 +23,10 @@ Differences from the reference code (fanyunfeng-bit/Modal-Imbalance-PMR, ``main_
   after each epoch, from the first tenth of a fresh pass over the training loader): the same
   statistic of another 10 % of the data; a class absent from those batches keeps its previous
   prototype (the reference divides by zero);
-* ``scaling = "continuous"`` (BalanceBenchmark's variant) weights by alpha * clip(rho - 1, 0, 1)
-  instead of the all-or-nothing alpha;
+* ``scaling = "continuous"`` weights by alpha * clip(rho - 1, 0, 1) instead of the all-or-nothing
+  alpha: raybal's option, not the authors' (BalanceBenchmark had such a rule and removed it, 59c3446);
+* the reference stops the prototypical loss at epoch 100 of 150; here it runs to the end unless
+  ``end_epoch`` is set (``end_epoch`` = 2/3 of ``train.epochs`` gives the reference's schedule);
 * for M > 2 (not in the paper) every modality whose score is below the best one's gets the
   prototypical loss (``binary``: alpha; ``continuous``: alpha * clip(s_best / s_m - 1, 0, 1));
 * the paper's prototype entropy regularisation of the leading modality (§3.4) is not in the

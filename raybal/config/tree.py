@@ -189,16 +189,18 @@ def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
 def build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     """Build the frozen dataclass ``cls`` from ``raw``, naming ``prefix.key`` on error.
 
-    A class with a ``profile`` knob and a ``PROFILES`` table (name -> knob values) takes the named
-    profile's values for every knob ``raw`` does not set: a profile is a named set of defaults, and a
-    value written in the file always wins."""
+    A class with a ``PROFILES`` table (name -> knob values) and the knob that names one (``profile``, or
+    the class's ``PROFILE_KNOB``, e.g. a method's ``recipe``) takes the named profile's values for every
+    knob ``raw`` does not set: a profile is a named set of defaults, and a value written in the file
+    always wins."""
     if not isinstance(raw, Mapping):
         raise ConfigError(prefix, f"expected a table, got {raw!r}")
     profiles = getattr(cls, "PROFILES", None)
-    if profiles is not None and "profile" in raw:
-        name = raw["profile"]
+    chooser = getattr(cls, "PROFILE_KNOB", "profile")
+    if profiles is not None and chooser in raw:
+        name = raw[chooser]
         if not isinstance(name, str) or name not in profiles:
-            raise ConfigError(f"{prefix}.profile", f"unknown profile {name!r} (known: {', '.join(profiles)})")
+            raise ConfigError(f"{prefix}.{chooser}", f"unknown {chooser} {name!r} (known: {', '.join(profiles)})")
         raw = {**profiles[name], **raw}
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls) if f.init}

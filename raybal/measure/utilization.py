@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -231,6 +232,44 @@ def mean_ablation_utilization(model: FusionModel, split: Split, means: dict[str,
     if both <= 0:
         return {m: 0.0 for m in mods}
     return {m: (both - acc[m]) / both for m in mods}
+
+
+@torch.no_grad()
+def shapley_utilization(model: FusionModel, split: Split, *, num_classes: int, task: str,
+                        batch_size: int = EVAL_BATCH) -> dict[str, float]:
+    """Each modality's Shapley contribution to the fused metric (BalanceBenchmark's ``Calculate_Shapley``,
+    ``balancemm/evaluation/modalitys.py``, written for any M):
+
+        v(S)   = the fused metric with only the modalities in S present (the others' inputs zeroed)
+        phi_m  = sum_{S subset of M \\ {m}} |S|! (M - |S| - 1)! / M! (v(S + {m}) - v(S))
+
+    so sum_m phi_m = v(all) - v(none) (efficiency): how much of the metric above the all-blank
+    model's each modality earns, averaged over the orders in which modalities could join. In the
+    metric's units (accuracy, mIoU, micro-F1), not a share; a negative value is a modality that hurts.
+    Branches are separate up to ``encode``'s output, so each batch is encoded twice (as is and blank)
+    and fused 2^M times."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    mods = tuple(model.modalities)
+    subsets = [frozenset(c) for r in range(len(mods) + 1) for c in itertools.combinations(mods, r)]
+    stats: dict[frozenset[str], Tensor | None] = {s: None for s in subsets}
+    totals = {s: torch.tensor(0) for s in subsets}
+    for xb, yb in split.batches(batch_size):
+        xb = {m: t.to(dev) for m, t in xb.items()}
+        yb = yb.to(dev)
+        feats = model.encode(xb)
+        blank = model.encode({m: torch.zeros_like(t) for m, t in xb.items()})
+        for s in subsets:
+            _, st, tot = fused_loss_and_stat(model, {m: feats[m] if m in s else blank[m] for m in mods}, yb,
+                                             num_classes, task)
+            stats[s] = st.cpu() if stats[s] is None else stats[s] + st.cpu()  # type: ignore[operator]
+            totals[s] = totals[s] + tot
+    model.train(was_training)
+    v = {s: finish_metric(stats[s], totals[s], task) for s in subsets}  # type: ignore[arg-type]
+    n = len(mods)
+    return {m: sum(math.factorial(len(s)) * math.factorial(n - len(s) - 1) / math.factorial(n)
+                   * (v[s | {m}] - v[s]) for s in subsets if m not in s) for m in mods}
 
 
 @torch.no_grad()

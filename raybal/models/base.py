@@ -122,6 +122,12 @@ class FusionModel(nn.Module):
         own = {id(p) for m in self.modalities for p in self.branch_parameters(m)}
         return [p for p in self.parameters() if id(p) not in own]
 
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        """The layers that turn the fused features into logits (a reference's "classifier"): by default
+        everything that is not a branch; a model with fusion units between its branches (MMTM) gives
+        its heads only."""
+        return self.fusion_parameters()
+
     def shared_head(self) -> nn.Module | None:
         """The one head every modality's features go through, when the model has one (MLA)."""
         return None

@@ -156,7 +156,11 @@ def entropy_fusion(stacked: Tensor) -> Tensor:
 class MMTMParams(EncoderParams):
     fuse_after: tuple[int, ...] = knob((2, 3), ge=1, doc="1-based conv stages followed by an MMTM unit")
     reduction: int = knob(4, ge=1)
-    momentum: float = knob(0.1, gt=0.0, le=1.0, doc="running-average momentum of the gates")
+    momentum: float = knob(0.1, gt=0.0, le=1.0, doc="running-average momentum of the gates (running = \"ema\")")
+    gate: Literal["2sigmoid", "sigmoid"] = knob("2sigmoid", doc="the gate's activation: 2 sigmoid (Joze et al. "
+                                                "2020) or sigmoid (Wu et al. 2022's reference code)")
+    running: Literal["ema", "mean"] = knob("ema", doc="the gates' running average: an EMA with `momentum`, or "
+                                           "the mean since the start of training (Wu et al.'s reference)")
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
@@ -178,9 +182,15 @@ class MMTMUnit(nn.Module):
     the other modality's gate; DESIGN.md §2). When a modality is overridden, its gate is
     replaced by that running average, which carries no information about the current sample,
     so the cross-modal flow into that modality's branch is cut (Wu et al. 2022, §4).
+
+    Joze et al.'s gate is 2 sigmoid (1 at a zero input: the unit starts as the identity) and the
+    running average an EMA (``momentum``); Wu et al.'s reference code (nyukat/greedy_multimodal_learning,
+    ``src/balanced_mmtm.py``) uses sigmoid and the mean of every training batch's gate since the start:
+    ``gate = "sigmoid"``, ``running = "mean"``.
     """
 
-    def __init__(self, channels: dict[str, int], reduction: int, momentum: float) -> None:
+    def __init__(self, channels: dict[str, int], reduction: int, momentum: float, gate: str = "2sigmoid",
+                 running: str = "ema") -> None:
         super().__init__()
         total = sum(channels.values())
         hidden = max(total // reduction, 4)
@@ -190,6 +200,11 @@ class MMTMUnit(nn.Module):
         for m, c in channels.items():
             self.register_buffer(f"running_gate_{m}", torch.ones(c))
         self.momentum = momentum
+        self.gate_scale = 2.0 if gate == "2sigmoid" else 1.0
+        self.running_mean = running == "mean"
+        if self.running_mean:  # per modality, the batches averaged so far (buffers: a resumed run continues)
+            for m in channels:
+                self.register_buffer(f"running_count_{m}", torch.zeros((), dtype=torch.float64))
         self.override: str | None = None
         # Wu et al.'s "cross-modal flow off": modality -> training-set mean of its squeezed vector;
         # each modality's gate then sees its own squeezed vector and the others' means.
@@ -212,14 +227,20 @@ class MMTMUnit(nn.Module):
                 for m in self.mods}
         out = {}
         for m in self.mods:
-            gate = 2.0 * torch.sigmoid(self.excite[m](zs[m]))
+            gate = self.gate_scale * torch.sigmoid(self.excite[m](zs[m]))
             running = getattr(self, f"running_gate_{m}")
-            if self.training and self.override != m:
+            # momentum 0: running statistics frozen (FusionModel.frozen_running_stats), for either average
+            if self.training and self.override != m and self.momentum > 0:
                 with torch.no_grad():
                     batch_mean = gate.detach().mean(0)
                     if self.cross_rank:
                         batch_mean = global_mean(batch_mean)
-                    running.mul_(1 - self.momentum).add_(self.momentum * batch_mean)
+                    if self.running_mean:  # the mean of every batch so far: r <- r + (b - r) / (n + 1)
+                        count = getattr(self, f"running_count_{m}")
+                        count.add_(1.0)
+                        running.add_((batch_mean - running) / count.to(running))
+                    else:
+                        running.mul_(1 - self.momentum).add_(self.momentum * batch_mean)
             if self.override == m and self.training:
                 # The override exists only inside a training step: evaluation, checkpoints, MU and
                 # robustness always see the normal model (DESIGN.md §2).
@@ -248,8 +269,8 @@ class MMTMFusion(FusionModel):
         self.encoders = nn.ModuleDict({m: make_encoder(shapes[m], p.width, p.stages, p.backbone) for m in modalities})
         chans = self.encoders[modalities[0]].out_channels
         self.fuse_after = tuple(p.fuse_after)
-        self.mmtm = nn.ModuleList([MMTMUnit({m: chans[s - 1] for m in modalities}, p.reduction, p.momentum)
-                                   for s in self.fuse_after])
+        self.mmtm = nn.ModuleList([MMTMUnit({m: chans[s - 1] for m in modalities}, p.reduction, p.momentum,
+                                            p.gate, p.running) for s in self.fuse_after])
         self.heads = nn.ModuleDict({m: nn.Linear(chans[-1], num_classes) for m in modalities})
 
     def encode(self, x: dict[str, Tensor]) -> Features:
@@ -271,6 +292,9 @@ class MMTMFusion(FusionModel):
 
     def encoder_modules(self, modality: str) -> list[nn.Module]:
         return [self.encoders[modality]]
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.modalities for p in self.heads[m].parameters()]
 
     def gate_parameters(self, modality: str) -> list[nn.Parameter]:
         return [p for unit in self.mmtm for p in unit.excite[modality].parameters()]

@@ -39,7 +39,8 @@ REQUIRED = {
     "trials": ["trial_id", "status", "error", "config_id", "replicate", "role", "config_json", "wall_s",
                "raybal_version"],
     "epochs": ["trial_id", "epoch", "split", "loss", "lambda_mu"],
-    "utilization": ["trial_id", "epoch", "split", "modality", "mu", "cond_util", "ablation_util", "learning_speed"],
+    "utilization": ["trial_id", "epoch", "split", "modality", "mu", "cond_util", "ablation_util", "shapley",
+                    "learning_speed"],
     "robustness": ["trial_id", "split", "modality", "corruption", "level"],
 }
 STATUSES = ("ok", "failed", "stopped")
@@ -90,16 +91,18 @@ def epoch_row(trial_id: str, epoch: int, split: str, task: str, loss: float, val
 def utilization_rows(trial_id: str, epoch: int, split: str, mu: MUResult, *, final: bool,
                      cond_util: Mapping[str, float | None] | None = None,
                      ablation_util: Mapping[str, float] | None = None,
+                     shapley: Mapping[str, float] | None = None,
                      modality_log: Mapping[str, Mapping[str, float]] | None = None) -> list[dict[str, Any]]:
     """``utilization.parquet`` rows, one per modality: MU share (sums to 1), raw MU and the nullable
     measures (Wu et al.'s ``cond_util`` of the modality's own branch, the mean-ablation utilization
-    ``ablation_util``, the method's per-modality log such as ``learning_speed``)."""
+    ``ablation_util``, the Shapley contribution ``shapley``, the method's per-modality log such as
+    ``learning_speed``)."""
     rows = []
     for m in mu.shares:
         row: dict[str, Any] = {
             "trial_id": trial_id, "epoch": epoch, "split": split, "modality": m, "mu": mu.shares[m],
             "mu_raw": mu.raw[m], "cond_util": (cond_util or {}).get(m),
-            "ablation_util": (ablation_util or {}).get(m), "learning_speed": None,
+            "ablation_util": (ablation_util or {}).get(m), "shapley": (shapley or {}).get(m), "learning_speed": None,
             "degenerate": mu.degenerate, "final": final}
         row.update((modality_log or {}).get(m, {}))
         rows.append(row)

@@ -31,6 +31,7 @@ from raybal.measure.utilization import (
     mean_ablation_utilization,
     mean_features,
     measure,
+    shapley_utilization,
     squeeze_means,
 )
 from raybal.models import build_model
@@ -383,8 +384,8 @@ def _finalize(run: _Run, progress: Progress | None) -> RunResult:
                                                 modalities=data.modalities)
     test = measure(model, data.test, num_classes=ncls, task=task, n_repeats=tc.mu_repeats, seed=tc.seed,
                    modalities=data.modalities)
-    # Wu's conditional utilization rate (gated fusions; None otherwise) and the mean-ablation utilization,
-    # on validation (held out from the training distribution, where Wu measures) and on test.
+    # Wu's conditional utilization rate (gated fusions; None otherwise), the mean-ablation utilization and
+    # the Shapley contribution, on validation (held out from the training distribution, where Wu measures) and on test.
     squeezes = squeeze_means(model, data.train) if model.has_gates else []
     feat_means = mean_features(model, data.train)
     measures: dict[str, dict[str, dict[str, Any]]] = {}
@@ -393,13 +394,15 @@ def _finalize(run: _Run, progress: Progress | None) -> RunResult:
         sp = data.split(split)
         measures[split] = {
             "cond_util": conditional_utilization(model, sp, squeezes, num_classes=ncls, task=task),
-            "ablation_util": mean_ablation_utilization(model, sp, feat_means, num_classes=ncls, task=task)}
+            "ablation_util": mean_ablation_utilization(model, sp, feat_means, num_classes=ncls, task=task),
+            "shapley": shapley_utilization(model, sp, num_classes=ncls, task=task)}
         final_rows += schema.utilization_rows(tid, best_epoch, split, mu, final=True, **measures[split])
     utilization = schema.with_final(run.utilization, final_rows)
     final = schema.final_metrics(task, best_epoch, val, test, measures,
                                  {"val": method.split_metrics(val), "test": method.split_metrics(test)},
                                  data.class_names)
     final["final.selected_by"] = selected_by
+    final["final.steered_by_val"] = method.steers_by_validation
     if method.has_target:
         final.update(schema.target_met_columns(method.target_error(test), method.tolerance))
     robustness: list[dict[str, Any]] = []

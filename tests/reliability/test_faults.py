@@ -99,6 +99,7 @@ def wait_for_trials(out: Path, n: int, proc: subprocess.Popen | None = None, tim
     pytest.fail(f"fewer than {n} trials recorded in {timeout}s")
 
 
+@pytest.mark.faults
 def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            local_ray: None,  # TrialFn carries RAYBAL_FAULT
                                                            capsys: pytest.CaptureFixture[str]) -> None:
@@ -131,6 +132,7 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path, monke
     assert t.set_index("trial_id").loc[best["trial_id"], "status"] == "ok"
 
 
+@pytest.mark.faults
 def test_killed_driver_then_resume(tmp_path: Path, local_ray: None) -> None:
     import ray
 
@@ -161,6 +163,7 @@ def test_killed_driver_then_resume(tmp_path: Path, local_ray: None) -> None:
     assert not reader.errors and reader.reads > 20, (reader.errors, reader.reads)
 
 
+@pytest.mark.faults
 def test_lost_node_mid_study(tmp_path: Path, two_node_cluster) -> None:  # noqa: ANN001
     cluster = two_node_cluster
     worker = next(iter(cluster.worker_nodes))

@@ -10,9 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from test_distributed import check_tables, write_run
 
 
+@pytest.mark.faults
 def test_killed_worker_is_replaced_and_run_completes(tmp_path: Path, local_ray: None) -> None:
     import ray
 
