@@ -27,6 +27,7 @@ METHOD_OVERRIDES = {
     "agm": {"balance.alpha": 1.0},
     "inforeg": {"balance.beta": 0.95},
     "mla": {"model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"},
+    "gblending": {"balance.holdout": 0.2},
 }
 
 

@@ -80,6 +80,7 @@ METHOD_CASES = {
     "agm": {"balance.method": "agm"},
     "inforeg": {"balance.method": "inforeg"},
     "mla": {"balance.method": "mla", "model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"},
+    "gblending": {"balance.method": "gblending"},
 }
 
 
@@ -88,9 +89,13 @@ def test_an_epoch_of_steps_reads_nothing_from_the_device(case: str) -> None:
     cfg = tiny_config(**METHOD_CASES[case])
     data = load_data(cfg.data)
     model = build_for(cfg, data)
+    cls = METHODS.get(cfg.balance.method).obj
+    holdout = None
+    if cls.holdout_fraction(cfg.balance.params):  # as the loop: the held-out slice out of training
+        data, holdout = data.hold_out(cls.holdout_fraction(cfg.balance.params), 0)
     steps = len(data.train) // cfg.train.batch_size
-    method = METHODS.get(cfg.balance.method).obj(cfg.balance.params, MethodContext(
-        model=model, modalities=data.modalities, epochs=2, steps_per_epoch=steps, seed=0))
+    method = cls(cfg.balance.params, MethodContext(
+        model=model, modalities=data.modalities, epochs=2, steps_per_epoch=steps, seed=0, holdout=holdout))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = list(data.train.batches(cfg.train.batch_size, drop_last=True))
     for epoch in (1, 2):

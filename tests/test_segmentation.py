@@ -24,7 +24,7 @@ SEG = {"data.task": "segmentation", "model.name": "unet", "model.width": 4, "mod
 # What each method needs on top of the defaults (None: refused at load for a U-Net, with the key it names).
 PER_METHOD: dict[str, dict | str] = {
     "vanilla": {}, "mu_target": {"balance.target": {"eo": 0.6, "sar": 0.4}}, "ogm_ge": {}, "mmpareto": {},
-    "agm": {}, "inforeg": {}, "modality_dropout": {"balance.p": 0.5},
+    "agm": {}, "inforeg": {}, "modality_dropout": {"balance.p": 0.5}, "gblending": {},
     "greedy_guided": "model.name", "greedy_random": "model.name", "pmr": "model.name", "mla": "model.name",
 }
 

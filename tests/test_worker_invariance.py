@@ -51,6 +51,7 @@ CASES = {
     "agm": {},
     "inforeg": {},
     "mla": {"model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"},  # MLA's own model
+    "gblending": {},  # its held-out slice: drawn the same on every rank, evaluated whole on each
 }
 
 

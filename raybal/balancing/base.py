@@ -60,6 +60,7 @@ class MethodContext:
     world_size: int = 1
     all_reduce: Any = None  # callable(Tensor) -> Tensor (mean over ranks), None when single process
     rank: int = 0  # this process's slice of each global batch is [rank * n, (rank + 1) * n)
+    holdout: Any = None  # the training samples held out from training for the method (holdout_fraction)
 
 
 class BalanceMethod:
@@ -116,6 +117,13 @@ class BalanceMethod:
         if cls.needs_modality_logits and not model_cls.has_modality_logits:
             raise ConfigError("model.name", f"balance.method {cfg.balance.method!r} needs per-modality logits, "
                               f"which model {cfg.model.name!r} does not provide")
+
+    @classmethod
+    def holdout_fraction(cls, params: Any) -> float:
+        """The share of the training split the method needs held out from training (0: none): the loop
+        draws it once (``MultiModalData.hold_out``, seeded by ``train.seed``) and hands it over as
+        ``ctx.holdout``; training runs on the rest."""
+        return 0.0
 
     @classmethod
     def acting_epoch(cls, cfg: RunConfig) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,16 @@ class MultiModalData:
             "modalities": list(self.modalities), "num_classes": self.num_classes, "task": self.task,
             "class_names": list(self.class_names),
         }
+
+    def hold_out(self, fraction: float, seed: int) -> tuple[MultiModalData, Split | LazySplit]:
+        """(these data without a held-out slice of the training split, the slice): ``round(fraction * N)``
+        training samples drawn by ``seed``, the same on every rank and every resume; both keep the
+        training split's order and pipeline (e.g. G-Blending's V, held out from training)."""
+        n = len(self.train)
+        k = min(max(round(fraction * n), 1), n - 1)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_033 + 5))
+        held, kept = perm[:k].sort().values, perm[k:].sort().values
+        return dataclasses.replace(self, train=self.train.subset(kept)), self.train.subset(held)
 
     @classmethod
     def from_state(cls, st: dict) -> MultiModalData:

@@ -225,6 +225,10 @@ def _set_up(config: RunConfig, trial_id: str, checkpoint_dir: str | Path | None,
         torch.set_num_threads(tc.num_threads)
     seed_everything(tc.seed)
     data = data or load_data(config.data)
+    method_cls = METHODS.get(config.balance.method).obj
+    holdout = None
+    if method_cls.holdout_fraction(config.balance.params) > 0:  # e.g. G-Blending's V: never trained on
+        data, holdout = data.hold_out(method_cls.holdout_fraction(config.balance.params), tc.seed)
     device = resolve_device(config, dist)
     if device.type == "cuda":  # pinned host memory: the per-batch .to(device, non_blocking=True) is async
         data = dataclasses.replace(data, train=data.train.pinned())
@@ -236,10 +240,9 @@ def _set_up(config: RunConfig, trial_id: str, checkpoint_dir: str | Path | None,
     # each rank on its slice (Split.shard_order). A split smaller than one batch is one step.
     n_train, world = len(data.train), dist.world_size
     global_batch = tc.batch_size if n_train >= tc.batch_size else n_train - n_train % world
-    method_cls = METHODS.get(config.balance.method).obj
     method: BalanceMethod = method_cls(config.balance.params, MethodContext(
         model=model, modalities=data.modalities, epochs=tc.epochs, steps_per_epoch=n_train // global_batch,
-        seed=tc.seed, world_size=world, all_reduce=dist.all_reduce_mean, rank=dist.rank))
+        seed=tc.seed, world_size=world, all_reduce=dist.all_reduce_mean, rank=dist.rank, holdout=holdout))
     optimizer = _make_optimizer(config, model)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
                  if tc.lr_schedule == "cosine" else None)
