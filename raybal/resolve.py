@@ -30,7 +30,8 @@ from raybal.config import (
 from raybal.config.registry import Registry
 from raybal.data import DATASETS
 from raybal.models import MODELS
-from raybal.noise import CORRUPTIONS
+from raybal.noise import CORRUPTIONS, is_severity
+from raybal.noise.base import SEVERITIES
 
 
 def _build_selected(section: str, selector: str, default: str, raw: Mapping[str, Any],
@@ -96,10 +97,17 @@ def _cross_validate(cfg: RunConfig) -> None:
         if c not in CORRUPTIONS:
             raise ConfigError(f"robustness.corruptions[{i}]",
                               f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
-    for c in cfg.robustness.levels:
+    for c, levels in cfg.robustness.levels.items():
         if c not in CORRUPTIONS:
             raise ConfigError(f"robustness.levels.{c}",
                               f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
+        bounds = CORRUPTIONS.get(c).meta.get("level_range")
+        for i, v in enumerate(levels if isinstance(levels, (list, tuple)) else [levels]):
+            if is_severity(c) and (isinstance(v, bool) or v not in SEVERITIES):
+                raise ConfigError(f"robustness.levels.{c}[{i}]", f"a severity, one of 1-5, got {v!r}")
+            if bounds is not None and not bounds[0] <= v <= bounds[1]:
+                raise ConfigError(f"robustness.levels.{c}[{i}]",
+                                  f"must be in [{bounds[0]:g}, {bounds[1]:g}], got {v!r}")
     augment = getattr(cfg.data.params, "augment", None)
     for m, v in augment.noise.items() if augment is not None else ():
         if m not in mods:

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from raybal.config import RobustnessConfig
+import torch
+
+from raybal.config import ConfigError, RobustnessConfig
 from raybal.data.base import MultiModalData
 from raybal.measure.utilization import MUResult, measure
 from raybal.models.base import FusionModel
-from raybal.noise import corrupter, default_levels
+from raybal.noise import CORRUPTIONS, CorruptionError, corrupter, default_levels
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,21 @@ def grid(cfg: RobustnessConfig, modalities: tuple[str, ...]) -> list[tuple[str, 
             for level in cfg.levels.get(c, default_levels(c)):
                 out.append((m, c, float(level)))
     return out
+
+
+def check_corruptions(cfg: RobustnessConfig, data: MultiModalData) -> None:
+    """Every grid point applies to its modality's shape (e.g. a shift smaller than the chip, a band to
+    drop): tried on two validation samples before any training, a misfit is a :class:`ConfigError`
+    naming the corruption's key."""
+    if not cfg.enabled:
+        return
+    xb, _ = next(iter(data.val.batches(2)))
+    index = {c: i for i, c in enumerate(cfg.corruptions)}
+    for m, c, level in grid(cfg, data.modalities):
+        try:
+            CORRUPTIONS.get(c).obj(xb[m], level, torch.Generator().manual_seed(0))
+        except CorruptionError as exc:
+            raise ConfigError(f"robustness.corruptions[{index[c]}]", f"{c} on modality {m!r}: {exc}") from None
 
 
 def sweep(model: FusionModel, data: MultiModalData, cfg: RobustnessConfig, *, mu_repeats: int = 3,

@@ -7,8 +7,8 @@ themselves (see :mod:`raybal.noise.base`).
 from __future__ import annotations
 
 from raybal.config.registry import import_submodules
-from raybal.noise.base import CORRUPTIONS, CorruptionFn, corrupter, default_levels
+from raybal.noise.base import CORRUPTIONS, CorruptionError, CorruptionFn, corrupter, default_levels, is_severity
 
 import_submodules(__name__, __path__)
 
-__all__ = ["CORRUPTIONS", "CorruptionFn", "corrupter", "default_levels"]
+__all__ = ["CORRUPTIONS", "CorruptionError", "CorruptionFn", "corrupter", "default_levels", "is_severity"]

@@ -1,9 +1,10 @@
 """The corruption registry and the batch transform a robustness sweep applies (DESIGN.md §2).
 
 A corruption is a function ``(x, level, generator) -> x`` applied to one modality at
-evaluation time, on the modality as fed to the network (inputs scaled to [0, 1]); results are
-*not* clipped back into [0, 1], as in Singh et al. 2024. It registers itself where it is
-defined, with the levels a sweep uses when the run file gives none::
+evaluation time, on the modality as fed to the network; results are *not* clipped, as in Singh
+et al. 2024. It registers itself where it is defined, with the levels a sweep uses when the run
+file gives none, and ``severities=True`` when its levels are severities 1-5, each mapped to a
+documented physical parameter (the ImageNet-C convention; checked when a run file is loaded)::
 
     @CORRUPTIONS.register("gaussian", levels=(0.0, 0.03, 0.06, 0.09, 0.12, 0.15))
     def gaussian(x, level, g): ...
@@ -35,6 +36,30 @@ def _check_corruption(name: str, obj: Any, params: type | None) -> None:
 
 
 CORRUPTIONS: Registry[CorruptionFn] = Registry("corruption", _check_corruption)
+SEVERITIES = (1, 2, 3, 4, 5)  # the levels of a corruption registered with ``severities=True``
+
+
+class CorruptionError(ValueError):
+    """A corruption cannot apply to this input (its shape, its level): the message names both."""
+
+
+def is_severity(corruption: str) -> bool:
+    """Are ``corruption``'s levels severities 1-5 (each mapped to documented physical parameters)?"""
+    return bool(CORRUPTIONS.get(corruption).meta.get("severities"))
+
+
+def severity_value(name: str, level: float, table: dict[int, float]) -> float:
+    """The physical parameter of severity ``level`` (an integer 1-5) in ``table``."""
+    s = int(level)
+    if s != level or s not in table:
+        raise CorruptionError(f"{name}: the level is a severity, one of {', '.join(map(str, table))}, got {level:g}")
+    return table[s]
+
+
+def image_only(name: str, x: Tensor) -> None:
+    """Refuse a modality that is not an image batch (N, C, H, W)."""
+    if x.dim() != 4:
+        raise CorruptionError(f"{name} needs an image modality (N, C, H, W), got shape {tuple(x.shape)}")
 
 
 def default_levels(corruption: str) -> tuple[float, ...]:

@@ -29,6 +29,7 @@ from raybal._atomic import atomic_write_bytes, atomic_write_json
 from raybal.config import ConfigError
 from raybal.config.secrets import redact, redacted, resolve_url
 from raybal.config.tasks import metric_name
+from raybal.measure.robustness import check_corruptions
 from raybal.results.schema import failed_result
 from raybal.results.tables import (
     FORMAT_VERSION,
@@ -322,7 +323,9 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
     d = Path(results_dir or Path("results") / study.settings.name).resolve()
     # Bad data, pretrained weights or an unreachable Optuna storage fail before anything is written (and the
     # data cache is warm for trials).
-    check_pretrained(study.base, load_data(study.base.data))
+    base_data = load_data(study.base.data)
+    check_pretrained(study.base, base_data)
+    check_corruptions(study.base.robustness, base_data)
     if study.settings.storage not in ("sqlite", "memory") and not resume:
         open_storage(resolve_url(study.settings.storage, "study.storage"))
     tracker = None

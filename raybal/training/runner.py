@@ -16,7 +16,7 @@ from raybal._atomic import atomic_write_json
 from raybal.config import RunConfig
 from raybal.config.tasks import metric_name
 from raybal.data import load_data
-from raybal.measure.robustness import sweep
+from raybal.measure.robustness import check_corruptions, sweep
 from raybal.resolve import with_overrides
 from raybal.results.schema import RunResult, failed_result, robustness_rows, robustness_summary
 from raybal.results.tables import FORMAT_VERSION, ResultsError, check_writable, environment, read_meta, write_results
@@ -77,6 +77,7 @@ def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress 
     progress = None if quiet else progress
     data = load_data(cfg.data)  # bad data (missing file, unpaired chip, ...) fails here: nothing written yet
     check_pretrained(cfg, data)  # so does a missing or mismatched model.pretrained file
+    check_corruptions(cfg.robustness, data)  # and a corruption that cannot apply to its modality
     tracker = None
     if mlflow:
         from raybal.config.secrets import resolve_url

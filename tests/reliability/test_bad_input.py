@@ -106,6 +106,14 @@ RUN_CASES = [  # (id, run file text or a data-case kind, what the one line must 
     ("unknown_model", TINY.replace("[model]", '[model]\nname = "resnet"'), "model.name: unknown"),
     ("unknown_method", TINY + '[balance]\nmethod = "magic"\n', "balance.method: unknown"),
     ("unknown_corruption", TINY + '[robustness]\ncorruptions = ["fog"]\n', "robustness.corruptions[0]: unknown"),
+    ("severity_range", TINY + '[robustness]\nenabled = true\ncorruptions = ["clouds"]\nlevels = {clouds = [2, 6]}\n',
+     "robustness.levels.clouds[1]: a severity, one of 1-5, got 6"),
+    ("missing_rate", TINY + '[robustness]\nenabled = true\ncorruptions = ["missing"]\nlevels = {missing = [1.5]}\n',
+     "robustness.levels.missing[0]: must be in [0, 1]"),
+    ("band_drop_one_band", TINY + '[robustness]\nenabled = true\nmodalities = ["sar"]\n'
+     'corruptions = ["gaussian", "band_drop"]\n', "robustness.corruptions[1]: band_drop on modality 'sar'"),
+    ("image_corruption_on_vectors", '[data]\nname = "digit_views"\n[train]\nepochs = 1\n[robustness]\nenabled = true\n'
+     'corruptions = ["misregistration"]\n', "robustness.corruptions[0]: misregistration on modality 'pixels'"),
     ("missing_path", "data:missing_path", "data.root: folder not found"),
     ("empty_folder", "data:empty_folder", "empty folder"),
     ("unpaired", "data:unpaired", "unpaired chip"),

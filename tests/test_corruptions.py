@@ -1,0 +1,137 @@
+"""The sensor-fault corruptions (issue 34): each one's defining property at severities 1-5."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from raybal.noise import CORRUPTIONS, CorruptionError
+from raybal.noise.atmosphere import COVERAGE, TRANSMISSION, cloud_mask
+from raybal.noise.optics import SIGMA, gaussian_kernel
+from raybal.noise.registration import DIRECTIONS, SHIFT, shift
+
+
+def corrupt(name: str, x: torch.Tensor, level: float, seed: int = 0) -> torch.Tensor:
+    return CORRUPTIONS.get(name).obj(x, level, torch.Generator().manual_seed(seed))
+
+
+def images(n: int = 6, c: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, c, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("severity", [1, 2, 3, 4, 5])
+def test_a_cloud_mask_covers_its_severitys_fraction(severity: int) -> None:
+    mask = cloud_mask(8, 48, 40, COVERAGE[severity], torch.Generator().manual_seed(severity))
+    covered = (mask > 0).flatten(1).float().mean(1)
+    assert torch.allclose(covered, torch.full_like(covered, COVERAGE[severity]), atol=0.02)
+    assert float(mask.max()) == pytest.approx(1.0) and float(mask.min()) == 0.0
+    soft = ((mask > 0) & (mask < 1)).flatten(1).float().mean(1)
+    assert bool((soft > 0).all())  # soft edges, not a hard cut
+
+
+def test_clouds_brighten_the_covered_pixels_and_shadows_darken_others() -> None:
+    x = images(4, size=32) * 0.5 + 0.1
+    y = corrupt("clouds", x, 3)
+    assert y.shape == x.shape and not torch.equal(x, y)
+    bright = x.amax(dim=(2, 3), keepdim=True)
+    assert bool((y <= bright + 1e-6).all())
+    changed = (y != x).any(1).flatten(1).float().mean(1)
+    assert bool((changed >= COVERAGE[3] - 0.02).all())  # the cloud, and its shadow beside it
+    assert bool(((y < x - 1e-6).any(1).flatten(1).any(1)).all())  # every chip has some shadow
+
+
+def test_haze_is_the_scattering_model() -> None:
+    x = images()
+    for s in (1, 5):
+        t = TRANSMISSION[s]
+        expect = x * t + x.amax(dim=(2, 3), keepdim=True) * (1 - t)
+        assert torch.allclose(corrupt("haze", x, s), expect)
+
+
+def test_blur_keeps_a_flat_image_and_spreads_a_point_with_its_sigma() -> None:
+    flat = torch.full((1, 2, 24, 24), 0.7)
+    assert torch.allclose(corrupt("blur", flat, 4), flat, atol=1e-6)
+    point = torch.zeros(1, 1, 41, 41)
+    point[0, 0, 20, 20] = 1.0
+    out = corrupt("blur", point, 3)[0, 0]
+    assert float(out.sum()) == pytest.approx(1.0, abs=1e-5)
+    r = torch.arange(41.0) - 20
+    var = float((out.sum(0) * r ** 2).sum())
+    assert math.sqrt(var) == pytest.approx(SIGMA[3], rel=0.02)
+    assert float(gaussian_kernel(2.0).sum()) == pytest.approx(1.0)
+
+
+def test_resolution_averages_blocks() -> None:
+    x = torch.zeros(1, 1, 16, 16)
+    x[..., ::2, ::2] = 1.0  # a pattern finer than the coarse sensor resolves
+    y = corrupt("resolution", x, 1)  # factor 2
+    assert torch.allclose(y, torch.full_like(y, 0.25), atol=1e-6)
+    blocks = torch.kron(torch.rand(1, 1, 4, 4), torch.ones(4, 4))  # already coarse at factor 4
+    assert float((corrupt("resolution", blocks, 3) - blocks).abs().mean()) < float(blocks.std()) / 2
+
+
+@pytest.mark.parametrize("severity", [1, 3, 5])
+def test_misregistration_moves_content_by_exactly_k_pixels_and_nothing_else(severity: int) -> None:
+    k = SHIFT[severity]
+    x = images(16, c=2, size=24, seed=severity)
+    y = corrupt("misregistration", x, severity, seed=4)
+    seen = set()
+    for i in range(len(x)):
+        fill = x[i].mean(dim=(1, 2), keepdim=True)
+        hits = [d for d in DIRECTIONS if torch.equal(y[i], shift(x[i], k * d[0], k * d[1], fill))]
+        assert len(hits) == 1, "each sample is the input moved by k pixels in one compass direction"
+        dy, dx = hits[0]
+        seen.add(hits[0])
+        h, w = x.shape[-2:]
+        inner_src = x[i][:, max(0, -k * dy):h - max(0, k * dy), max(0, -k * dx):w - max(0, k * dx)]
+        inner_dst = y[i][:, max(0, k * dy):h - max(0, -k * dy), max(0, k * dx):w - max(0, -k * dx)]
+        assert torch.equal(inner_src, inner_dst)
+    assert len(seen) > 2  # the direction is drawn per sample
+    with pytest.raises(CorruptionError, match="not smaller than the 4x4 chip"):
+        corrupt("misregistration", images(2, size=4), 4)
+
+
+def test_a_missing_rate_drops_exactly_that_share_of_samples() -> None:
+    x = images(100, c=1, size=8) + 0.1
+    y = corrupt("missing", x, 0.3)
+    gone = (y == 0).flatten(1).all(1)
+    assert int(gone.sum()) == 30
+    assert torch.equal(y[~gone], x[~gone])
+    assert torch.equal(corrupt("missing", x, 0.0), x)
+
+
+def test_band_drop_zeroes_whole_bands_and_keeps_one() -> None:
+    x = images(20, c=5, size=8) + 0.1
+    for s, k in ((1, 1), (3, 3), (5, 4)):
+        y = corrupt("band_drop", x, s)
+        dead = (y == 0).flatten(2).all(2)  # (N, C)
+        assert bool((dead.sum(1) == k).all())
+        assert torch.equal(y[~dead], x[~dead])
+    with pytest.raises(CorruptionError, match="at least 2 bands"):
+        corrupt("band_drop", images(2, c=1), 2)
+
+
+@pytest.mark.parametrize("name", ["clouds", "haze", "blur", "resolution", "misregistration", "band_drop"])
+def test_the_same_seed_gives_the_same_corruption_and_severities_are_checked(name: str) -> None:
+    x = images(4)
+    assert torch.equal(corrupt(name, x, 2, seed=5), corrupt(name, x, 2, seed=5))
+    with pytest.raises(CorruptionError, match="severity"):
+        corrupt(name, x, 2.5)
+    seg = images(2, c=3, size=16)  # shapes only: the same corruption on a segmentation chip
+    assert corrupt(name, seg, 5).shape == seg.shape
+
+
+def test_a_run_sweeps_the_new_corruptions() -> None:
+    from raybal.training.loop import fit
+
+    cfg = tiny_config(**{"robustness.enabled": True, "robustness.modalities": ["eo"], "robustness.measure_mu": False,
+                         "robustness.corruptions": ["clouds", "misregistration", "missing"],
+                         "robustness.levels": {"clouds": [1, 5], "misregistration": [5], "missing": [0.5]},
+                         "robustness.splits": ["test"]})
+    r = fit(cfg)
+    rows = {(p["corruption"], p["level"]): p["accuracy"] for p in r.robustness}
+    assert set(rows) == {("clouds", 1.0), ("clouds", 5.0), ("misregistration", 5.0), ("missing", 0.5)}
+    assert all(0.0 <= v <= 1.0 for v in rows.values())
