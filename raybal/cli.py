@@ -144,7 +144,8 @@ def cmd_best(args: argparse.Namespace) -> int:
         print(df.to_json(orient="records", indent=2) if args.json
               else df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         return 0
-    b = best_trial(args.results, args.metric, args.mode, cons, top=args.top)
+    b = best_trial(args.results, args.metric, args.mode, cons, top=args.top,
+                   importance=None if args.importance == "none" else args.importance)
     print(json.dumps(b.to_json(), indent=2) if args.json else format_best(b))
     return 0
 
@@ -264,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "seed finished ok and whose means meet the constraints. Print the mean with its "
                                    "95 %% interval, the difference to the study's baseline and to the runner-up "
                                    "(paired by seed, with intervals, and whether they are distinguishable), the "
-                                   "target, achieved MU, searched values, the runners-up and, for multi-objective "
-                                   "studies, the Pareto set.")
+                                   "target, achieved MU, searched values, which searched knob matters, the "
+                                   "runners-up and, for multi-objective studies, the Pareto set.")
     b.add_argument("results", help="a results directory written by raybal study run or raybal train")
     b.add_argument("--metric", help="a trials.parquet column (default: the study's objective)")
     b.add_argument("--mode", choices=["max", "min"], help="default: the study's, else min for loss/error metrics")
@@ -278,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--per-method", action="store_true",
                    help="the best configuration of each balancing method, with intervals and its difference "
                         "to the baseline (a method comparison: see study.per_method)")
+    b.add_argument("--importance", choices=["ped_anova", "fanova", "none"], default="ped_anova",
+                   help="which searched knob drove the metric, over the configurations' means, with its range "
+                        "over 80 %% resamples: PED-ANOVA (default) or fANOVA; 'not enough configurations' below 8 "
+                        "(or 2 per knob)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_best)
 

@@ -103,7 +103,8 @@ def test_best_ranks_means_over_seeds_and_compares_paired_by_seed(tmp_path: Path)
     assert "95% CI" in text and "configurations with a failed or missing seed" in text
     js = b.to_json()
     assert js["vs_baseline"]["verdict"] == "better" and js["interval"]["n"] == 3
-    assert js["failed_configs"][0]["n_failed"] == 1 and len(js["sentences"]) == 2
+    assert js["failed_configs"][0]["n_failed"] == 1 and len(js["sentences"]) == 3  # + "not enough configurations"
+    assert js["importance"]["enough"] is False and js["importance"]["n_configs"] == 2
 
 
 def test_best_says_when_the_best_configuration_was_steered_by_validation(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from raybal.analysis.effect import UtilizationEffect, targeted_modality, utilization_effect
+from raybal.analysis.importance import Importance, study_importance
 from raybal.analysis.intervals import Interval, metric_interval, paired_difference
 from raybal.analysis.runs import runs
 from raybal.config.constraint import Constraint
@@ -80,6 +81,7 @@ class Best:
     failed: pd.DataFrame | None = None  # configurations with a failed seed: reported, never averaged
     utilization: UtilizationEffect | None = None  # a study searching a target: does utilization predict it?
     steered: bool = False  # some run of the best configuration read validation while training
+    importance: Importance | None = None  # which searched knob drove the metric (a study's configurations)
 
     def sentences(self) -> list[str]:
         out = []
@@ -93,6 +95,8 @@ class Best:
             out.append(self.vs_runner_up.sentence(self.metric))
         if self.utilization is not None:
             out.append(self.utilization.sentence())
+        if self.importance is not None:
+            out.append(self.importance.sentence())
         if self.steered:
             out.append("training was steered by the validation split (final.steered_by_val: the outer loop of "
                        "balance.feedback = \"validation\"), so the val_* numbers are not held out: compare on "
@@ -108,6 +112,7 @@ class Best:
                "vs_baseline": self.vs_baseline.to_json(self.metric) if self.vs_baseline else None,
                "vs_runner_up": self.vs_runner_up.to_json(self.metric) if self.vs_runner_up else None,
                "sentences": self.sentences(), "steered_by_val": self.steered,
+               "importance": self.importance.to_json() if self.importance else None,
                "utilization_effect": self.utilization.to_json() if self.utilization else None,
                "test": {k: _plain(v) for k, v in self.row.items() if k.startswith("final.test_")},
                "checkpoint": _plain(self.row.get("checkpoint")),
@@ -178,10 +183,13 @@ def _compare(best: dict[str, Any], other: dict[str, Any], what: str, mode: str) 
 
 
 def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | None = None,
-               constraints: list[str] | None = None, top: int = 5, method: str | None = None) -> Best:
+               constraints: list[str] | None = None, top: int = 5, method: str | None = None,
+               importance: str | None = "ped_anova") -> Best:
     """The best configuration under ``metric`` (default: the study's objective) and the constraints:
     the highest (lowest) mean over its seeds among configurations whose every seed finished ``ok``;
-    constraints hold on the means. Compared with the runner-up and the study's baseline, paired by seed."""
+    constraints hold on the means. Compared with the runner-up and the study's baseline, paired by seed.
+    ``importance`` (``"ped_anova"``, ``"fanova"`` or None): which searched knob drove the metric, over
+    the complete configurations (:mod:`raybal.analysis.importance`)."""
     res = load_results(results_dir)
     t = res.trials
     if t.empty:
@@ -234,7 +242,9 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
         cols = list(dict.fromkeys(["config_id", "trial_id", "n_ok"] + [m for m, _ in objs] + searched))
         pareto = pareto_front(ok, objs)[cols].reset_index(drop=True)
     # reported, never ranked: a failed seed, or fewer ok seeds than study.repeats (an interrupted study)
-    modality = targeted_modality(t, res.meta) if res.meta.get("kind") == "study" else None
+    is_study = res.meta.get("kind") == "study"
+    knobs = study_importance(complete, metric, mode, searched, importance) if is_study and importance else None
+    modality = targeted_modality(t, res.meta) if is_study else None
     effect = utilization_effect(t, metric, modality) if modality else None
     failed = configs.loc[(configs["n_failed"] > 0) | ((configs["n_ok"] > 0) & (configs["n_ok"] < expected)
                                                       & (configs["n_stopped"] == 0)),
@@ -248,7 +258,7 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
                 trial_ids=list(row["trial_ids"]), vs_runner_up=vs_next, vs_baseline=vs_base,
                 baseline=base_method, is_baseline=is_base, study=res.meta.get("kind") == "study",
                 failed=failed.reset_index(drop=True), utilization=effect,
-                steered=_steered(t, list(row["trial_ids"])))
+                steered=_steered(t, list(row["trial_ids"])), importance=knobs)
 
 
 def _steered(t: pd.DataFrame, trial_ids: list[str]) -> bool:
@@ -270,7 +280,7 @@ def best_per_method(results_dir: str | Path, metric: str | None = None, mode: st
     rows, every = [], runs(t)
     for m in dict.fromkeys(t["balance.method"].dropna().astype(str)):
         try:
-            b = best_trial(results_dir, metric, mode, constraints, method=m)
+            b = best_trial(results_dir, metric, mode, constraints, method=m, importance=None)
         except ResultsError as exc:
             rows.append({"method": m, "note": str(exc)})
             continue

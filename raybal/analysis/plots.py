@@ -345,6 +345,33 @@ def imbalance_measures(res: Results) -> plt.Figure:
     return fig
 
 
+def importance(res: Results) -> plt.Figure:
+    """8. Which searched knob drove the objective: each knob's importance (PED-ANOVA over the configurations'
+    means) with its 95 % range over 80 % resamples."""
+    from raybal.analysis.best import best_trial
+
+    if res.kind != "study":
+        raise NoData("not a study")
+    imp = best_trial(res.path).importance
+    if imp is None:
+        raise NoData("nothing searched")
+    if not imp.enough:
+        raise NoData(imp.sentence())
+    knobs = list(imp.values)
+    vals = np.array([imp.values[k] for k in knobs])
+    err = np.array([[imp.values[k] - imp.low[k] for k in knobs], [imp.high[k] - imp.values[k] for k in knobs]])
+    _style()
+    fig, ax = plt.subplots(figsize=(7.0, 0.5 * len(knobs) + 1.6))
+    ax.barh(knobs[::-1], vals[::-1], xerr=err[:, ::-1].clip(min=0), color=sns.color_palette(PALETTE)[0],
+            capsize=3)
+    ax.set(xlabel=f"importance for {imp.metric} ({imp.evaluator}; sums to 1)", xlim=(0, 1),
+           title=f"Which knob matters ({imp.n_configs} configurations)")
+    for i, k in enumerate(knobs[::-1]):
+        ax.text(0.99, i, f"first in {imp.first[k]:.0%}", ha="right", va="center", fontsize=8, color="0.3")
+    fig.tight_layout()
+    return fig
+
+
 FIGURES: dict[str, tuple[Any, str]] = {
     "mu_over_epochs": (mu_over_epochs, "MU per modality over epochs, target ±0.05 as a band"),
     "accuracy_vs_noise": (accuracy_vs_noise, "accuracy vs noise level per corrupted modality"),
@@ -356,6 +383,8 @@ FIGURES: dict[str, tuple[Any, str]] = {
     "utilization_effect": (utilization_effect, "does utilization predict the objective? one point per run by "
                            "seed, the fitted slope with its 95 % band, variance shares of configuration and seed"),
     "greedy": (greedy, "learning-speed and conditional utilization imbalance (Wu et al. 2022)"),
+    "importance": (importance, "each searched knob's importance for the objective (PED-ANOVA over the "
+                   "configurations' means) with its range over resamples"),
     "imbalance_measures": (imbalance_measures, "permutation MU, Shapley contribution and mean-ablation "
                            "utilization on test, per method and modality"),
 }
