@@ -93,6 +93,10 @@ def test_tiny_study_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     states = [t.state.name for t in ot.trials]
     assert len(states) == 6 and states.count("COMPLETE") == (ok == "ok").sum()
     assert states.count("PRUNED") == (ok == "stopped").sum()
+    # the constraint's violation (0.2 - accuracy: <= 0 when it holds) reached the sampler with each result
+    done = [t for t in ot.trials if t.state.name == "COMPLETE"]
+    assert done and all(t.constraints == {"final.val_accuracy >= 0.2": pytest.approx(0.2 - t.value)} for t in done)
+    assert meta["sampler"] == "tpe"
     assert "trial" in capsys.readouterr().err  # live progress lines
 
     capsys.readouterr()

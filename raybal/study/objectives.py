@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 _TASK_OBJECTIVES = (
     (r"^final\.val_({metric}|loss)$", None),
     (r"^robust\.val_mean_{metric}$", "max"),
+    (r"^robust\.val_(mra|rel_robustness)$", "max"),  # raybal.results.robust_summary
     (r"^robust\.val_{metric}\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+\.[0-9.]+$", "max"),
 )
 
@@ -37,8 +38,9 @@ class Objective:
 
 def objective_help(metric: str, methods: Iterable[str]) -> str:
     offered = [k for m in methods for k in METHODS.get(m).obj.objectives]
-    return ", ".join([f"final.val_{metric}", "final.val_loss", f"robust.val_mean_{metric}",
-                      f"robust.val_{metric}.<modality>.<corruption>.<level>", *dict.fromkeys(offered)])
+    return ", ".join([f"final.val_{metric}", "final.val_loss", f"robust.val_mean_{metric}", "robust.val_mra",
+                      "robust.val_rel_robustness", f"robust.val_{metric}.<modality>.<corruption>.<level>",
+                      *dict.fromkeys(offered)])
 
 
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
@@ -56,7 +58,11 @@ class StudySettings:
     grace_period: int = knob(1, ge=1, doc="ASHA: epochs every trial runs before it can be stopped")
     reduction_factor: int = knob(2, ge=2, doc="ASHA: keep 1/reduction_factor of trials per rung")
     seed: int = knob(0, ge=0, doc="seeds the Optuna sampler")
-    startup_trials: int = knob(0, ge=0, doc="random trials before TPE models the results (0 = num_samples // 3, 2..10)")
+    sampler: Literal["tpe", "gp", "random", "qmc", "nsga2"] = knob(
+        "tpe", doc="Optuna's sampler, seeded: tpe (default), gp (Gaussian process: strong at small budgets), random, "
+        "qmc (a scrambled Sobol sequence), nsga2 (multi-objective); tpe, gp and nsga2 see the constraints")
+    startup_trials: int = knob(0, ge=0, doc="random trials before TPE / GP model the results (0 = num_samples // 3, "
+                               "2..10)")
     constraints: tuple[str, ...] = ()
     cpus_per_trial: int = knob(1, ge=1, doc="CPU threads per one-worker trial")
     trial_retries: int = knob(1, ge=0, doc="restarts of a trial whose process died or raised (from its last epoch)")
@@ -85,6 +91,9 @@ class StudySettings:
         for metric, mode in self.objectives.items():
             if mode not in ("max", "min"):
                 raise ConfigError(f"{prefix}.objectives.{metric}", f"mode must be 'max' or 'min', got {mode!r}")
+        if self.sampler == "nsga2" and len(self.objectives) < 2:
+            raise ConfigError(f"{prefix}.sampler", "\"nsga2\" is a multi-objective sampler; this study has one "
+                              "objective (use \"tpe\" or \"gp\", or give objectives = {...})")
 
 
 def resolve_objectives(s: StudySettings, base: RunConfig, methods: Iterable[str] = ()) -> tuple[Objective, ...]:

@@ -53,8 +53,10 @@ class StudySearch(OptunaSearch):
     it is dropped from the state and opened again from the spec when the searcher is restored."""
 
     def __init__(self, *args: Any, repeats: int = 1, baseline: str | None = None, base_seed: int = 0,
-                 per_method: tuple[str, ...] = (), storage_spec: str | None = None, **kwargs: Any) -> None:
+                 per_method: tuple[str, ...] = (), storage_spec: str | None = None,
+                 constraints: tuple[Any, ...] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._constraints = tuple(constraints)  # study.constraints: their violations reach the sampler
         self._storage_spec = storage_spec
         self._repeats, self._baseline, self._base_seed = repeats, baseline, base_seed
         self._per_method, self._proposed = per_method, 0
@@ -165,4 +167,22 @@ class StudySearch(OptunaSearch):
         else:
             metrics = self.metric if isinstance(self.metric, list) else [self.metric]
             mean = {m: sum(float(r[m]) for r, _ in told) / len(told) for m in metrics}  # type: ignore[index]
+            if self._constraints and leader in self._ot_trials:
+                self._tell_constraints(leader, [r for r, _ in told])  # type: ignore[misc]
             super().on_trial_complete(leader, result=mean, error=False)
+
+    def _tell_constraints(self, leader: str, results: list[dict[str, Any]]) -> None:
+        """The constraints' violations at the means over the replicates, set on the Optuna trial before it
+        is told (``Trial.set_constraint``: TPE, GP and NSGA-II read them; <= 0 is feasible)."""
+        from raybal.study.space import violation
+
+        def mean(metric: str) -> float:  # a replicate without the metric: unknown, so infeasible
+            vals = [r.get(metric) for r in results]
+            if any(not isinstance(v, (int, float)) for v in vals):
+                return math.nan
+            return sum(float(v) for v in vals) / len(vals)
+
+        self._reopen()
+        trial = self._ot_trials[leader]
+        for c in self._constraints:
+            trial.set_constraint(str(c), violation(c, mean(c.metric)))

@@ -135,6 +135,19 @@ class SearchSpace:
         return config_from_dict(self.apply(base_raw, values))
 
 
+def violation(c: Constraint, value: Any) -> float:
+    """Optuna's constraint value of ``c`` at ``value``: <= 0 when it holds, the amount it misses by when
+    not; 1 for a missing or non-numeric value (infeasible)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return 1.0
+    if v != v:
+        return 1.0
+    gap = {">=": c.value - v, ">": c.value - v, "<=": v - c.value, "<": v - c.value, "==": abs(v - c.value)}[c.op]
+    return gap if c.holds(v) or gap > 0 else 1e-9  # a strict bound met with equality misses by a hair
+
+
 @dataclass(frozen=True)
 class Study:
     """A parsed, validated study file."""
@@ -165,12 +178,26 @@ class Study:
         self.__dict__.update(state)
 
     def sampler(self) -> Any:
-        """Optuna's TPE (single- and multi-objective), seeded; after ``startup_trials`` random
-        points it draws from a model of the results so far."""
+        """The study's Optuna sampler (``study.sampler``), seeded. TPE and GP draw ``startup_trials`` random
+        points before they model the results. TPE, GP and NSGA-II read each finished trial's constraint
+        values (the searcher sets them with ``Trial.set_constraint``, Optuna 5's interface), so they
+        sample infeasible regions less; random and QMC ignore them."""
+        import warnings
+
         import optuna
 
         s = self.settings
         startup = s.startup_trials or min(10, max(2, s.num_samples // 3))
+        if s.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=startup)
+        if s.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=s.seed)
+        if s.sampler == "qmc":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.samplers.QMCSampler(seed=s.seed, scramble=True)
+        if s.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=s.seed)
         return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup)
 
     @property
