@@ -78,8 +78,9 @@ def _print_summary(result: Any, results: Path) -> None:
 def cmd_robustness(args: argparse.Namespace) -> int:
     from raybal.training.runner import robustness_to_dir
 
-    res, results = robustness_to_dir(args.checkpoint, args.results, _overrides(args.set),
-                                     progress=_progress(args.quiet))
+    overrides = _suite(args.suite) if args.suite else {}
+    overrides.update(_overrides(args.set))
+    res, results = robustness_to_dir(args.checkpoint, args.results, overrides, progress=_progress(args.quiet))
     for k, v in res.final.items():
         if k.startswith("robust."):
             print(f"{k} {v:.4f}")
@@ -195,6 +196,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suite(path: str) -> dict[str, object]:
+    """A suite file's ``[robustness]`` table as ``robustness.*`` overrides (e.g. studies/robustness_suite.toml)."""
+    from raybal.config import ConfigError, load_toml
+
+    raw = load_toml(Path(path))
+    extra = sorted(set(raw) - {"robustness"})
+    if "robustness" not in raw or extra:
+        raise ConfigError("--suite", f"{path}: a file with a [robustness] section only"
+                          + (f" (found {', '.join(extra)})" if extra else ""))
+    return {f"robustness.{k}": v for k, v in raw["robustness"].items()}
+
+
 def _add_set(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
 
@@ -225,12 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "sqlite:///mlflow.db (needs the mlflow extra)")
     t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("robustness", help="noise sweep of one trained model",
-                       description="Evaluate a checkpoint (model.pt) under Gaussian noise, blackout and speckle "
-                                   "of each modality; writes robustness.parquet. The grid comes from the "
-                                   "checkpoint's [robustness] section, changed with --set robustness.KEY=VALUE.")
+    r = sub.add_parser("robustness", help="robustness sweep of one trained model",
+                       description="Evaluate a checkpoint (model.pt) under corruptions of each modality (noise, "
+                                   "speckle, a missing modality, clouds, haze, blur, resolution, misregistration, "
+                                   "dropped bands; joint faults); writes robustness.parquet and "
+                                   "robustness_summary.parquet (mRA, relative robustness). The grid comes from the "
+                                   "checkpoint's [robustness] section, replaced key by key by --suite FILE, then "
+                                   "by --set robustness.KEY=VALUE.")
     r.add_argument("checkpoint", help="a model.pt written by raybal train / study")
     r.add_argument("--results", help="output directory (default: results/robustness-<trial>-<hash>)")
+    r.add_argument("--suite", metavar="FILE", help="a TOML file with a [robustness] section, e.g. "
+                   "studies/robustness_suite.toml (every corruption at severities 1-5, missing rates 0.1-0.5)")
     _add_set(r, "e.g. --set 'robustness.corruptions=[\"gaussian\",\"speckle\"]'")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_robustness)

@@ -108,12 +108,37 @@ def _cross_validate(cfg: RunConfig) -> None:
             if bounds is not None and not bounds[0] <= v <= bounds[1]:
                 raise ConfigError(f"robustness.levels.{c}[{i}]",
                                   f"must be in [{bounds[0]:g}, {bounds[1]:g}], got {v!r}")
+    for name, parts in cfg.robustness.joint.items():
+        key = f"robustness.joint.{name}"
+        if name in CORRUPTIONS:
+            raise ConfigError(key, f"{name!r} is a corruption's name; give the joint corruption its own")
+        if not isinstance(parts, Mapping) or len(parts) < 2:
+            raise ConfigError(key, f"a table of at least two modality = corruption pairs, e.g. "
+                              f"{{eo = \"clouds\", sar = \"speckle\"}}, got {parts!r}")
+        for m, c in parts.items():
+            if m not in mods:
+                raise ConfigError(f"{key}.{m}", f"unknown modality {m!r} (data set has: {', '.join(mods)})")
+            if not isinstance(c, str) or c not in CORRUPTIONS:
+                raise ConfigError(f"{key}.{m}", f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
     augment = getattr(cfg.data.params, "augment", None)
     for m, v in augment.noise.items() if augment is not None else ():
         if m not in mods:
             raise ConfigError(f"data.augment.noise.{m}", f"unknown modality {m!r} (data set has: {', '.join(mods)})")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"data.augment.noise.{m}", f"expected a variance (a number), got {v!r}")
+    for m, table in augment.corruptions.items() if augment is not None else ():
+        if m not in mods:
+            raise ConfigError(f"data.augment.corruptions.{m}",
+                              f"unknown modality {m!r} (data set has: {', '.join(mods)})")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"data.augment.corruptions.{m}", f"expected a table corruption -> probability, "
+                              f"e.g. {{clouds = 0.3}}, got {table!r}")
+        for c, p in table.items():
+            if c not in CORRUPTIONS:
+                raise ConfigError(f"data.augment.corruptions.{m}.{c}",
+                                  f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+                raise ConfigError(f"data.augment.corruptions.{m}.{c}", f"a probability in [0, 1], got {p!r}")
     for m in getattr(cfg.model.params, "pretrained", None) or {}:
         if m not in mods:
             raise ConfigError(f"model.pretrained.{m}", f"unknown modality {m!r} (data set has: {', '.join(mods)})")

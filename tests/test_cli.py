@@ -14,6 +14,8 @@ from conftest import assert_unique_keys
 
 from raybal.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
+
 TINY_RUN = """
 [data]
 name = "synthetic_aerial"
@@ -103,6 +105,23 @@ def test_train_writes_every_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     rob2 = pd.read_parquet(rob_out / "robustness.parquet")
     assert set(rob2["corruption"]) == {"speckle"} and set(rob2["modality"]) == {"sar"}
     assert json.loads((rob_out / "run.json").read_text())["kind"] == "robustness"
+    # The standard suite: every corruption on the modalities whose shape it fits, and the joint fault.
+    suite_out = tmp_path / "suite"
+    assert main(["robustness", str(ckpt), "--results", str(suite_out), "--quiet",
+                 "--suite", str(ROOT / "studies" / "robustness_suite.toml")]) == 0
+    rs = pd.read_parquet(suite_out / "robustness.parquet")
+    assert set(rs["corruption"]) == {"gaussian", "speckle", "missing", "clouds", "haze", "blur", "resolution",
+                                     "misregistration", "band_drop", "clouds_and_speckle"}
+    assert set(rs.loc[rs["corruption"] == "band_drop", "modality"]) == {"eo"}  # 1-band SAR: skipped
+    assert set(rs.loc[rs["corruption"] == "clouds", "level"]) == {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert set(rs.loc[rs["corruption"] == "clouds_and_speckle", "modality"]) == {"eo+sar"}
+    summary = pd.read_parquet(suite_out / "robustness_summary.parquet")
+    assert (summary["modality"] == "all").sum() == 1 and summary["mra"].notna().all()
+    bad_suite = tmp_path / "bad_suite.toml"
+    bad_suite.write_text("[train]\nepochs = 1\n")
+    capsys.readouterr()
+    assert main(["robustness", str(ckpt), "--results", str(tmp_path / "s2"), "--suite", str(bad_suite)]) == 2
+    assert "--suite" in capsys.readouterr().err and not (tmp_path / "s2").exists()
     # It goes through the same results-directory guard: not into the training run's directory, nor into
     # a robustness directory of another sweep; both left intact.
     before = (out / "trials.parquet").read_bytes()

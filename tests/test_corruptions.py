@@ -135,3 +135,33 @@ def test_a_run_sweeps_the_new_corruptions() -> None:
     rows = {(p["corruption"], p["level"]): p["accuracy"] for p in r.robustness}
     assert set(rows) == {("clouds", 1.0), ("clouds", 5.0), ("misregistration", 5.0), ("missing", 0.5)}
     assert all(0.0 <= v <= 1.0 for v in rows.values())
+    clean = r.final["final.test_accuracy"]
+    assert r.final["robust.test_mra"] == pytest.approx(  # the mean over curves of each curve's mean RA
+        ((rows[("clouds", 1.0)] + rows[("clouds", 5.0)]) / 2 / clean + rows[("misregistration", 5.0)] / clean
+         + rows[("missing", 0.5)] / clean) / 3)
+    assert 0 < r.final["robust.test_rel_robustness"] <= 1.5
+
+
+def test_a_joint_corruption_steps_through_each_parts_levels_together() -> None:
+    from raybal.noise import joint_corrupter, joint_steps
+
+    levels = {"clouds": (1, 2, 3, 4, 5), "speckle": (0.0, 0.1, 0.2, 0.3)}
+    steps = joint_steps({"eo": "clouds", "sar": "speckle"}, levels)
+    assert steps == [[("eo", "clouds", 1.0), ("sar", "speckle", 0.1)], [("eo", "clouds", 2.0), ("sar", "speckle", 0.2)],
+                     [("eo", "clouds", 3.0), ("sar", "speckle", 0.3)]]  # as many steps as the shorter part
+    x = {"eo": images(4), "sar": images(4, c=1, seed=1), "ir": images(4, c=1, seed=2)}
+    y = joint_corrupter(steps[2], seed=3)(x)
+    assert not torch.equal(y["eo"], x["eo"]) and not torch.equal(y["sar"], x["sar"]) and torch.equal(y["ir"], x["ir"])
+    assert all(torch.equal(y[m], joint_corrupter(steps[2], seed=3)(x)[m]) for m in x)  # seeded
+
+
+def test_a_run_sweeps_a_joint_corruption() -> None:
+    from raybal.training.loop import fit
+
+    cfg = tiny_config(**{"robustness.enabled": True, "robustness.modalities": ["eo"], "robustness.measure_mu": False,
+                         "robustness.corruptions": ["haze"], "robustness.levels": {"haze": [5], "speckle": [0.3]},
+                         "robustness.joint": {"storm": {"eo": "haze", "sar": "speckle"}},
+                         "robustness.splits": ["test"]})
+    r = fit(cfg)
+    rows = {(p["modality"], p["corruption"], p["level"]): p["accuracy"] for p in r.robustness}
+    assert set(rows) == {("eo", "haze", 5.0), ("eo+sar", "storm", 1.0)}

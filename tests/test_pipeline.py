@@ -81,6 +81,33 @@ def test_noise_augmentation_adds_gaussian_noise_of_a_drawn_variance_to_the_named
     assert torch.equal(again, augment_sample(x, y, p, sample_generator(0, 1, 7))[0]["eo"])
 
 
+def test_corruption_augmentation_applies_each_corruption_with_its_probability() -> None:
+    from raybal.config import FrozenMap
+    from raybal.noise.registration import SHIFT
+
+    x = {"eo": torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)), "sar": torch.rand(1, 32, 32)}
+    y = torch.tensor(0)
+    p = AugmentParams(corruptions=FrozenMap({"eo": FrozenMap({"misregistration": 0.3})}))
+    assert p.enabled and not AugmentParams(corruptions=FrozenMap({"eo": FrozenMap({"clouds": 0.0})})).enabled
+    hit = 0
+    for i in range(300):
+        ax, _ = augment_sample(x, y, p, sample_generator(0, 1, i))
+        assert torch.equal(ax["sar"], x["sar"])  # only the named modality
+        if not torch.equal(ax["eo"], x["eo"]):
+            hit += 1
+            # a shift by one of the severities' k, in one of 8 directions: content moved, never altered
+            assert any(torch.equal(ax["eo"][:, k:, k:], x["eo"][:, :-k, :-k]) or
+                       torch.equal(ax["eo"][:, :-k, :-k], x["eo"][:, k:, k:]) or
+                       torch.equal(ax["eo"][:, :, k:], x["eo"][:, :, :-k]) or
+                       torch.equal(ax["eo"][:, :, :-k], x["eo"][:, :, k:]) or
+                       torch.equal(ax["eo"][:, k:], x["eo"][:, :-k]) or torch.equal(ax["eo"][:, :-k], x["eo"][:, k:])
+                       or torch.equal(ax["eo"][:, k:, :-k], x["eo"][:, :-k, k:])
+                       or torch.equal(ax["eo"][:, :-k, k:], x["eo"][:, k:, :-k]) for k in SHIFT.values())
+    assert 60 <= hit <= 120  # p = 0.3 of 300: 90, binomial sd 8
+    again = augment_sample(x, y, p, sample_generator(0, 1, 11))[0]["eo"]
+    assert torch.equal(again, augment_sample(x, y, p, sample_generator(0, 1, 11))[0]["eo"])
+
+
 def test_normalisation_is_measured_on_train_and_travels_with_the_checkpoint(tmp_path) -> None:  # noqa: ANN001
     from raybal.cli import main
 

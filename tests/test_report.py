@@ -24,7 +24,7 @@ def test_report_writes_every_figure(study_dir: Path, capsys: pytest.CaptureFixtu
     out = study_dir / "rep"
     assert main(["report", str(study_dir), "--out", str(out)]) == 0
     expected = ["mu_over_epochs", "accuracy_vs_noise", "achieved_vs_target", "search", "configurations", "greedy",
-                "imbalance_measures"]
+                "imbalance_measures", "robustness_mra"]
     html = (out / "index.html").read_text()
     for name in expected:
         png = out / f"{name}.png"
@@ -42,6 +42,23 @@ def test_report_writes_every_figure(study_dir: Path, capsys: pytest.CaptureFixtu
     assert "Best configuration" in html and "95% CI" in html and "baseline (vanilla)" in html
     assert "Pareto set" in html
     assert not list(out.glob(".*.tmp"))  # no temporary leftovers
+
+
+def test_a_study_writes_its_robustness_summary(study_dir: Path) -> None:
+    import pandas as pd
+
+    s = pd.read_parquet(study_dir / "robustness_summary.parquet")
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    ok = trials[trials["status"] == "ok"]
+    assert set(s["trial_id"]) == set(ok["trial_id"]) and not s.duplicated(["trial_id", "split", "modality",
+                                                                             "corruption"]).any()
+    search = s[s["trial_id"].isin(ok.loc[ok["role"] == "search", "trial_id"])]
+    base = s[s["trial_id"].isin(ok.loc[ok["role"] == "baseline", "trial_id"])]
+    assert search["ce"].notna().all() and base["ce"].isna().all()  # paired with the baseline by seed
+    assert (s[s["modality"] == "all"].groupby("trial_id").size() == 2).all()  # one all-row per split
+    t = ok.set_index("trial_id")
+    allrows = s[(s["modality"] == "all") & (s["split"] == "val")].set_index("trial_id")
+    assert (allrows["mra"] - t.loc[allrows.index, "robust.val_mra"]).abs().max() < 1e-9
 
 
 def test_report_on_a_single_run_skips_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

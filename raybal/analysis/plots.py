@@ -372,6 +372,31 @@ def importance(res: Results) -> plt.Figure:
     return fig
 
 
+def robustness_mra(res: Results) -> plt.Figure:
+    """9. Mean relative accuracy (mRA) per corrupted modality x corruption on test, one heat map per method
+    (the mean over its runs), from ``robustness_summary.parquet``: where each method keeps its accuracy."""
+    path = res.path / "robustness_summary.parquet"
+    if not path.is_file():
+        raise NoData("no robustness summary (no sweep was run)")
+    s = pd.read_parquet(path)
+    s = s[(s["modality"] != "all") & (s["split"] == ("test" if (s["split"] == "test").any() else "val"))]
+    if s.empty:
+        raise NoData("no robustness summary rows")
+    labels = trial_labels(res.trials)
+    s = s.assign(method=s["trial_id"].map(labels).fillna(s["trial_id"]))
+    methods = list(dict.fromkeys(s["method"]))
+    _style()
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods) + 1.0, 3.4), squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        grid = s[s["method"] == m].pivot_table(index="modality", columns="corruption", values="mra", aggfunc="mean")
+        sns.heatmap(grid, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", cbar=False, ax=ax)
+        ax.set(title=m, xlabel="", ylabel="")
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(f"mRA (corrupted / clean metric) on {s['split'].iloc[0]}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 FIGURES: dict[str, tuple[Any, str]] = {
     "mu_over_epochs": (mu_over_epochs, "MU per modality over epochs, target ±0.05 as a band"),
     "accuracy_vs_noise": (accuracy_vs_noise, "accuracy vs noise level per corrupted modality"),
@@ -385,6 +410,8 @@ FIGURES: dict[str, tuple[Any, str]] = {
     "greedy": (greedy, "learning-speed and conditional utilization imbalance (Wu et al. 2022)"),
     "importance": (importance, "each searched knob's importance for the objective (PED-ANOVA over the "
                    "configurations' means) with its range over resamples"),
+    "robustness_mra": (robustness_mra, "mean relative accuracy per corrupted modality and corruption, per method "
+                       "(robustness_summary.parquet)"),
     "imbalance_measures": (imbalance_measures, "permutation MU, Shapley contribution and mean-ablation "
                            "utilization on test, per method and modality"),
 }

@@ -299,6 +299,9 @@ class RobustnessConfig:
     corruptions: tuple[str, ...] = ("gaussian", "blackout")
     levels: FrozenMap = knob({}, ge=0.0, doc="corruption -> levels; missing ones use the corruption's registered "
                              "default levels")
+    joint: FrozenMap = knob({}, doc="name -> {modality = corruption}: several modalities corrupted at once; step k "
+                            "applies each corruption's k-th non-zero level (rows: modality \"eo+sar\", "
+                            "corruption = the name, level = k)")
     splits: tuple[Literal["val", "test"], ...] = ("val", "test")
     measure_mu: bool = True
     seed: int = knob(0, ge=0)

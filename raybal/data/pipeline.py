@@ -49,10 +49,14 @@ class AugmentParams:
     noise: FrozenMap = knob({}, ge=0.0, le=1.0, doc="modality -> v: Gaussian noise of a variance drawn uniformly in "
                             "[0, v] per sample, before normalisation (the robustness sweep's `gaussian` corruption "
                             "as training augmentation, with data.normalize = false)")
+    corruptions: FrozenMap = knob({}, doc="modality -> {corruption = p}: each training sample gets the corruption "
+                                  "with probability p, at a level drawn from its default levels (severities 1-5), "
+                                  "before normalisation, e.g. {eo = {clouds = 0.3, haze = 0.2}}")
 
     @property
     def enabled(self) -> bool:
-        return self.flip or self.rot90 or self.crop > 0 or self.jitter > 0 or any(v > 0 for v in self.noise.values())
+        return (self.flip or self.rot90 or self.crop > 0 or self.jitter > 0 or any(v > 0 for v in self.noise.values())
+                or any(p > 0 for table in self.corruptions.values() for p in table.values()))
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,21 @@ def augment_sample(x: dict[str, Tensor], y: Tensor, p: AugmentParams,
         if top > 0 and m in x:
             variance = float(torch.rand(1, generator=g)) * top
             x[m] = x[m] + torch.randn(x[m].shape, generator=g, dtype=x[m].dtype) * variance ** 0.5
+    for m, table in sorted(p.corruptions.items()):
+        for name, prob in sorted(table.items()):
+            if m in x and float(torch.rand(1, generator=g)) < prob:
+                x[m] = corrupt_sample(x[m], name, g)
     return x, y
+
+
+def corrupt_sample(x: Tensor, name: str, g: torch.Generator) -> Tensor:
+    """One sample's modality under corruption ``name`` at a level drawn uniformly from its default levels
+    other than 0 (the clean point); the corruption's own draws from ``g``."""
+    from raybal.noise import CORRUPTIONS, default_levels
+
+    levels = [lv for lv in default_levels(name) if lv > 0] or list(default_levels(name))
+    level = levels[int(torch.randint(len(levels), (1,), generator=g))]
+    return CORRUPTIONS.get(name).obj(x[None], float(level), g)[0]
 
 
 def shard_order(n: int, *, shuffle: bool = False, generator: torch.Generator | None = None, rank: int = 0,

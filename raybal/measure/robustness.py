@@ -1,4 +1,5 @@
-"""The noise-robustness sweep: modalities x corruptions x levels on each split (DESIGN.md §2).
+"""The noise-robustness sweep: modalities x corruptions x levels on each split (DESIGN.md §2), and the
+joint corruptions (several modalities at once, ``[robustness] joint``) step by step.
 
 Each grid point measures the metric (accuracy, or mIoU for segmentation) and, when asked,
 the permutation MU under that corruption. The measurements are returned as :class:`Point`s;
@@ -12,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from raybal.config import ConfigError, RobustnessConfig
+from raybal.config import ConfigError, RobustnessConfig, RunConfig
 from raybal.data.base import MultiModalData
 from raybal.measure.utilization import MUResult, measure
 from raybal.models.base import FusionModel
-from raybal.noise import CORRUPTIONS, CorruptionError, corrupter, default_levels
+from raybal.noise import CORRUPTIONS, CorruptionError, default_levels, joint_corrupter, joint_steps
 
 
 @dataclass(frozen=True)
@@ -40,32 +41,79 @@ def grid(cfg: RobustnessConfig, modalities: tuple[str, ...]) -> list[tuple[str, 
     return out
 
 
-def check_corruptions(cfg: RobustnessConfig, data: MultiModalData) -> None:
-    """Every grid point applies to its modality's shape (e.g. a shift smaller than the chip, a band to
-    drop): tried on two validation samples before any training, a misfit is a :class:`ConfigError`
-    naming the corruption's key."""
-    if not cfg.enabled:
-        return
+def joint_grid(cfg: RobustnessConfig, modalities: tuple[str, ...]) -> list[tuple[str, str, float,
+                                                                                 list[tuple[str, str, float]]]]:
+    """The joint corruptions' points: (modalities joined by "+" in the data set's order, the joint's name,
+    step k = 1, 2, ..., the (modality, corruption, level) parts of that step)."""
+    out = []
+    for name, parts in cfg.joint.items():
+        ordered = {m: parts[m] for m in modalities if m in parts}
+        levels = {c: tuple(cfg.levels.get(c, default_levels(c))) for c in ordered.values()}
+        for k, step in enumerate(joint_steps(ordered, levels), start=1):
+            out.append(("+".join(ordered), name, float(k), step))
+    return out
+
+
+def check_corruptions(run: RunConfig, data: MultiModalData) -> None:
+    """Every corruption applies to its modality's shape (e.g. a shift smaller than the chip, a band to
+    drop): each sweep grid point and each training augmentation (``[data.augment] corruptions``) is
+    tried on validation samples before any training; a misfit is a :class:`ConfigError` naming its key.
+    With ``robustness.modalities`` empty (every modality) a corruption is swept on the modalities whose
+    shape it fits (a band drop skips a 1-band SAR chip) and must fit at least one."""
+    cfg = run.robustness
     xb, _ = next(iter(data.val.batches(2)))
     index = {c: i for i, c in enumerate(cfg.corruptions)}
-    for m, c, level in grid(cfg, data.modalities):
+    fitting: dict[str, int] = {c: 0 for c in cfg.corruptions}
+    for m, c, level in grid(cfg, data.modalities) if cfg.enabled else ():
         try:
             CORRUPTIONS.get(c).obj(xb[m], level, torch.Generator().manual_seed(0))
+            fitting[c] += 1
         except CorruptionError as exc:
-            raise ConfigError(f"robustness.corruptions[{index[c]}]", f"{c} on modality {m!r}: {exc}") from None
+            if cfg.modalities:  # named modalities: every pair must apply
+                raise ConfigError(f"robustness.corruptions[{index[c]}]", f"{c} on modality {m!r}: {exc}") from None
+    for c, n in fitting.items() if cfg.enabled and not cfg.modalities else ():
+        if not n:  # every modality swept: a corruption skips those it does not fit, but must fit one
+            raise ConfigError(f"robustness.corruptions[{index[c]}]", f"{c} applies to no modality of the data set "
+                              f"({', '.join(f'{m} {tuple(xb[m].shape[1:])}' for m in data.modalities)})")
+    for _, name, _, parts in joint_grid(cfg, data.modalities) if cfg.enabled else ():
+        for m, c, level in parts:
+            try:
+                CORRUPTIONS.get(c).obj(xb[m], level, torch.Generator().manual_seed(0))
+            except CorruptionError as exc:
+                raise ConfigError(f"robustness.joint.{name}.{m}", f"{c} on modality {m!r}: {exc}") from None
+    augment = getattr(run.data.params, "augment", None)
+    for m, table in augment.corruptions.items() if augment is not None else ():
+        for c in table:
+            levels = [lv for lv in default_levels(c) if lv > 0] or list(default_levels(c))
+            try:
+                for level in levels:
+                    CORRUPTIONS.get(c).obj(xb[m][:1], float(level), torch.Generator().manual_seed(0))
+            except CorruptionError as exc:
+                raise ConfigError(f"data.augment.corruptions.{m}.{c}", f"on modality {m!r}: {exc}") from None
+
+
+def _fits(corruption: str, level: float, data: MultiModalData, modality: str) -> bool:
+    xb, _ = next(iter(data.val.batches(2)))
+    try:
+        CORRUPTIONS.get(corruption).obj(xb[modality], level, torch.Generator().manual_seed(0))
+    except CorruptionError:
+        return False
+    return True
 
 
 def sweep(model: FusionModel, data: MultiModalData, cfg: RobustnessConfig, *, mu_repeats: int = 3,
           progress: Callable[[int, int], None] | None = None) -> list[Point]:
     """Evaluate ``model`` over the corruption grid; returns one point per grid point and split."""
     points_out: list[Point] = []
-    points = grid(cfg, data.modalities)
+    points = [(m, c, level, [(m, c, level)]) for m, c, level in grid(cfg, data.modalities)
+              if cfg.modalities or _fits(c, level, data, m)]  # every modality swept: those whose shape fits
+    points += joint_grid(cfg, data.modalities)
     total = len(points) * len(cfg.splits)
     done = 0
     for split in cfg.splits:
-        for i, (mod, corruption, level) in enumerate(points):
+        for i, (mod, corruption, level, parts) in enumerate(points):
             # The same seed per grid point on every split and model: paired comparisons.
-            fn = corrupter(mod, corruption, level, seed=cfg.seed * 7919 + i)
+            fn = joint_corrupter(parts, seed=cfg.seed * 7919 + i)
             res = measure(model, data.split(split), num_classes=data.num_classes, task=data.task,
                           n_repeats=mu_repeats, seed=cfg.seed, corrupt=fn,
                           modalities=data.modalities if cfg.measure_mu else ())

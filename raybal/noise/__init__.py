@@ -7,8 +7,18 @@ themselves (see :mod:`raybal.noise.base`).
 from __future__ import annotations
 
 from raybal.config.registry import import_submodules
-from raybal.noise.base import CORRUPTIONS, CorruptionError, CorruptionFn, corrupter, default_levels, is_severity
+from raybal.noise.base import (
+    CORRUPTIONS,
+    CorruptionError,
+    CorruptionFn,
+    corrupter,
+    default_levels,
+    is_severity,
+    joint_corrupter,
+    joint_steps,
+)
 
 import_submodules(__name__, __path__)
 
-__all__ = ["CORRUPTIONS", "CorruptionError", "CorruptionFn", "corrupter", "default_levels", "is_severity"]
+__all__ = ["CORRUPTIONS", "CorruptionError", "CorruptionFn", "corrupter", "default_levels", "is_severity",
+           "joint_corrupter", "joint_steps"]

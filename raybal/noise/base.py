@@ -70,12 +70,28 @@ def default_levels(corruption: str) -> tuple[float, ...]:
 def corrupter(modality: str, corruption: str, level: float,
               seed: int) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
     """A batch transform corrupting one modality; seeded, so a sweep is reproducible."""
-    fn = CORRUPTIONS.get(corruption).obj
+    return joint_corrupter([(modality, corruption, level)], seed)
+
+
+def joint_corrupter(parts: list[tuple[str, str, float]],
+                    seed: int) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
+    """A batch transform corrupting each (modality, corruption, level) of ``parts`` at once (a joint fault,
+    e.g. clouds on EO and extra speckle on SAR); one seeded generator, so a sweep is reproducible."""
+    fns = [(m, CORRUPTIONS.get(c).obj, level) for m, c, level in parts]
     g = torch.Generator().manual_seed(seed)
 
     def apply(batch: dict[str, Tensor]) -> dict[str, Tensor]:
         out = dict(batch)
-        out[modality] = fn(batch[modality], level, g)
+        for m, fn, level in fns:
+            out[m] = fn(out[m], level, g)
         return out
 
     return apply
+
+
+def joint_steps(parts: dict[str, str], levels: dict[str, tuple[float, ...]]) -> list[list[tuple[str, str, float]]]:
+    """A joint corruption's steps: step k applies each part's k-th non-zero level (as many steps as the
+    part with the fewest)."""
+    nonzero = {m: [lv for lv in levels[c] if lv > 0] for m, c in parts.items()}
+    steps = min(len(v) for v in nonzero.values()) if nonzero else 0
+    return [[(m, c, float(nonzero[m][k])) for m, c in parts.items()] for k in range(steps)]

@@ -147,13 +147,17 @@ def robustness_row(trial_id: str, split: str, modality: str, corruption: str, le
     return row
 
 
-def robustness_summary(rows: Iterable[Mapping[str, Any]], task: str) -> dict[str, float]:
-    """``robust.<split>_mean_<metric>`` (the mean over the grid on each split) and one column per
-    grid point, ``robust.<split>_<metric>.<modality>.<corruption>.<level>`` (a study objective can
-    name either)."""
+def robustness_summary(rows: Iterable[Mapping[str, Any]], task: str,
+                       clean: Mapping[str, float] | None = None) -> dict[str, float]:
+    """``robust.<split>_mean_<metric>`` (the mean over the grid on each split), one column per grid point,
+    ``robust.<split>_<metric>.<modality>.<corruption>.<level>``, and with the clean metric per split
+    (``final.<split>_<metric>``) ``robust.<split>_mra`` and ``robust.<split>_rel_robustness``
+    (:mod:`raybal.results.robust_summary`). A study objective can name any of them."""
+    from raybal.results.robust_summary import run_columns
+
     metric = metric_name(task)
     rows = list(rows)
-    out: dict[str, float] = {}
+    out: dict[str, float] = run_columns(rows, metric, clean) if clean else {}
     for r in rows:
         out[f"robust.{r['split']}_{metric}.{r['modality']}.{r['corruption']}.{r['level']:g}"] = r[metric]
     for split in sorted({r["split"] for r in rows}):

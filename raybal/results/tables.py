@@ -72,10 +72,14 @@ def _merge(old: pd.DataFrame | None, new: pd.DataFrame, table: str) -> pd.DataFr
     return pd.concat([keep, new], ignore_index=True)
 
 
+SUMMARY = "robustness_summary"  # derived from trials + robustness at each write (raybal.results.robust_summary)
+
+
 def write_results(results_dir: str | Path, results: Iterable[RunResult], *, append: bool = True) -> Path:
     """Write (or merge into) the Parquet tables of ``results_dir``; rows of a re-run trial are replaced."""
     d = Path(results_dir)
     new = tables_of(results)
+    written: dict[str, pd.DataFrame] = {}
     for table, df in new.items():
         path = d / f"{table}.parquet"
         old = read_table(path) if append and path.is_file() else None
@@ -83,6 +87,14 @@ def write_results(results_dir: str | Path, results: Iterable[RunResult], *, appe
         if merged.empty and not path.is_file() and table == "robustness":
             continue  # no sweep was run: no robustness table
         atomic_write_parquet(merged, path)
+        written[table] = merged
+    if not written.get("robustness", pd.DataFrame()).empty:  # derived from the whole directory's tables
+        from raybal.config.tasks import metric_of_columns
+        from raybal.results.robust_summary import summary_table
+
+        trials = written["trials"]
+        atomic_write_parquet(summary_table(trials, written["robustness"], metric_of_columns(trials.columns)),
+                             d / f"{SUMMARY}.parquet")
     return d
 
 

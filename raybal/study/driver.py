@@ -175,7 +175,7 @@ def study_meta(study: Study, status: str, extra: dict[str, Any] | None = None) -
         "constraints": [str(c) for c in study.constraints], "num_samples": s.num_samples, "seed": s.seed,
         "repeats": s.repeats, "baseline": None if s.baseline == "none" else s.baseline, "runs": study.runs,
         "per_method": s.per_method, "configurations": study.configurations,
-        "scheduler": s.scheduler, "base_config": study.base.to_dict(),
+        "scheduler": s.scheduler, "sampler": s.sampler, "base_config": study.base.to_dict(),
         "searched": study.space.columns(), "versions": environment(),
         "best": {"metric": study.objectives[0].metric, "mode": study.objectives[0].mode,
                  "constraints": [str(c) for c in study.constraints],
@@ -297,6 +297,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
                            per_method=study.space.method_choice() if s.per_method else (),
                            storage=open_storage(url) if url else None,
                            storage_spec=None if url is None else (url if s.storage == "sqlite" else s.storage),
+                           constraints=study.constraints,
                             metric=metrics if len(metrics) > 1 else metrics[0],
                             mode=modes if len(modes) > 1 else modes[0], sampler=study.sampler())
     scheduler = (ASHAScheduler(time_attr="epoch", metric=f"val_{metric}", mode="max", max_t=study.base.train.epochs,
@@ -325,7 +326,7 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
     # data cache is warm for trials).
     base_data = load_data(study.base.data)
     check_pretrained(study.base, base_data)
-    check_corruptions(study.base.robustness, base_data)
+    check_corruptions(study.base, base_data)
     if study.settings.storage not in ("sqlite", "memory") and not resume:
         open_storage(resolve_url(study.settings.storage, "study.storage"))
     tracker = None

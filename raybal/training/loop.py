@@ -416,7 +416,8 @@ def _finalize(run: _Run, progress: Progress | None) -> RunResult:
 
         points = sweep(model, data, cfg.robustness, mu_repeats=tc.mu_repeats, progress=tick)
         robustness = schema.robustness_rows(tid, points, task, cfg.robustness.measure_mu)
-        final.update(schema.robustness_summary(robustness, task))
+        clean = {split: final[f"final.{split}_{metric_name(task)}"] for split in ("val", "test")}
+        final.update(schema.robustness_summary(robustness, task, clean))
     selected = None
     if run.ckpt_dir is not None:
         path = run.ckpt_dir / checkpoint.SELECTED

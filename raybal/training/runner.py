@@ -77,7 +77,7 @@ def train_to_dir(cfg: RunConfig, results_dir: str | Path, *, progress: Progress 
     progress = None if quiet else progress
     data = load_data(cfg.data)  # bad data (missing file, unpaired chip, ...) fails here: nothing written yet
     check_pretrained(cfg, data)  # so does a missing or mismatched model.pretrained file
-    check_corruptions(cfg.robustness, data)  # and a corruption that cannot apply to its modality
+    check_corruptions(cfg, data)  # and a corruption that cannot apply to its modality
     tracker = None
     if mlflow:
         from raybal.config.secrets import resolve_url
@@ -129,6 +129,7 @@ def robustness_to_dir(checkpoint_path: str | Path, results_dir: str | Path | Non
     tid = selected.trial_id
     d = Path(results_dir) if results_dir else Path("results") / f"robustness-{tid}-{cfg.digest()[:8]}"
     data = load_data(cfg.data, normalizer=selected.normalizer)  # the training run's statistics, not new ones
+    check_corruptions(cfg, data)  # a corruption that cannot apply: refused before anything is written
     d = prepare_dir(d, cfg, kind="robustness")
     model = build_for(cfg, data)
     model.load_state_dict(selected.state)
@@ -140,7 +141,10 @@ def robustness_to_dir(checkpoint_path: str | Path, results_dir: str | Path | Non
 
     points = sweep(model, data, cfg.robustness, mu_repeats=cfg.train.mu_repeats, progress=tick)
     rows = robustness_rows(tid, points, data.task, cfg.robustness.measure_mu)
-    summary = robustness_summary(rows, data.task)
+    metric = metric_name(data.task)
+    clean = {sp: selected.final[f"final.{sp}_{metric}"] for sp in ("val", "test")
+             if f"final.{sp}_{metric}" in selected.final}
+    summary = robustness_summary(rows, data.task, clean)
     ck = str(selected.path.resolve())
     res = RunResult(trial_id=tid, config=cfg, robustness=rows, final={**selected.final, **summary}, checkpoint=ck,
                     wall_s=time.perf_counter() - t0)

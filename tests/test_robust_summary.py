@@ -1,0 +1,82 @@
+"""Robustness summary metrics (issue 34): mRA, relative robustness, CE and effective robustness by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from raybal.results.robust_summary import ALL, corruption_error, curve_metrics, run_columns, summary_table
+
+
+def test_mra_and_relative_robustness_of_a_severity_curve() -> None:
+    m = curve_metrics([1, 2, 3, 4, 5], [0.9, 0.8, 0.7, 0.6, 0.5], 1.0)
+    assert m["mra"] == pytest.approx(0.7)
+    # the clean point (0, 1.0) first; levels scaled to [0, 1]: 0.2 (0.95 + 0.85 + 0.75 + 0.65 + 0.55)
+    assert m["rel_robustness"] == pytest.approx(0.75)
+    flat = curve_metrics([1, 2, 3], [0.8, 0.8, 0.8], 0.8)
+    assert flat == {"mra": pytest.approx(1.0), "rel_robustness": pytest.approx(1.0)}
+
+
+def test_a_level_0_in_the_sweep_is_the_clean_point() -> None:
+    m = curve_metrics([0.12, 0.0, 0.06], [0.6, 0.95, 0.8], 0.95)  # any order
+    assert m["mra"] == pytest.approx((0.8 + 0.6) / 2 / 0.95)
+    assert m["rel_robustness"] == pytest.approx((0.5 * (0.95 + 0.8) / 2 + 0.5 * (0.8 + 0.6) / 2) / 0.95)
+    assert math.isnan(curve_metrics([1], [0.5], 0.0)["mra"])
+
+
+def test_corruption_error_is_summed_errors_relative_to_the_baseline() -> None:
+    assert corruption_error([1, 2], [0.9, 0.8], [0.8, 0.6]) == pytest.approx((0.1 + 0.2) / (0.2 + 0.4))
+    assert corruption_error([0, 1], [1.0, 0.9], [1.0, 0.8]) == pytest.approx(0.1 / 0.2)  # level 0 left out
+
+
+def _rows(tid: str, vals: list[float], cor: str = "clouds") -> list[dict]:
+    return [{"trial_id": tid, "split": "test", "modality": "eo", "corruption": cor, "level": float(i + 1),
+             "accuracy": v} for i, v in enumerate(vals)]
+
+
+def test_the_summary_pairs_the_baseline_by_seed_and_adds_an_all_row() -> None:
+    trials = pd.DataFrame([
+        {"trial_id": "b0", "status": "ok", "role": "baseline", "replicate": 0, "final.test_accuracy": 0.9},
+        {"trial_id": "b1", "status": "ok", "role": "baseline", "replicate": 1, "final.test_accuracy": 0.8},
+        {"trial_id": "m0", "status": "ok", "role": "search", "replicate": 0, "final.test_accuracy": 1.0},
+        {"trial_id": "m1", "status": "ok", "role": "search", "replicate": 1, "final.test_accuracy": 1.0},
+        {"trial_id": "f0", "status": "failed", "role": "search", "replicate": 0, "final.test_accuracy": None}])
+    rob = pd.DataFrame(_rows("b0", [0.6, 0.3]) + _rows("b1", [0.4, 0.2]) + _rows("m0", [0.9, 0.7])
+                       + _rows("m0", [0.8, 0.8], "haze") + _rows("b0", [0.9, 0.9], "haze")
+                       + _rows("b1", [0.8, 0.8], "haze") + _rows("m1", [0.5, 0.5]))
+    s = summary_table(trials, rob, "accuracy").set_index(["trial_id", "modality", "corruption"])
+    m0 = s.loc[("m0", "eo", "clouds")]
+    assert m0["clean"] == 1.0 and m0["mra"] == pytest.approx(0.8) and m0["levels"] == 2
+    assert m0["ce"] == pytest.approx((0.1 + 0.3) / (0.4 + 0.7))  # against b0 (seed 0), not b1
+    b0_mra = (0.6 + 0.3) / 2 / 0.9
+    assert m0["effective_robustness"] == pytest.approx(1.0 * (0.8 - b0_mra))
+    assert s.loc[("m1", "eo", "clouds"), "ce"] == pytest.approx(1.0 / (0.6 + 0.8))  # against b1
+    allrow = s.loc[("m0", ALL, ALL)]
+    haze = s.loc[("m0", "eo", "haze")]
+    assert allrow["ce"] == pytest.approx((m0["ce"] + haze["ce"]) / 2)  # mCE: the mean over corruptions
+    assert allrow["mra"] == pytest.approx((m0["mra"] + haze["mra"]) / 2) and allrow["levels"] == 4
+    assert math.isnan(s.loc[("b0", "eo", "clouds"), "ce"])  # the baseline is the reference, not compared
+    assert "f0" not in s.index.get_level_values(0)
+    assert not s.index.duplicated().any()
+
+
+def test_run_columns_are_the_all_rows_values() -> None:
+    cols = run_columns(_rows("m0", [0.9, 0.7]) + _rows("m0", [0.8, 0.8], "haze"), "accuracy", {"test": 1.0})
+    assert cols["robust.test_mra"] == pytest.approx((0.8 + 0.8) / 2)
+    assert set(cols) == {"robust.test_mra", "robust.test_rel_robustness"}
+
+
+def test_mra_and_relative_robustness_are_study_objectives() -> None:
+    from conftest import tiny_config
+
+    from raybal.config import ConfigError
+    from raybal.study.objectives import StudySettings, resolve_objectives
+
+    base = tiny_config(**{"robustness.enabled": True})
+    for name in ("robust.val_mra", "robust.val_rel_robustness"):
+        (obj,) = resolve_objectives(StudySettings(objective=name), base)
+        assert obj.mode == "max"
+    with pytest.raises(ConfigError, match="test metric"):
+        resolve_objectives(StudySettings(objective="robust.test_mra"), base)
