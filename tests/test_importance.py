@@ -63,3 +63,11 @@ def test_best_says_which_knob_matters_over_the_study(tmp_path) -> None:  # noqa:
     assert "which knob matters for final.val_accuracy" in format_best(b)
     assert b.to_json()["importance"]["importance"]["train.lr"] > 0.5
     assert best_trial(d, importance=None).importance is None
+    # a multi-objective study: each objective gets its own answer (test accuracy follows lr here too)
+    meta.write_text(meta.read_text().replace('"objectives": [{"metric": "final.val_accuracy", "mode": "max"}]',
+                                             '"objectives": [{"metric": "final.val_accuracy", "mode": "max"}, '
+                                             '{"metric": "final.test_accuracy", "mode": "max"}]'))
+    multi = best_trial(d)
+    assert [i.metric for i in multi.other_importance] == ["final.test_accuracy"]
+    assert next(iter(multi.other_importance[0].values)) == "train.lr"
+    assert multi.to_json()["other_importance"][0]["metric"] == "final.test_accuracy"

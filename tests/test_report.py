@@ -85,4 +85,6 @@ def test_notebook_runs(name: str, study_dir: Path, monkeypatch: pytest.MonkeyPat
                    resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    if name.startswith("02"):  # it reads robustness_summary.parquet: the per-method table was shown
+        assert any("rel_robustness" in str(o) for c in nb.cells for o in c.get("outputs", []))
     assert os.environ["RAYBAL_RESULTS"] == str(study_dir)

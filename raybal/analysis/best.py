@@ -82,6 +82,7 @@ class Best:
     utilization: UtilizationEffect | None = None  # a study searching a target: does utilization predict it?
     steered: bool = False  # some run of the best configuration read validation while training
     importance: Importance | None = None  # which searched knob drove the metric (a study's configurations)
+    other_importance: list[Importance] = field(default_factory=list)  # the study's other objectives'
 
     def sentences(self) -> list[str]:
         out = []
@@ -97,6 +98,7 @@ class Best:
             out.append(self.utilization.sentence())
         if self.importance is not None:
             out.append(self.importance.sentence())
+        out += [imp.sentence() for imp in self.other_importance]
         if self.steered:
             out.append("training was steered by the validation split (final.steered_by_val: the outer loop of "
                        "balance.feedback = \"validation\"), so the val_* numbers are not held out: compare on "
@@ -113,6 +115,7 @@ class Best:
                "vs_runner_up": self.vs_runner_up.to_json(self.metric) if self.vs_runner_up else None,
                "sentences": self.sentences(), "steered_by_val": self.steered,
                "importance": self.importance.to_json() if self.importance else None,
+               "other_importance": [imp.to_json() for imp in self.other_importance],
                "utilization_effect": self.utilization.to_json() if self.utilization else None,
                "test": {k: _plain(v) for k, v in self.row.items() if k.startswith("final.test_")},
                "checkpoint": _plain(self.row.get("checkpoint")),
@@ -244,6 +247,9 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
     # reported, never ranked: a failed seed, or fewer ok seeds than study.repeats (an interrupted study)
     is_study = res.meta.get("kind") == "study"
     knobs = study_importance(complete, metric, mode, searched, importance) if is_study and importance else None
+    others = [study_importance(complete, o["metric"], o["mode"], searched, importance)
+              for o in res.meta.get("objectives", []) if knobs is not None and o["metric"] != metric
+              and o["metric"] in complete.columns]  # a multi-objective study: each objective's own answer
     modality = targeted_modality(t, res.meta) if is_study else None
     effect = utilization_effect(t, metric, modality) if modality else None
     failed = configs.loc[(configs["n_failed"] > 0) | ((configs["n_ok"] > 0) & (configs["n_ok"] < expected)
@@ -258,7 +264,7 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
                 trial_ids=list(row["trial_ids"]), vs_runner_up=vs_next, vs_baseline=vs_base,
                 baseline=base_method, is_baseline=is_base, study=res.meta.get("kind") == "study",
                 failed=failed.reset_index(drop=True), utilization=effect,
-                steered=_steered(t, list(row["trial_ids"])), importance=knobs)
+                steered=_steered(t, list(row["trial_ids"])), importance=knobs, other_importance=others)
 
 
 def _steered(t: pd.DataFrame, trial_ids: list[str]) -> bool:

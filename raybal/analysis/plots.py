@@ -20,6 +20,7 @@ import seaborn as sns
 from raybal.analysis.intervals import is_bounded
 from raybal.analysis.runs import trial_labels
 from raybal.config.tasks import metric_of_columns
+from raybal.noise import CORRUPTIONS, is_severity
 from raybal.results.schema import target_columns
 from raybal.results.tables import Results
 
@@ -92,22 +93,29 @@ def accuracy_vs_noise(res: Results, split: str | None = None) -> plt.Figure:
     _style()
     panels = list(dict.fromkeys(r["panel"]))
     order = sorted(r["method"].unique())
-    # The legend goes below the panels, so that one panel is not squeezed beside it.
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.5, 4.8 * len(panels)), 5.0), squeeze=False)
-    for ax, p in zip(axes[0], panels, strict=True):
+    # The legend goes below the panels, so that one panel is not squeezed beside it; at most 4 panels a
+    # row (a full suite sweeps a dozen corruptions and more).
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(6.5, 4.8 * ncols), 4.2 * nrows + 0.8), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, p in zip(flat, panels):
         sns.lineplot(data=r[r["panel"] == p], x="level", y=metric, hue="method", hue_order=order, marker="o",
                      errorbar=_bounded_band, ax=ax, legend=ax is axes[0][0], palette=PALETTE)
         corruption = p.split(" · ")[1]
-        unit = "noise variance" if corruption == "gaussian" else "level"
+        unit = {"gaussian": "noise variance", "speckle": "variance", "missing": "rate"}.get(
+            corruption, "severity" if corruption in CORRUPTIONS and is_severity(corruption) else "level")
         ax.set(title=p, xlabel=f"{corruption} {unit}", ylabel=f"{split} {metric}", ylim=(0, 1.02))
     handles, labels = axes[0][0].get_legend_handles_labels()
     if axes[0][0].get_legend() is not None:
         axes[0][0].get_legend().remove()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
     rows = -(-len(labels) // 3)
-    fig.suptitle(f"Robustness: {split} {metric} under corruption of one modality\n"
+    fig.suptitle(f"Robustness: {split} {metric} under corruption\n"
                  "mean over runs, 95 % interval (t interval on the logit scale)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.04 + 0.045 * rows, 1, 1))
+    fig.tight_layout(rect=(0, (0.04 + 0.045 * rows) / nrows, 1, 1 - 0.06 / nrows))
     return fig
 
 
