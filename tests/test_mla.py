@@ -36,6 +36,23 @@ def test_the_projector_follows_the_recursive_update() -> None:
     assert g[:, 1].abs().max() < 0.05 * g[:, 0].abs().max()  # the direction the features used is damped
 
 
+def test_apply_add_is_balancebenchmarks_g_plus_projected_g() -> None:
+    """``apply = "add"``: the head's gradient becomes g + g P^T (BalanceBenchmark's GSPlugin), the default
+    g P^T; the same P either way."""
+    grads = {}
+    for apply in ("replace", "add"):
+        method, *_ = _setup(**{"balance.apply": apply})
+        method.on_epoch_start(1)
+        g = torch.ones(3, 2)
+        method.project(g, torch.tensor([[1.0, 0.0], [3.0, 0.0]]))
+        method.batch = 2
+        method.project(g, torch.tensor([[0.0, 2.0], [0.0, 2.0]]))
+        grads[apply], P = g.double(), method.P
+    ones = torch.ones(3, 2, dtype=torch.float64)
+    assert torch.allclose(grads["replace"], ones @ P.t(), atol=1e-6)
+    assert torch.allclose(grads["add"], ones + ones @ P.t(), atol=1e-6)
+
+
 def test_the_default_projector_is_the_authors_element_wise_update() -> None:
     """20 updates on the same features: the package's P against the authors' recursion written out
     (``GSPlugin.before_update``: r a (1, d) row, k = P r^T, P - k k^T / (alpha + k r) with k r a d x d

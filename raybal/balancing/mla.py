@@ -28,7 +28,8 @@ Differences from the reference code (Cecile-hi/Multimodal-Learning-with-Alternat
 
 * the newest reference commit checks the head's parameter name as ``module.weight``, so for a bare
   linear head the projection is never applied; an earlier commit (and this file) applies it;
-  BalanceBenchmark adds the projected gradient to the original (g + gP), this file replaces it (gP);
+  BalanceBenchmark adds the projected gradient to the original (g + gP, ``apply = "add"``), this file
+  replaces it by default (gP, ``apply = "replace"``);
 * the test-time entropy weights are per sample (the paper, BalanceBenchmark); the reference code takes
   one weight per modality per batch (a softmax over the batch dimension);
 * the modalities take turns in the data set's order; any M >= 2 (the reference: 2 and 3).
@@ -57,6 +58,8 @@ class MLAParams:
     projector: Literal["reference", "owm"] = knob("reference", doc="the projector's update: reference = the authors' "
                                                   "code (element-wise by alpha + k r^T); owm = the scalar "
                                                   "alpha + r^T k of orthogonal weight modification")
+    apply: Literal["replace", "add"] = knob("replace", doc="the head's weight gradient becomes g P^T (replace: the "
+                                            "authors' earlier commit) or g + g P^T (add: BalanceBenchmark)")
 
 
 @METHODS.register("mla", MLAParams)
@@ -104,7 +107,10 @@ class MLA(BalanceMethod):
         P = P / torch.linalg.matrix_norm(P)
         # the element-wise form divides by entries that can cross 0: keep the last P (on the device, no host read)
         self.P = torch.where(torch.isfinite(P).all(), P, self.P)
-        weight_grad.copy_((weight_grad.double() @ self.P.t()).to(weight_grad.dtype))
+        projected = weight_grad.double() @ self.P.t()
+        if self.params.apply == "add":  # BalanceBenchmark's GSPlugin: w.grad.add_(w.grad @ P^T)
+            projected = projected + weight_grad.double()
+        weight_grad.copy_(projected.to(weight_grad.dtype))
 
     def update(self, optimizer: torch.optim.Optimizer, x: dict[str, Tensor], y: Tensor,
                autocast: Any) -> tuple[ModelOutput, Tensor, Tensor]:
