@@ -60,3 +60,22 @@ def test_a_run_measures_weights_after_one_super_epoch() -> None:
     assert all(sum(e[h] for h in heads) == pytest.approx(1.0) for e in train)
     assert [train[0][h] for h in heads] == pytest.approx([1 / 3] * 3)  # the first super-epoch: uniform
     assert [train[1][h] for h in heads] != pytest.approx([1 / 3] * 3)  # measured at epoch 2's start
+
+
+def test_the_training_losses_are_measured_without_augmentation(monkeypatch) -> None:  # noqa: ANN001
+    """L^T is compared with L^V (held-out, never augmented): the training batches it reads are not augmented
+    either, even with noise augmentation on."""
+    seen = []
+    original = GBlending.head_losses
+
+    def spy(self, model, batches):  # noqa: ANN001, ANN202
+        batches = list(batches)
+        seen.extend(xb["eo"].detach().clone() for xb, _ in batches)
+        return original(self, model, iter(batches))
+
+    monkeypatch.setattr(GBlending, "head_losses", spy)
+    cfg = tiny_config(**{"balance.method": "gblending", "train.epochs": 1, "data.augment.noise": {"eo": 1.0}})
+    fit(cfg)
+    clean = torch.cat([xb["eo"] for xb, _ in load_data(cfg.data).train.batches(256)])
+    lo, hi = float(clean.min()), float(clean.max())
+    assert seen and all(lo - 1e-6 <= float(x.min()) and float(x.max()) <= hi + 1e-6 for x in seen)

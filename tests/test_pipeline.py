@@ -226,3 +226,17 @@ def test_a_sample_of_another_shape_mid_epoch_is_named(workers: int) -> None:
     with pytest.raises(DataError, match=r"/data/chip_9.tif: modality 'a' has shape \(1, 5, 5\), /data/chip_8.tif has"):
         for _ in split.batches(4):
             pass
+
+
+def test_missing_as_augmentation_drops_the_modality_with_its_probability() -> None:
+    from raybal.config import FrozenMap
+
+    x = {"eo": torch.rand(3, 8, 8) + 0.1, "sar": torch.rand(1, 8, 8) + 0.1}
+    p = AugmentParams(corruptions=FrozenMap({"sar": FrozenMap({"missing": 0.5})}))
+    gone = 0
+    for i in range(200):
+        ax, _ = augment_sample(x, torch.tensor(0), p, sample_generator(0, 1, i))
+        assert torch.equal(ax["eo"], x["eo"])
+        gone += bool((ax["sar"] == 0).all())
+        assert gone or torch.equal(ax["sar"], x["sar"]) or (ax["sar"] == 0).all()
+    assert 70 <= gone <= 130  # p = 0.5 of 200 (a per-sample draw, not a share of a batch of one)

@@ -153,3 +153,19 @@ def test_every_sampler_is_seeded_and_nsga2_needs_two_objectives(tmp_path) -> Non
     p.write_text(base + 'sampler = "annealing"\n[search]\n"train.lr" = {loguniform = [1e-4, 1e-2]}\n')
     with pytest.raises(ConfigError, match=r"study\.sampler"):
         load_study(p)
+
+
+def test_a_true_false_constraint_reaches_the_sampler_and_a_finished_trial_is_left_alone() -> None:
+    from raybal.config.constraint import Constraint
+    from raybal.study.driver import _numbers
+
+    assert _numbers({"final.target_met": True, "final.val_accuracy": 0.9, "x": "text"}) == {
+        "final.target_met": 1.0, "final.val_accuracy": 0.9}
+    s = StudySearch(space={"x": tune.uniform(0.0, 1.0)}, metric="m", mode="max", sampler=optuna.samplers.RandomSampler(
+        seed=0), constraints=(Constraint.parse("final.target_met == true"),))
+    s.suggest("a")
+    s.on_trial_complete("a", {"m": 0.5, "final.target_met": 1.0, "done_ok": 1})
+    assert s._ot_study.trials[0].constraints == {"final.target_met == 1": 0.0}  # met: feasible
+    s.suggest("b")
+    s._ot_study.tell(s._ot_trials["b"], 0.4)  # a resumed study: the storage finished it already
+    s.on_trial_complete("b", {"m": 0.4, "final.target_met": 0.0, "done_ok": 1})  # no UpdateFinishedTrialError

@@ -73,8 +73,11 @@ class BalanceMethod:
     # A method with a utilization target (``target_error``, ``tolerance``) gets target-aware model
     # selection (``train.select = "auto"``) and ``final.target_met`` / ``final.target_error``.
     has_target: ClassVar[bool] = False
-    # on_training_data is called each epoch with the epoch's training batches (a per-epoch data pass)
+    # on_training_data is called each epoch with the epoch's training batches (a per-epoch data pass),
+    # augmented as training sees them unless training_pass_augmented is False (e.g. a loss compared with a
+    # held-out one)
     training_pass: ClassVar[bool] = False
+    training_pass_augmented: ClassVar[bool] = True
     # The method's ``backward`` makes the gradients itself (several backward passes, gradient surgery) and
     # averages them over data-parallel ranks itself (:meth:`all_reduce_tensors`): the loop runs its step
     # without DDP's own gradient averaging.

@@ -30,8 +30,9 @@ Differences from the paper and from BalanceBenchmark (``balancemm/trainer/GBlend
 * the unimodal logits are the model's (separate heads for ``sum`` / ``mmtm``; for ``late``, the fused
   head's per-modality slices W_m f_m + b / M, as BalanceBenchmark; for ``unet``, the decoder on modality
   m's skips with the others' zeroed); the paper has separate heads on each modality's features;
-* L^T is measured, in evaluation mode, on the first ``holdout`` fraction of the epoch's training batches
-  (as many samples as V), L^V on the whole of V.
+* L^T is measured, in evaluation mode and without augmentation (as L^V), on the first ``holdout``
+  fraction of the epoch's training batches (about ``holdout`` (1 - ``holdout``) N samples), L^V on the
+  whole of V (``holdout`` N samples).
 
 The held-out slice is drawn once per run from ``train.seed`` (the loop keeps it out of training and
 hands it to the method: ``holdout_fraction``). Under data-parallel training every rank evaluates the
@@ -72,6 +73,7 @@ class GBlending(BalanceMethod):
 
     needs_modality_logits = True
     training_pass = True
+    training_pass_augmented = False  # L^T is compared with L^V, measured on un-augmented held-out data
 
     def __init__(self, params: GBlendParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)

@@ -61,8 +61,9 @@ TUNE_DIR = "tune"
 
 
 def _numbers(final: dict[str, Any]) -> dict[str, Any]:
-    """The numeric final metrics (what Tune and Optuna can take)."""
-    return {k: v for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """The numeric final metrics (what Tune and Optuna can take); a true/false one as 1.0 / 0.0, so a
+    constraint such as ``final.target_met == true`` reaches the sampler."""
+    return {k: float(v) if isinstance(v, bool) else v for k, v in final.items() if isinstance(v, (int, float))}
 
 
 class TrialFn:

@@ -182,7 +182,12 @@ class StudySearch(OptunaSearch):
                 return math.nan
             return sum(float(v) for v in vals) / len(vals)
 
+        from optuna.exceptions import UpdateFinishedTrialError
+
         self._reopen()
         trial = self._ot_trials[leader]
-        for c in self._constraints:
-            trial.set_constraint(str(c), violation(c, mean(c.metric)))
+        try:
+            for c in self._constraints:
+                trial.set_constraint(str(c), violation(c, mean(c.metric)))
+        except UpdateFinishedTrialError:
+            pass  # a resumed study: the persistent storage finished this trial already (see on_trial_result)

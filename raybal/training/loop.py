@@ -302,10 +302,11 @@ def _train_one_epoch(run: _Run, epoch: int) -> _EpochStats:
     aug = (tc.seed, epoch)  # [data.augment], drawn per (seed, epoch, sample): the same on any number of workers
     if method.training_pass:  # e.g. PMR's prototypes, from this rank's shard of the epoch's batches
         model.eval()
+        seen = aug if method.training_pass_augmented else None
         method.on_training_data(model, ((to_device(xb, run.device, run.channels_last),
                                          yb.to(run.device, non_blocking=True))
                                         for xb, yb in run.data.train.batches(run.rank_batch, order=order,
-                                                                             drop_last=True, augment=aug)))
+                                                                             drop_last=True, augment=seen)))
         train_model.train()
         method.on_train_mode(model)
     task = run.data.task
