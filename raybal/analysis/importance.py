@@ -93,12 +93,13 @@ def _distributions(df: pd.DataFrame, params: list[str]) -> dict[str, Any]:
 def _evaluate(df: pd.DataFrame, metric: str, mode: str, dists: dict[str, Any], evaluator: str, seed: int
               ) -> dict[str, float]:
     import optuna
+    from optuna.distributions import CategoricalDistribution, IntDistribution
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
 
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for _, row in df.iterrows():
-        params = {p: (str(row[p]) if type(d).__name__ == "CategoricalDistribution" else
-                      int(row[p]) if type(d).__name__ == "IntDistribution" else float(row[p]))
+        params = {p: (str(row[p]) if isinstance(d, CategoricalDistribution) else
+                      int(row[p]) if isinstance(d, IntDistribution) else float(row[p]))
                   for p, d in dists.items()}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row[metric])))
     ev = PedAnovaImportanceEvaluator() if evaluator == "ped_anova" else FanovaImportanceEvaluator(seed=seed)

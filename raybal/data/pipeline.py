@@ -204,11 +204,11 @@ def corrupt_sample(x: Tensor, name: str, g: torch.Generator) -> Tensor:
     """One sample's modality under corruption ``name`` at a level drawn uniformly from its default levels
     other than 0 (the clean point); the corruption's own draws from ``g``. ``missing`` and ``blackout``
     zero the modality (their level is a share of a batch; here the probability plays that part)."""
-    from raybal.noise import CORRUPTIONS, default_levels
+    from raybal.noise import CORRUPTIONS, nonzero_levels
 
     if name in ("missing", "blackout"):  # per sample: the probability is the missing rate, so the modality is gone
         return torch.zeros_like(x)
-    levels = [lv for lv in default_levels(name) if lv > 0] or list(default_levels(name))
+    levels = nonzero_levels(name)
     level = levels[int(torch.randint(len(levels), (1,), generator=g))]
     return CORRUPTIONS.get(name).obj(x[None], float(level), g)[0]
 

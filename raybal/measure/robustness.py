@@ -12,12 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from raybal.config import ConfigError, RobustnessConfig, RunConfig
 from raybal.data.base import MultiModalData
 from raybal.measure.utilization import MUResult, measure
 from raybal.models.base import FusionModel
-from raybal.noise import CORRUPTIONS, CorruptionError, default_levels, joint_corrupter, joint_steps
+from raybal.noise import CORRUPTIONS, CorruptionError, default_levels, joint_corrupter, joint_steps, nonzero_levels
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,20 @@ def joint_grid(cfg: RobustnessConfig, modalities: tuple[str, ...]) -> list[tuple
     return out
 
 
+def _misfit(corruption: str, level: float, x: Tensor) -> str | None:
+    """Why ``corruption`` at ``level`` cannot apply to the batch ``x`` (None: it can)."""
+    try:
+        CORRUPTIONS.get(corruption).obj(x, level, torch.Generator().manual_seed(0))
+    except CorruptionError as exc:
+        return str(exc)
+    return None
+
+
+def _probe(data: MultiModalData) -> dict[str, Tensor]:
+    """Two validation samples: what a corruption is tried on before it is swept."""
+    return next(iter(data.val.batches(2)))[0]
+
+
 def check_corruptions(run: RunConfig, data: MultiModalData) -> None:
     """Every corruption applies to its modality's shape (e.g. a shift smaller than the chip, a band to
     drop): each sweep grid point and each training augmentation (``[data.augment] corruptions``) is
@@ -61,52 +76,38 @@ def check_corruptions(run: RunConfig, data: MultiModalData) -> None:
     With ``robustness.modalities`` empty (every modality) a corruption is swept on the modalities whose
     shape it fits (a band drop skips a 1-band SAR chip) and must fit at least one."""
     cfg = run.robustness
-    xb, _ = next(iter(data.val.batches(2)))
+    xb = _probe(data)
     index = {c: i for i, c in enumerate(cfg.corruptions)}
     fitting: dict[str, int] = {c: 0 for c in cfg.corruptions}
     for m, c, level in grid(cfg, data.modalities) if cfg.enabled else ():
-        try:
-            CORRUPTIONS.get(c).obj(xb[m], level, torch.Generator().manual_seed(0))
+        why = _misfit(c, level, xb[m])
+        if why is None:
             fitting[c] += 1
-        except CorruptionError as exc:
-            if cfg.modalities:  # named modalities: every pair must apply
-                raise ConfigError(f"robustness.corruptions[{index[c]}]", f"{c} on modality {m!r}: {exc}") from None
+        elif cfg.modalities:  # named modalities: every pair must apply
+            raise ConfigError(f"robustness.corruptions[{index[c]}]", f"{c} on modality {m!r}: {why}")
     for c, n in fitting.items() if cfg.enabled and not cfg.modalities else ():
         if not n:  # every modality swept: a corruption skips those it does not fit, but must fit one
             raise ConfigError(f"robustness.corruptions[{index[c]}]", f"{c} applies to no modality of the data set "
                               f"({', '.join(f'{m} {tuple(xb[m].shape[1:])}' for m in data.modalities)})")
     for _, name, _, parts in joint_grid(cfg, data.modalities) if cfg.enabled else ():
         for m, c, level in parts:
-            try:
-                CORRUPTIONS.get(c).obj(xb[m], level, torch.Generator().manual_seed(0))
-            except CorruptionError as exc:
-                raise ConfigError(f"robustness.joint.{name}.{m}", f"{c} on modality {m!r}: {exc}") from None
+            if (why := _misfit(c, level, xb[m])) is not None:
+                raise ConfigError(f"robustness.joint.{name}.{m}", f"{c} on modality {m!r}: {why}")
     augment = getattr(run.data.params, "augment", None)
     for m, table in augment.corruptions.items() if augment is not None else ():
         for c in table:
-            levels = [lv for lv in default_levels(c) if lv > 0] or list(default_levels(c))
-            try:
-                for level in levels:
-                    CORRUPTIONS.get(c).obj(xb[m][:1], float(level), torch.Generator().manual_seed(0))
-            except CorruptionError as exc:
-                raise ConfigError(f"data.augment.corruptions.{m}.{c}", f"on modality {m!r}: {exc}") from None
-
-
-def _fits(corruption: str, level: float, data: MultiModalData, modality: str) -> bool:
-    xb, _ = next(iter(data.val.batches(2)))
-    try:
-        CORRUPTIONS.get(corruption).obj(xb[modality], level, torch.Generator().manual_seed(0))
-    except CorruptionError:
-        return False
-    return True
+            for level in nonzero_levels(c):
+                if (why := _misfit(c, level, xb[m][:1])) is not None:
+                    raise ConfigError(f"data.augment.corruptions.{m}.{c}", f"on modality {m!r}: {why}")
 
 
 def sweep(model: FusionModel, data: MultiModalData, cfg: RobustnessConfig, *, mu_repeats: int = 3,
           progress: Callable[[int, int], None] | None = None) -> list[Point]:
     """Evaluate ``model`` over the corruption grid; returns one point per grid point and split."""
     points_out: list[Point] = []
+    xb = _probe(data) if not cfg.modalities else {}
     points = [(m, c, level, [(m, c, level)]) for m, c, level in grid(cfg, data.modalities)
-              if cfg.modalities or _fits(c, level, data, m)]  # every modality swept: those whose shape fits
+              if cfg.modalities or _misfit(c, level, xb[m]) is None]  # every modality swept: where it fits
     points += joint_grid(cfg, data.modalities)
     total = len(points) * len(cfg.splits)
     done = 0

@@ -16,9 +16,10 @@ from raybal.noise.base import (
     is_severity,
     joint_corrupter,
     joint_steps,
+    nonzero_levels,
 )
 
 import_submodules(__name__, __path__)
 
 __all__ = ["CORRUPTIONS", "CorruptionError", "CorruptionFn", "corrupter", "default_levels", "is_severity",
-           "joint_corrupter", "joint_steps"]
+           "joint_corrupter", "joint_steps", "nonzero_levels"]

@@ -67,6 +67,12 @@ def default_levels(corruption: str) -> tuple[float, ...]:
     return tuple(CORRUPTIONS.get(corruption).meta.get("levels", (1.0,)))
 
 
+def nonzero_levels(corruption: str) -> list[float]:
+    """Its default levels other than 0 (the clean point), or all of them if every one is 0."""
+    levels = [float(lv) for lv in default_levels(corruption)]
+    return [lv for lv in levels if lv > 0] or levels
+
+
 def corrupter(modality: str, corruption: str, level: float,
               seed: int) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
     """A batch transform corrupting one modality; seeded, so a sweep is reproducible."""
