@@ -88,6 +88,26 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from raybal.data.prepare import check_out, prepare, source_identity
+    from raybal.resolve import load_config
+
+    if args.shard_mb <= 0:
+        from raybal.config import ConfigError
+
+        raise ConfigError("--shard-mb", f"a positive size in MiB, got {args.shard_mb:g}")
+    cfg = load_config(args.config, _overrides(args.set))
+    before = check_out(Path(args.out).expanduser(), source_identity(cfg.data))
+    meta = prepare(cfg.data, args.out, workers=args.workers, shard_mb=args.shard_mb, progress=_progress(args.quiet))
+    sizes = ", ".join(f"{s} {v['n']} ({len(v['shards'])} shards)" for s, v in sorted(
+        meta["splits"].items(), key=lambda kv: ("train", "val", "test").index(kv[0])))
+    verb = {"done": "already prepared", "resume": "finished preparing"}.get(before, "prepared")
+    print(f"{verb} {meta['source']['data']['name']}: {sizes}; {meta['task']}, modalities "
+          f"{', '.join(meta['modalities'])}")
+    print(f"train on it with: [data] name = \"prepared\"  path = \"{Path(args.out).expanduser().resolve()}\"")
+    return 0
+
+
 def cmd_study_run(args: argparse.Namespace) -> int:
     from raybal.study.driver import run_study
     from raybal.study.space import load_study
@@ -252,6 +272,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(r, "e.g. --set 'robustness.corruptions=[\"gaussian\",\"speckle\"]'")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_robustness)
+
+    pp = sub.add_parser("prepare", help="pack a data set into record shards read fast, locally or from a URL",
+                        description="Read the data set a run file's [data] section names through its own loader "
+                                    "once (data.num_workers processes) and write OUT: record shards (.npy), each "
+                                    "split's assignment, the training split's per-channel mean / std and "
+                                    "prepared.json, written last. Train on it with [data] name = \"prepared\", "
+                                    "path = OUT (or an fsspec URL to a copy: s3://, gs://, file://). Interrupted, "
+                                    "the same command resumes; OUT must be new, empty or an earlier prepare of "
+                                    "the same data config.")
+    pp.add_argument("config", help="run file (TOML) whose [data] section names the data set")
+    pp.add_argument("out", help="the store's folder (new or empty; a shared file system for a cluster)")
+    _add_set(pp, "override a [data] value, e.g. --set data.limit=1000")
+    pp.add_argument("--workers", type=int, help="reading processes (default: data.num_workers)")
+    pp.add_argument("--shard-mb", type=float, default=64.0, help="target shard size in MiB (default 64)")
+    pp.add_argument("--quiet", action="store_true", help="no progress line")
+    pp.set_defaults(func=cmd_prepare)
 
     st = sub.add_parser("study", help="hyperparameter / target-utilization studies on Ray Tune + Optuna",
                         description="Run or resume a study: Optuna proposes trials from [search], Ray Tune runs them "

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 RUN = """
 [data]
@@ -83,19 +84,27 @@ def test_multi_worker_trials_in_a_study(tmp_path: Path, local_ray: None) -> None
     assert len(shards) == 2  # the trial really ran two Ray Train workers
 
 
-def test_two_workers_read_disjoint_covering_shards_of_a_lazy_set_every_epoch(tmp_path: Path,
-                                                                              local_ray: None) -> None:
+@pytest.mark.parametrize("stored", ["files", "prepared"])
+def test_two_workers_read_disjoint_covering_shards_of_a_lazy_set_every_epoch(tmp_path: Path, local_ray: None,
+                                                                              stored: str) -> None:
     """Issue 14: under Ray Train each rank reads only its shard of a set read from files (So2Sat HDF5
     here), the two shards are disjoint and cover the epoch's global batches, and they are drawn anew
-    each epoch from the run's seed (the same as one worker's order)."""
+    each epoch from the run's seed (the same as one worker's order). Issue 37: the same from the
+    record shards ``raybal prepare`` packed the files into."""
     from test_loaders import write_so2sat
 
-    from raybal.resolve import load_config
+    from raybal.data.prepare import prepare
+    from raybal.resolve import default_config, load_config
     from raybal.training.runner import train_to_dir
 
     root = write_so2sat(tmp_path / "so2sat", sizes=(70, 16, 16))
+    data = f'name = "so2sat"\nroot = "{root}"'
+    if stored == "prepared":
+        prepare(default_config(**{"data.name": "so2sat", "data.root": str(root)}).data, tmp_path / "store",
+                shard_samples=12)
+        data = f'name = "prepared"\npath = "{tmp_path / "store"}"'
     run = tmp_path / "run.toml"
-    run.write_text(f'[data]\nname = "so2sat"\nroot = "{root}"\nnum_workers = 1\n[model]\nwidth = 8\nstages = 3\n'
+    run.write_text(f'[data]\n{data}\nnum_workers = 1\n[model]\nwidth = 8\nstages = 3\n'
                    "[train]\nepochs = 3\nbatch_size = 16\nmu_repeats = 1\nseed = 5\n[robustness]\nenabled = false\n")
     train_to_dir(load_config(run, {"train.workers": 2}), tmp_path / "two", quiet=True)
     shards = tmp_path / "two" / "checkpoints" / "run" / "shards"

@@ -199,25 +199,26 @@ def _mcubes_config(root, **over):  # noqa: ANN001, ANN202
 
 
 def test_mcubes_reads_its_layout_into_four_modalities_in_unit_range(mcubes_root) -> None:  # noqa: ANN001
-    from raybal.data import load_data
+    from raybal.data import LazySplit, load_data
 
     data = load_data(_mcubes_config(mcubes_root).data)
     assert data.modalities == ("rgb", "aolp", "dolp", "nir") and data.task == "segmentation"
     assert data.num_classes == 20 and data.class_names[0] == "asphalt" and data.class_names[-1] == "sky"
     assert (len(data.train), len(data.val), len(data.test)) == (6, 2, 2)
-    assert {m: tuple(t.shape[1:]) for m, t in data.train.x.items()} == {
+    assert isinstance(data.train, LazySplit)  # read image set by image set, never whole (issue 37)
+    x, y = data.train.read_all()
+    assert {m: tuple(t.shape[1:]) for m, t in x.items()} == {
         "rgb": (3, 16, 16), "aolp": (2, 16, 16), "dolp": (1, 16, 16), "nir": (1, 16, 16)}
-    for t in data.train.x.values():
+    for t in x.values():
         assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
-    assert float(data.train.x["nir"].mean()) == pytest.approx(32768 / 65535, abs=1e-3)  # 16-bit NIR by its range
-    y = data.train.y
+    assert float(x["nir"].mean()) == pytest.approx(32768 / 65535, abs=1e-3)  # 16-bit NIR by its range
     assert y.shape == (6, 16, 16) and y.dtype == torch.int64
     assert bool((y[:, 0] == IGNORE_INDEX).all())  # the unlabelled (255) row
     assert bool((y[:, :, -1] == IGNORE_INDEX).all())  # no valid NIR there (NIR_warped_mask white)
     labelled = y[y != IGNORE_INDEX]
     assert int(labelled.min()) >= 0 and int(labelled.max()) < 20
     without_mask = load_data(_mcubes_config(mcubes_root, **{"data.nir_mask": False}).data)
-    assert not bool((without_mask.train.y[:, 1:, -1] == IGNORE_INDEX).any())
+    assert not bool((without_mask.train.read_all()[1][:, 1:, -1] == IGNORE_INDEX).any())
 
 
 def test_mcubes_trains_toward_a_four_modality_target(mcubes_root) -> None:  # noqa: ANN001
@@ -256,8 +257,9 @@ def test_mcubes_bad_files_name_the_file(mcubes_root, damage: str, expect: str) -
         path.write_bytes(path.read_bytes()[:60])
     else:
         over = {"data.modalities": ["rgb", "depth"]}
-    with pytest.raises((DataError, ConfigError)) as err:
-        load_data(_mcubes_config(mcubes_root, **over).data)
+    with pytest.raises((DataError, ConfigError)) as err:  # a missing file when loading, a bad one when read
+        for _ in load_data(_mcubes_config(mcubes_root, **over).data).train.batches(3):
+            pass
     assert expect in str(err.value)
 
 

@@ -67,7 +67,8 @@ def load_data(cfg: DataConfig, *, normalizer: Normalizer | dict | None = None) -
     if isinstance(normalizer, dict):
         normalizer = Normalizer.from_dict(normalizer)
     if normalizer is None and getattr(p, "normalize", False):
-        normalizer = _normalizer(cfg, data)
+        # a prepared store carries its training split's statistics; others are measured (and cached)
+        normalizer = data.normalizer or _normalizer(cfg, data)
     lazy = isinstance(data.train, LazySplit)
     pipe = Pipe(num_workers=auto_workers(getattr(p, "num_workers", None)) if lazy else 0,
                 prefetch=getattr(p, "prefetch", 2), normalizer=normalizer,

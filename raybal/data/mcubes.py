@@ -14,9 +14,11 @@ segmentation benchmark of Singh et al. 2024, read from its own folder layout::
 Every modality is scaled into [0, 1] (AoLP's sin / cos from [-1, 1], DoLP clipped, 8- / 16-bit
 images by their range), the ``crop_left`` columns where the NIR camera sees nothing are dropped (the
 authors' loaders drop 192), and each image is resized to ``image_size`` x ``image_size`` (bilinear;
-labels nearest) so the split fits in memory: 500 image sets at 128 x 128 are ~230 MB. Left-out pixels
-carry :data:`raybal.config.tasks.IGNORE_INDEX`. A missing file, an unreadable one, a shape that differs
-between modalities or a label outside the 20 materials is a :class:`DataError` naming the file.
+labels nearest). Image sets are read lazily, one by one when the pipeline asks for them (by
+``data.num_workers`` DataLoader processes), like the other public sets' loaders; ``raybal prepare``
+packs them once into record shards. Left-out pixels carry :data:`raybal.config.tasks.IGNORE_INDEX`.
+A missing file is named when the data are loaded; an unreadable one, a shape that differs between
+modalities or a label outside the 20 materials is a :class:`DataError` naming the file when it is read.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import torch.nn.functional as F
 
 from raybal.config import knob
 from raybal.config.tasks import IGNORE_INDEX
-from raybal.data.base import DATASETS, DataError, MultiModalData, Split, check_modalities, check_root
-from raybal.data.pipeline import LoaderKnobs
+from raybal.data.base import DATASETS, DataError, MultiModalData, check_modalities, check_root
+from raybal.data.pipeline import LazySplit, LoaderKnobs
 
 MATERIALS = ("asphalt", "concrete", "metal", "road_marking", "fabric", "glass", "plaster", "plastic", "rubber",
              "sand", "gravel", "ceramic", "cobblestone", "brick", "grass", "wood", "leaf", "water", "human", "sky")
@@ -140,26 +142,42 @@ def _resize(arr: np.ndarray, size: int, *, labels: bool = False) -> torch.Tensor
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
 
 
-def _read_split(p: MCubeSParams, root: Path, split: str) -> Split:
-    listing = root / "list_folder" / f"{split}.txt"
-    if not listing.is_file():
-        raise DataError(f"{listing}: file not found (MCubeS lists each split's ids in list_folder/)")
-    ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise DataError(f"{listing}: lists no ids")
-    if p.limit:
-        ids = ids[:p.limit]
-    xs: dict[str, list[torch.Tensor]] = {m: [] for m in p.modalities}
-    ys: list[torch.Tensor] = []
-    for sid in ids:
+def _files(root: Path, m: str, sid: str) -> list[Path]:
+    """The files modality ``m`` of image set ``sid`` is read from."""
+    return {"rgb": [root / "polL_color" / f"{sid}.png"],
+            "aolp": [root / "polL_aolp_sin" / f"{sid}.npy", root / "polL_aolp_cos" / f"{sid}.npy"],
+            "dolp": [root / "polL_dolp" / f"{sid}.npy"], "nir": [root / "NIR_warped" / f"{sid}.png"]}[m]
+
+
+class MCubeSSource:
+    """The image sets of one split, each read, cropped and resized when the pipeline asks for it."""
+
+    def __init__(self, p: MCubeSParams, root: Path, ids: list[str]) -> None:
+        self.p, self.root, self.ids = p, root, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def describe(self, i: int) -> str:
+        return f"{self.root} id {self.ids[i]!r}"
+
+    def fingerprint(self) -> str:
+        st = (self.root / "GT" / f"{self.ids[0]}.png").stat()
+        return f"{self.root}:{len(self.ids)}:{st.st_mtime_ns}"
+
+    def read(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        p, root, sid = self.p, self.root, self.ids[i]
         gt_path = root / "GT" / f"{sid}.png"
         lab = _read_labels(gt_path)
         h, w = lab.shape
+        if p.crop_left >= w:
+            raise DataError(f"{gt_path}: crop_left = {p.crop_left} leaves nothing of a {w}-pixel-wide image")
+        x = {}
         for m in p.modalities:
             arr = _modality(root, m, sid)
             if arr.shape[1:] != (h, w):
                 raise DataError(f"{root} id {sid!r}: {m} is {arr.shape[1]}x{arr.shape[2]} but GT/{sid}.png is {h}x{w}")
-            xs[m].append(_resize(arr[:, :, p.crop_left:], p.image_size))
+            x[m] = _resize(arr[:, :, p.crop_left:], p.image_size).float().numpy()
         if p.nir_mask:
             mask_path = root / "NIR_warped_mask" / f"{sid}.png"
             if mask_path.is_file():
@@ -168,15 +186,30 @@ def _read_split(p: MCubeSParams, root: Path, split: str) -> Split:
                 if invalid.shape != (h, w):
                     raise DataError(f"{mask_path}: {invalid.shape[0]}x{invalid.shape[1]} but GT/{sid}.png is {h}x{w}")
                 lab[invalid > 0.5] = IGNORE_INDEX
-        if p.crop_left >= w:
-            raise DataError(f"{gt_path}: crop_left = {p.crop_left} leaves nothing of a {w}-pixel-wide image")
-        ys.append(_resize(lab[:, p.crop_left:], p.image_size, labels=True))
-    return Split({m: torch.stack(v).float() for m, v in xs.items()}, torch.stack(ys))
+        return x, _resize(lab[:, p.crop_left:], p.image_size, labels=True).numpy()
+
+
+def _split(p: MCubeSParams, root: Path, split: str) -> LazySplit:
+    """A split's ids from its list file, every file they need checked to exist (a stat each, nothing read)."""
+    listing = root / "list_folder" / f"{split}.txt"
+    if not listing.is_file():
+        raise DataError(f"{listing}: file not found (MCubeS lists each split's ids in list_folder/)")
+    ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{listing}: lists no ids")
+    if p.limit:
+        ids = ids[:p.limit]
+    for sid in ids:
+        for f in [root / "GT" / f"{sid}.png", *(f for m in p.modalities for f in _files(root, m, sid))]:
+            if not f.is_file():
+                raise DataError(f"{f}: file not found")
+    return LazySplit(MCubeSSource(p, root, ids))
 
 
 @DATASETS.register("mcubes", MCubeSParams)
 def build_mcubes(p: MCubeSParams) -> MultiModalData:
     """MCubeS material segmentation (Liang et al. 2022): RGB, polarisation (AoLP, DoLP) and NIR per scene."""
     root = Path(p.root).expanduser()
-    train, val, test = (_read_split(p, root, s) for s in ("train", "val", "test"))
+    train, val, test = (_split(p, root, s) for s in ("train", "val", "test"))
+    train.source.read(0)  # one image set read now: an unreadable format fails before training
     return MultiModalData(train, val, test, p.modalities, len(MATERIALS), "segmentation", MATERIALS)

@@ -38,6 +38,16 @@ class ProgressPrinter:
             if tty or done == total or done % 10 == 0:
                 print(f"[{ev['trial_id']}] robustness sweep {done}/{total}", end=end, file=stream, flush=True)
             return
+        if "prepare" in ev:
+            done, total = ev["prepare"]
+            end = "\n" if done == total or not tty else "\r"
+            now = time.perf_counter()
+            if not tty and done < total and now - getattr(self, "_shown", 0.0) < 10:
+                return  # a log file gets a line every 10 s, a terminal every shard
+            self._shown = now
+            print(f"prepare {ev['split']}: {done}/{total} samples ({ev['rate']:.0f}/s)", end=end, file=stream,
+                  flush=True)
+            return
         if "epoch" not in ev:
             return
         metric = ev.get("metric", "accuracy")
