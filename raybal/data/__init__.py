@@ -70,7 +70,8 @@ def load_data(cfg: DataConfig, *, normalizer: Normalizer | dict | None = None) -
         # a prepared store carries its training split's statistics; others are measured (and cached)
         normalizer = data.normalizer or _normalizer(cfg, data)
     lazy = isinstance(data.train, LazySplit)
-    pipe = Pipe(num_workers=auto_workers(getattr(p, "num_workers", None)) if lazy else 0,
+    cheap = bool(getattr(getattr(data.train, "source", None), "cheap_reads", False))
+    pipe = Pipe(num_workers=auto_workers(getattr(p, "num_workers", None), cheap_reads=cheap) if lazy else 0,
                 prefetch=getattr(p, "prefetch", 2), normalizer=normalizer,
                 augment=getattr(p, "augment", None) or AugmentParams())
     return dataclasses.replace(data, train=data.train.with_pipe(pipe), val=data.val.with_pipe(pipe),

@@ -79,14 +79,19 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def auto_workers(requested: int | None) -> int:
+def auto_workers(requested: int | None, *, cheap_reads: bool = False) -> int:
     """``data.num_workers``, or its default: the CPUs this process may use, shared among the training
     processes of this node (``LOCAL_WORLD_SIZE``, set by Ray Train / torchrun), less one for the training
-    process itself, at most 8; 1 on a 2-CPU machine."""
+    process itself, at most 8; 1 on a 2-CPU machine. ``cheap_reads`` (a source whose samples cost
+    microseconds, e.g. prepared shards on a local disk): none on a 2-CPU machine, where a reader process
+    costs more in start-up and hand-over than the reads it takes off the training process
+    (benchmarks/RESULTS.md, bench_data)."""
     if requested is not None:
         return requested
     per_rank = usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return 1 if per_rank <= 2 else min(8, per_rank - 1)
+    if per_rank <= 2:
+        return 0 if cheap_reads else 1
+    return min(8, per_rank - 1)
 
 
 @dataclass(frozen=True)
@@ -267,10 +272,21 @@ class SampleSource(Protocol):
         """The file(s) sample i comes from, for error messages."""
         ...
 
+    # Optional: ``cheap_reads = True`` (samples cost microseconds: see :func:`auto_workers`) and
+    # ``read_batch(indices) -> (modality -> (B, ...) arrays, (B, ...) labels)`` (a batch in one piece).
+
 
 @dataclass(frozen=True)
 class _Failed:
     message: str
+
+
+@dataclass(frozen=True)
+class _Whole:
+    """A batch read in one piece (:meth:`_Reader.__getitems__`)."""
+
+    x: dict[str, Tensor]
+    y: Tensor
 
 
 class _Reader(torch.utils.data.Dataset):
@@ -300,9 +316,42 @@ class _Reader(torch.utils.data.Dataset):
                 x = self.pipe.normalizer.apply(x, batched=False)
         return x, y, i
 
-    def collate(self, items: list[Any]) -> Any:
+    def __getitems__(self, ks: list[int]) -> Any:
+        """A whole batch at once from a source that reads batches (``read_batch``: the prepared shards),
+        without a tensor per sample; else sample by sample. The DataLoader calls this with a batch's
+        positions and hands the result to :meth:`collate`."""
+        read_batch = getattr(self.source, "read_batch", None)
+        if read_batch is None:
+            return [self[k] for k in ks]
+        idx = [int(self.indices[k]) for k in ks]
+        try:
+            arrays, labels = read_batch(idx)
+        except DataError as exc:
+            return _Failed(str(exc))
+        except Exception as exc:
+            return _Failed(f"{self.source.describe(idx[0])}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}")
+        x = {m: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for m, a in arrays.items()}
+        y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32 if np.issubdtype(labels.dtype, np.floating)
+                                                  else np.int64))
+        if not self.raw:
+            if self.augment is not None and self.pipe.augment.enabled:
+                pairs = [augment_sample({m: t[j] for m, t in x.items()}, y[j], self.pipe.augment,
+                                        sample_generator(self.augment[0], self.augment[1], i))
+                         for j, i in enumerate(idx)]
+                x = {m: torch.stack([p[0][m] for p in pairs]) for m in x}
+                y = torch.stack([p[1] for p in pairs])
+            if self.pipe.normalizer is not None:
+                x = self.pipe.normalizer.apply(x)
+        return _Whole(x, y)
+
+    def collate(self, items: Any) -> Any:
         """Stack a batch; a failed read, or a sample whose shape differs from the batch's first, comes
         back as the one line naming its file (the DataLoader process never raises, never hangs)."""
+        if isinstance(items, _Failed):
+            return items
+        if isinstance(items, _Whole):
+            return items.x, items.y
         for it in items:
             if isinstance(it, _Failed):
                 return it
