@@ -18,11 +18,11 @@ Goals: prepared >= 0.9x in-memory samples/s on 2 cores; peak RSS growth N -> 10 
 lazily or from shards. ``read_loader`` / ``read_raydata``: reading one SEN12MS epoch without training,
 through the DataLoader (what raybal uses) and Ray Data (docs/data.md weighs it).
 
-**formats**: the candidate layouts for prepared data, read one shuffled epoch (no training) through the
-same DataLoader path from the N SEN12MS samples: record shards read with ``pread`` (the chosen one), the
+**formats**: the candidate layouts for prepared data, read one shuffled epoch (no training) through
+raybal's pipeline in one process from the 10 N SEN12MS samples: record shards read with ``pread`` (the chosen one), the
 same through fsspec, one memory-mapped ``.npy`` per modality, chunked HDF5, Parquet row groups, and tar
 shards in WebDataset's layout (which can only stream in order: no per-epoch global shuffle); Zarr v3 and
-LitData when installed.
+LitData when installed (``pip install -e ".[bench]"`` adds Zarr; LitData's install pulls a CUDA torch).
 
 **generation**: peak RSS of rendering ``synthetic_aerial`` into a fresh cache at 4,000 and 16,000
 training samples, and of reading the 16,000 back; ``--generate 200000`` adds a set of that size.
@@ -346,27 +346,37 @@ def main() -> None:
     if "formats" in args.only:
         from _formats import FORMATS
 
-        root = write_chips(data_dir / f"sen12ms-{n}", n)
-        store = data_dir / f"sen12ms-{n}.prepared"
+        root = write_chips(data_dir / f"sen12ms-{10 * n}", 10 * n)
+        store = data_dir / f"sen12ms-{10 * n}.prepared"
         if not (store / "prepared.json").is_file():
             run_case(root, "prepare", False, store=store)
-        work = data_dir / f"formats-{n}"
+        work = data_dir / f"formats-{10 * n}"
         for name in FORMATS:
             r = run_case(work, f"format_{name}", False, store=store)
             formats.append(r)
             print(f"  format {name:15s}: {r['samples_per_s']:.0f} samples/s {r.get('note', '')}", flush=True)
     df = pd.DataFrame(rows)
     fmt = pd.DataFrame(formats)
+    if len(df):
+        df.to_parquet(OUT / "bench_data.parquet", index=False)
+        record("bench_data", df, args.quick)
+    if len(fmt):  # its own record: the formats section can be re-run alone (--only formats)
+        fmt = fmt.assign(dataset="sen12ms", samples=fmt["samples"].fillna(0))
+        fmt.to_parquet(OUT / "bench_data_formats.parquet", index=False)
+        record("bench_data_formats", fmt, args.quick)
+    if len(df):
+        summarise(df, n)
     if len(fmt):
-        df = pd.concat([df, fmt.assign(mode=lambda d: "format " + d["format"], dataset="sen12ms", triplets=n,
-                                       device="cpu")], ignore_index=True)
-    df.to_parquet(OUT / "bench_data.parquet", index=False)
-    record("bench_data", df, args.quick)
-    summarise(df, fmt, n, args)
-    print(f"\nwritten: {OUT / 'bench_data.parquet'}")
+        print(f"\nshard formats: one shuffled epoch of the {int(fmt['samples'].max())} SEN12MS training samples "
+              "read through raybal's pipeline in one process, the second of two (tar_webdataset: streamed in order)")
+        print(fmt[["format", "global_shuffle", "samples_per_s", "epoch_s", "disk_mb", "peak_rss_mb", "note"]]
+              .round(1).to_string(index=False))
+    if not args.gpu:
+        print("GPU comparison not run (no --gpu; this machine has no CUDA device)")
+    print(f"\nwritten: {OUT}")
 
 
-def summarise(df: pd.DataFrame, fmt: pd.DataFrame, n: int, args: argparse.Namespace) -> None:
+def summarise(df: pd.DataFrame, n: int) -> None:
     pd.set_option("display.width", 200)
     cols = ["dataset", "triplets", "device", "mode", "workers", "samples_per_s", "epoch_s", "load_s", "peak_rss_mb",
             "worker_peak_rss_mb"]
@@ -403,13 +413,6 @@ def summarise(df: pd.DataFrame, fmt: pd.DataFrame, n: int, args: argparse.Namesp
                   f"{'met' if growth < 0.1 else 'MISSED'})")
         mem_growth = rss.loc[10 * n, "memory"] / rss.loc[n, "memory"] - 1 if len(rss) == 2 else float("nan")
         print(f"  in memory: peak RSS N -> 10N {mem_growth:+.1%}")
-    if len(fmt):
-        print(f"\nshard formats: one shuffled epoch of the {n} SEN12MS training samples read through the DataLoader "
-              "(tar_webdataset: streamed in order, in one process)")
-        print(fmt[["format", "global_shuffle", "samples_per_s", "epoch_s", "disk_mb", "peak_rss_mb",
-                   "worker_peak_rss_mb", "note"]].round(1).to_string(index=False))
-    if not args.gpu:
-        print("GPU comparison not run (no --gpu; this machine has no CUDA device)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from raybal._version import __version__
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from raybal.analysis.best import best_target, best_trial
+    from raybal.analysis.confirm import confirm
     from raybal.config import ConfigError
     from raybal.resolve import default_config, load_config
     from raybal.results.schema import RunResult
@@ -43,6 +44,7 @@ _LAZY = {
     "load_study": ("raybal.study.space", "load_study"),
     "best_target": ("raybal.analysis.best", "best_target"),
     "best_trial": ("raybal.analysis.best", "best_trial"),
+    "confirm": ("raybal.analysis.confirm", "confirm"),
     "ProgressPrinter": ("raybal.training.progress", "ProgressPrinter"),
 }
 
@@ -57,6 +59,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ConfigError", "ProgressPrinter", "RunResult", "__version__", "best_target", "best_trial", "default_config",
-    "fit", "load_config", "load_results", "load_study", "resume_study", "run_study", "write_results",
+    "ConfigError", "ProgressPrinter", "RunResult", "__version__", "best_target", "best_trial", "confirm",
+    "default_config", "fit", "load_config", "load_results", "load_study", "resume_study", "run_study", "write_results",
 ]

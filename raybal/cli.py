@@ -152,6 +152,15 @@ def _study_summary(res: Any) -> int:
     return 0 if res.meta.get("status") == "finished" else EXIT_FAILED
 
 
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from raybal.analysis.best import best_trial, format_best
+    from raybal.analysis.confirm import confirm
+
+    confirm(args.results, top=args.top, seeds=args.seeds, address=args.address, quiet=args.quiet)
+    print(format_best(best_trial(args.results)))
+    return 0
+
+
 def cmd_best(args: argparse.Namespace) -> int:
     import json
 
@@ -312,6 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--address", help="join a running Ray cluster, e.g. auto")
     sm.add_argument("--quiet", action="store_true")
     sm.set_defaults(func=cmd_study_resume)
+
+    cf = sub.add_parser("confirm", help="re-train a study's top configurations and its baseline on fresh seeds",
+                        description="The best of many configurations looks better on the seeds it was selected on "
+                                    "than it is (the winner's curse). Re-train the top K configurations (ranked as "
+                                    "raybal best ranks them) and the study's baseline with N seeds no run of DIR "
+                                    "used, record them in DIR's tables with role = \"confirm\", then print raybal "
+                                    "best's answer with the confirmed means, intervals, the gap to the search-time "
+                                    "figures and the paired difference to the baseline on the fresh seeds. "
+                                    "Interrupted, the same command continues (the plan is fixed in confirm.json).")
+    cf.add_argument("results", help="a study's results directory (raybal study run)")
+    cf.add_argument("--top", type=int, default=3, help="configurations to confirm (default 3)")
+    cf.add_argument("--seeds", type=int, default=5, help="fresh seeds per configuration (default 5, at least 2)")
+    cf.add_argument("--address", help="join a running Ray cluster, e.g. auto")
+    cf.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    cf.set_defaults(func=cmd_confirm)
 
     b = sub.add_parser("best", help="the best configuration (mean ± 95 %% CI over seeds, vs baseline and runner-up)",
                        description="Pick the best configuration of a results directory by a validation metric: "

@@ -35,9 +35,11 @@ def test_report_writes_every_figure(study_dir: Path, capsys: pytest.CaptureFixtu
             w, h = im.size
             assert im.format == "PNG" and w >= 400 and h >= 300 and w * h < 6000 * 3000
         assert f"src='{name}.png'" in html
-    # every figure drawn but the importance one: 4 configurations are too few to rank knobs, and it says so
-    assert "<table" in html and html.count("skipped") == 1
+    # every figure drawn but the importance one (4 configurations are too few to rank knobs) and the
+    # confirmation's (raybal confirm has not run), each saying so
+    assert "<table" in html and html.count("skipped") == 2
     assert "skipped: which knob matters for final.val_accuracy: not enough configurations" in html
+    assert "skipped: no confirmation (raybal confirm DIR re-trains" in html
     # the best configuration with its interval, its difference to the baseline, and the Pareto set
     assert "Best configuration" in html and "95% CI" in html and "baseline (vanilla)" in html
     assert "Pareto set" in html

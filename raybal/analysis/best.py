@@ -16,9 +16,10 @@ from typing import Any
 
 import pandas as pd
 
+from raybal.analysis.confirmed import Confirmed, confirmed
 from raybal.analysis.effect import UtilizationEffect, targeted_modality, utilization_effect
 from raybal.analysis.importance import Importance, study_importance
-from raybal.analysis.intervals import Interval, metric_interval, paired_difference
+from raybal.analysis.intervals import Comparison, Interval, metric_interval, paired_difference
 from raybal.analysis.runs import runs
 from raybal.config.constraint import Constraint
 from raybal.config.tasks import METRICS, metric_of_columns
@@ -30,30 +31,6 @@ CONFIG_PREFIXES = ("data.", "model.", "balance.", "train.")
 
 def infer_mode(metric: str) -> str:
     return "min" if any(w in metric for w in ("loss", "error")) else "max"
-
-
-@dataclass
-class Comparison:
-    """The best configuration minus another one, paired by seed
-    (:func:`raybal.analysis.intervals.paired_difference`)."""
-
-    what: str  # "the runner-up" | "the baseline (vanilla)"
-    config_id: str
-    diff: Interval
-    verdict: str  # better | worse | indistinguishable | unknown
-
-    def sentence(self, metric: str) -> str:
-        d = self.diff.format(signed=True)
-        if self.verdict == "unknown":
-            return (f"vs {self.what}: {metric} difference {d}; one seed per configuration gives no interval "
-                    "(set study.repeats >= 2 to tell them apart)")
-        if self.verdict == "indistinguishable":
-            return f"NOT distinguishable from {self.what} ({self.config_id}): difference {d} includes 0"
-        return f"{self.verdict} than {self.what} ({self.config_id}): difference {d}"
-
-    def to_json(self, metric: str) -> dict[str, Any]:
-        return {"config_id": self.config_id, "difference": self.diff.to_json(), "verdict": self.verdict,
-                "sentence": self.sentence(metric)}
 
 
 @dataclass
@@ -83,6 +60,7 @@ class Best:
     steered: bool = False  # some run of the best configuration read validation while training
     importance: Importance | None = None  # which searched knob drove the metric (a study's configurations)
     other_importance: list[Importance] = field(default_factory=list)  # the study's other objectives'
+    confirmed: Confirmed | None = None  # raybal confirm: the top configurations on fresh seeds
 
     def sentences(self) -> list[str]:
         out = []
@@ -99,6 +77,8 @@ class Best:
         if self.importance is not None:
             out.append(self.importance.sentence())
         out += [imp.sentence() for imp in self.other_importance]
+        if self.confirmed is not None:
+            out += self.confirmed.sentences()
         if self.steered:
             out.append("training was steered by the validation split (final.steered_by_val: the outer loop of "
                        "balance.feedback = \"validation\"), so the val_* numbers are not held out: compare on "
@@ -117,6 +97,7 @@ class Best:
                "importance": self.importance.to_json() if self.importance else None,
                "other_importance": [imp.to_json() for imp in self.other_importance],
                "utilization_effect": self.utilization.to_json() if self.utilization else None,
+               "confirmed": self.confirmed.to_json() if self.confirmed else None,
                "test": {k: _plain(v) for k, v in self.row.items() if k.startswith("final.test_")},
                "checkpoint": _plain(self.row.get("checkpoint")),
                "runners_up": json.loads(self.runners_up.to_json(orient="records"))}
@@ -210,7 +191,8 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
     for c in cons:
         if c.metric not in t.columns:
             raise ResultsError(f"constraint {c}: {c.metric!r} is not a column of trials.parquet")
-    configs = config_table(t, metric)
+    configs = config_table(t, metric)  # the search's runs only (analysis.runs leaves a confirmation's out)
+    every_config = configs
     expected = int(res.meta.get("repeats") or 1)  # seeds every configuration should have (study.repeats)
     if method is not None:  # the best of one method (the baseline stays the reference)
         configs = configs[(configs["balance.method"] == method) | (configs["role"] == "baseline")]
@@ -255,6 +237,8 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
     failed = configs.loc[(configs["n_failed"] > 0) | ((configs["n_ok"] > 0) & (configs["n_ok"] < expected)
                                                       & (configs["n_stopped"] == 0)),
                          ["config_id", "n_ok", "n_failed", "n_stopped", *searched]]
+    confirmation = (confirmed(res.path, t, every_config, str(row["config_id"]), metric, mode)
+                    if is_study and method is None else None)
     return Best(trial_id=str(row["trial_id"]), metric=metric, mode=mode, value=float(row[metric]), target=target,
                 mu={m: float(row[f"final.mu.{m}"]) for m in mods if pd.notna(row.get(f"final.mu.{m}"))},
                 params={c: _plain(row[c]) for c in searched}, row={k: v for k, v in row.items() if k != "_values"},
@@ -264,7 +248,8 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
                 trial_ids=list(row["trial_ids"]), vs_runner_up=vs_next, vs_baseline=vs_base,
                 baseline=base_method, is_baseline=is_base, study=res.meta.get("kind") == "study",
                 failed=failed.reset_index(drop=True), utilization=effect,
-                steered=_steered(t, list(row["trial_ids"])), importance=knobs, other_importance=others)
+                steered=_steered(t, list(row["trial_ids"])), importance=knobs, other_importance=others,
+                confirmed=confirmation)
 
 
 def _steered(t: pd.DataFrame, trial_ids: list[str]) -> bool:
@@ -354,6 +339,9 @@ def format_best(b: Best) -> str:
     fmt = {"float_format": lambda v: f"{v:.4f}", "index": False}
     if not b.runners_up.empty:
         lines += ["", "runners-up (means over seeds; .low/.high: 95 % interval):", b.runners_up.to_string(**fmt)]
+    if b.confirmed is not None and not b.confirmed.table.empty:
+        lines += ["", "confirmed on fresh seeds (raybal confirm; search: the selection's seeds; gap = search - "
+                  "confirmed):", b.confirmed.table.to_string(**fmt)]
     if b.pareto is not None:
         lines += ["", "Pareto set:", b.pareto.to_string(**fmt)]
     if b.failed is not None and not b.failed.empty:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 LEVEL = 0.95
 
@@ -126,3 +127,27 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], level: flo
     """The interval of ``a - b`` over the seeds both have (seed -> value)."""
     seeds = sorted(set(a) & set(b))
     return mean_interval([a[s] - b[s] for s in seeds], level)
+
+
+@dataclass
+class Comparison:
+    """The best configuration minus another one, paired by seed
+    (:func:`raybal.analysis.intervals.paired_difference`)."""
+
+    what: str  # "the runner-up" | "the baseline (vanilla)"
+    config_id: str
+    diff: Interval
+    verdict: str  # better | worse | indistinguishable | unknown
+
+    def sentence(self, metric: str) -> str:
+        d = self.diff.format(signed=True)
+        if self.verdict == "unknown":
+            return (f"vs {self.what}: {metric} difference {d}; one seed per configuration gives no interval "
+                    "(set study.repeats >= 2 to tell them apart)")
+        if self.verdict == "indistinguishable":
+            return f"NOT distinguishable from {self.what} ({self.config_id}): difference {d} includes 0"
+        return f"{self.verdict} than {self.what} ({self.config_id}): difference {d}"
+
+    def to_json(self, metric: str) -> dict[str, Any]:
+        return {"config_id": self.config_id, "difference": self.diff.to_json(), "verdict": self.verdict,
+                "sentence": self.sentence(metric)}

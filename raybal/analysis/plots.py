@@ -387,7 +387,8 @@ def robustness_mra(res: Results) -> plt.Figure:
     if not path.is_file():
         raise NoData("no robustness summary (no sweep was run)")
     s = pd.read_parquet(path)
-    s = s[(s["modality"] != "all") & (s["split"] == ("test" if (s["split"] == "test").any() else "val"))]
+    s = s[(s["modality"] != "all") & (s["split"] == ("test" if (s["split"] == "test").any() else "val"))
+          & s["trial_id"].isin(res.trials["trial_id"])]  # the runs shown (not a confirmation's)
     if s.empty:
         raise NoData("no robustness summary rows")
     labels = trial_labels(res.trials)
@@ -401,6 +402,36 @@ def robustness_mra(res: Results) -> plt.Figure:
         ax.set(title=m, xlabel="", ylabel="")
         ax.tick_params(axis="x", rotation=30)
     fig.suptitle(f"mRA (corrupted / clean metric) on {s['split'].iloc[0]}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def confirmation(res: Results) -> plt.Figure:
+    """10. The winner's curse, measured: each configuration ``raybal confirm`` re-trained, its search-time
+    mean and 95 % interval (the seeds it was selected on) beside its confirmed one (fresh seeds)."""
+    from raybal.analysis.best import best_trial
+
+    if res.kind != "study":
+        raise NoData("not a study")
+    conf = best_trial(res.path, importance=None).confirmed
+    if conf is None or conf.table["n_confirmed"].sum() == 0:
+        raise NoData("no confirmation (raybal confirm DIR re-trains the top configurations on fresh seeds)")
+    tab = conf.table
+    labels = [f"{'baseline' if r.role == 'baseline' else f'#{int(r.rank)}'} {str(r.config_id)[:8]}"
+              for r in tab.itertuples()]
+    y = np.arange(len(tab))
+    _style()
+    colors = sns.color_palette(PALETTE)
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(tab) + 1.8))
+    for k, (col, name, dy) in enumerate((("search", "search (selection seeds)", 0.15),
+                                         ("confirmed", f"confirmed ({len(conf.seeds)} fresh seeds)", -0.15))):
+        mean, low, high = (tab[c].to_numpy(float) for c in (col, f"{col}.low", f"{col}.high"))
+        err = np.nan_to_num(np.vstack([mean - low, high - mean]).clip(min=0))
+        ax.errorbar(mean, y + dy, xerr=err, fmt="o", color=colors[k], capsize=3, label=name)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"{conf.metric} (mean, 95 % interval)", title="Search-time vs confirmed")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
 
@@ -420,6 +451,8 @@ FIGURES: dict[str, tuple[Any, str]] = {
                    "configurations' means) with its range over resamples"),
     "robustness_mra": (robustness_mra, "mean relative accuracy per corrupted modality and corruption, per method "
                        "(robustness_summary.parquet)"),
+    "confirmation": (confirmation, "the winner's curse, measured: each confirmed configuration's search-time and "
+                     "confirmed (fresh seeds) mean with its 95 % interval"),
     "imbalance_measures": (imbalance_measures, "permutation MU, Shapley contribution and mean-ablation "
                            "utilization on test, per method and modality"),
 }

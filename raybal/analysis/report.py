@@ -54,9 +54,10 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, dpi:
     res = load_results(results_dir)
     out = check_writable(Path(out_dir) if out_dir else res.path / "report")
     figures: list[Figure] = []
+    search = res.search()  # the search's figures stand on its own runs; "confirmation" reads both
     for name, (fn, caption) in FIGURES.items():
         try:
-            fig = fn(res)
+            fig = fn(res if name == "confirmation" else search)
         except NoData as exc:
             figures.append(Figure(name, caption, None, str(exc)))
             continue

@@ -13,9 +13,11 @@ from raybal.results.schema import target_columns
 
 
 def runs(t: pd.DataFrame) -> pd.DataFrame:
-    """The trials with the replicate bookkeeping every reader needs, one row per (configuration, seed): a
-    row that reused another's result (``final.reused_from``) gives way to a trained one."""
-    t = t.copy()
+    """The search's trials with the replicate bookkeeping every reader needs, one row per (configuration,
+    seed): a row that reused another's result (``final.reused_from``) gives way to a trained one. A
+    confirmation's runs (``role = "confirm"``, ``raybal confirm``) are left out: what was selected, and
+    the figures of the search, stand on the search's seeds (:mod:`raybal.analysis.confirmed` reads them)."""
+    t = t[t["role"] != "confirm"].copy() if "role" in t else t.copy()
     t["config_id"] = t["config_id"].astype(str)
     t["_seed"] = pd.to_numeric(t["train.seed"], errors="coerce").fillna(0).astype(int) if "train.seed" in t else 0
     reused = t["final.reused_from"].notna() if "final.reused_from" in t else False

@@ -147,6 +147,20 @@ class Results:
     def kind(self) -> str:
         return str(self.meta.get("kind", "run"))
 
+    def search(self) -> Results:
+        """These tables without a confirmation's runs (``role = "confirm"``, ``raybal confirm``): the
+        search's own, what its figures and its selection read."""
+        t = self.trials
+        if t.empty or "role" not in t or not (t["role"] == "confirm").any():
+            return self
+        ids = set(t.loc[t["role"] == "confirm", "trial_id"].astype(str))
+
+        def keep(df: pd.DataFrame) -> pd.DataFrame:
+            return df[~df["trial_id"].astype(str).isin(ids)] if "trial_id" in df else df
+
+        return Results(self.path, keep(t), keep(self.epochs), keep(self.utilization), keep(self.robustness),
+                       self.meta)
+
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read one Parquet table through a single open file handle.

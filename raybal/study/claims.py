@@ -22,9 +22,11 @@ from typing import Any
 
 from raybal.training.result_file import ResultFileError, has_result, read_result, write_result
 
+SLOTS = "slots"  # a study's run slots; a confirmation (raybal confirm) claims its own, in "slots-confirm"
 
-def claim_slot(results_dir: Path, tid: str, n: int) -> bool:
-    sd = results_dir / "slots"
+
+def claim_slot(results_dir: Path, tid: str, n: int, folder: str = SLOTS) -> bool:
+    sd = results_dir / folder
     sd.mkdir(parents=True, exist_ok=True)
     for f in sd.iterdir():
         if f.read_text() == tid:
@@ -40,15 +42,15 @@ def claim_slot(results_dir: Path, tid: str, n: int) -> bool:
     return False
 
 
-def slot_holders(results_dir: Path) -> set[str]:
+def slot_holders(results_dir: Path, folder: str = SLOTS) -> set[str]:
     """Ids of the trials that hold a slot now."""
-    sd = results_dir / "slots"
+    sd = results_dir / folder
     return {f.read_text() for f in sd.iterdir()} if sd.is_dir() else set()
 
 
-def release_unfinished_slots(results_dir: Path) -> None:
+def release_unfinished_slots(results_dir: Path, folder: str = SLOTS) -> None:
     release_configs(results_dir)
-    sd = results_dir / "slots"
+    sd = results_dir / folder
     for f in sd.iterdir() if sd.is_dir() else []:
         tid = f.read_text()
         if not has_result(results_dir / "checkpoints" / tid):

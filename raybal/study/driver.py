@@ -41,6 +41,7 @@ from raybal.results.tables import (
     read_meta,
 )
 from raybal.study.claims import (
+    SLOTS,
     await_config,
     claim_slot,
     index_finished,
@@ -49,7 +50,7 @@ from raybal.study.claims import (
     slot_holders,
 )
 from raybal.study.recorder import SKIPPED, Recorder, make_callback, status_line, stopped_result
-from raybal.study.space import Study, corner_points, load_study, study_from_dict
+from raybal.study.space import Study, corner_points, load_study, study_from_dict, trial_values
 from raybal.training import faults
 from raybal.training.loop import check_pretrained, fit
 from raybal.training.result_file import has_result, write_result
@@ -69,9 +70,11 @@ def _numbers(final: dict[str, Any]) -> dict[str, Any]:
 class TrialFn:
     """The Tune function trainable (a picklable callable: the same object on restore)."""
 
-    def __init__(self, study: Study, results_dir: Path) -> None:
+    def __init__(self, study: Study, results_dir: Path, slots: tuple[str, int] | None = None) -> None:
         self.study = study
         self.results_dir = results_dir
+        # (folder, count) of the run slots its trials claim: the study's, or a confirmation's own
+        self.slots = slots or (SLOTS, study.runs)
         self.fault = os.environ.get(faults.ENV)  # the reliability tests' injected fault, carried to the trials
         self.__name__ = "raybal_trial"
 
@@ -79,11 +82,11 @@ class TrialFn:
         from ray import tune
 
         tid = tune.get_context().get_trial_id()
-        values = dict(params)
+        values = trial_values(params)
         rep, role = int(values.get("_replicate", 0)), str(values.get("_role", "search"))
-        cfg = self.study.space.trial_config(self.study.base_raw, values)
+        cfg = self.study.run_config(values)
         metric = metric_name(cfg.data.params.task)
-        if not claim_slot(self.results_dir, tid, self.study.runs):
+        if not claim_slot(self.results_dir, tid, self.slots[1], self.slots[0]):
             atomic_write_bytes(self.results_dir / "checkpoints" / tid / SKIPPED, b"")
             nan = {o.metric: math.nan for o in self.study.objectives}
             tune.report({**nan, f"val_{metric}": math.nan, "val_loss": math.nan, "epoch": cfg.train.epochs,
@@ -361,8 +364,9 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
     return load_results(d)
 
 
-def reconcile(study: Study, d: Path, recorder: Recorder, grid: Any = None) -> None:
-    """Record every ended trial that the tables do not hold yet (e.g. after a driver crash)."""
+def reconcile(study: Study, d: Path, recorder: Recorder, grid: Any = None, slots: str = SLOTS) -> None:
+    """Record every ended trial that the tables do not hold yet (e.g. after a driver crash); ``slots``:
+    the folder of run slots whose holders are this experiment's trials."""
     recorder.setup()
     ended: dict[str, tuple[dict[str, Any], str, str | None]] = {}
     if grid is not None:
@@ -375,7 +379,7 @@ def reconcile(study: Study, d: Path, recorder: Recorder, grid: Any = None) -> No
     # A result on disk that Tune did not report counts only when its trial holds a slot: a trial process
     # of a killed driver that outlived it (its slot released on resume) may finish later, and must not
     # make the study one trial too many.
-    held = slot_holders(d)
+    held = slot_holders(d, slots)
     for sub in sorted(ck.iterdir()) if ck.is_dir() else []:
         if sub.is_symlink() or not sub.is_dir():  # raybal writes folders only: reported, never followed
             what = "a link" if sub.is_symlink() else "a file"

@@ -17,7 +17,7 @@ from raybal.config import ConfigError
 from raybal.results.schema import RunResult
 from raybal.results.tables import ResultsError, load_results, write_results
 from raybal.study.claims import release_configs
-from raybal.study.space import Study
+from raybal.study.space import Study, trial_values
 from raybal.training import checkpoint
 from raybal.training.result_file import read_result
 
@@ -31,9 +31,10 @@ def status_line(text: str) -> None:
 def stopped_result(study: Study, tid: str, params: dict[str, Any], ckdir: Path, status: str,
                     error: str | None) -> RunResult:
     """A trial that ended without its own record: rebuild it from its last checkpoint."""
+    params = trial_values(params)
     try:
-        cfg = study.space.trial_config(study.base_raw, params)
-    except ConfigError:
+        cfg = study.run_config(params)
+    except (ConfigError, KeyError):
         cfg = study.base
     recs = checkpoint.read_records(ckdir / checkpoint.LAST)
     # None: no checkpoint, or one torn by a killed process; the config row still counts
@@ -45,8 +46,10 @@ def stopped_result(study: Study, tid: str, params: dict[str, Any], ckdir: Path, 
 class Recorder:
     """Tune callback on the driver: progress lines and the Parquet tables as trials end."""
 
-    def __init__(self, study: Study, results_dir: Path, quiet: bool = False, tracker: Any = None) -> None:
+    def __init__(self, study: Study, results_dir: Path, quiet: bool = False, tracker: Any = None,
+                 runs: int | None = None) -> None:
         self.study = study
+        self.runs = runs or study.runs  # the experiment's runs (a confirmation has its own count)
         self.results_dir = results_dir
         self.quiet = quiet
         self.tracker = tracker  # raybal.results.tracking.Tracker (study.mlflow) or None
@@ -67,7 +70,7 @@ class Recorder:
         mus = " ".join(f"{k[3:]} {v:.2f}" for k, v in result.items() if k.startswith("mu."))
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         epochs = self.study.base.train.epochs
-        status_line(f"[{done}/{self.study.runs} done] trial {trial.trial_id} epoch "
+        status_line(f"[{done}/{self.runs} done] trial {trial.trial_id} epoch "
                      f"{result['epoch']}/{epochs}  {metric} {result.get(metric, float('nan')):.3f}"
                      + (f"  MU {mus}" if mus else ""))
 
@@ -81,7 +84,7 @@ class Recorder:
         ckdir = self.results_dir / "checkpoints" / tid
         if (ckdir / SKIPPED).is_file():
             if not self.quiet:
-                status_line(f"trial {tid} skipped: the study already holds its {self.study.runs} runs")
+                status_line(f"trial {tid} skipped: the study already holds its {self.runs} runs")
             return None
         own = read_result(ckdir)
         if own is not None:

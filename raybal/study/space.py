@@ -52,6 +52,14 @@ from raybal.study.distributions import KINDS, Choice, Distribution, LogUniform, 
 from raybal.study.objectives import Objective, StudySettings, resolve_objectives
 
 INTERNAL_PREFIX = "_"  # Optuna-only names (simplex draws, alternatives): not config keys
+STORED_CONFIG = "_config_json"  # a confirmation run's values: the stored config it re-trains (with its seed)
+CONFIRM_RUN = "_confirm"  # a confirmation trial's Tune config: {CONFIRM_RUN: that run's values}
+
+
+def trial_values(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A Tune trial's values: what the searcher drew, or a confirmation run's (held under ``CONFIRM_RUN``)."""
+    inner = params.get(CONFIRM_RUN)
+    return dict(inner) if isinstance(inner, Mapping) else dict(params)
 
 
 @dataclass(frozen=True)
@@ -161,6 +169,15 @@ class Study:
     source: str = ""  # the study file's text as the user wrote it
     resolved: dict[str, Any] = field(default_factory=dict)  # the whole file after --set overrides: what ran
     overrides: dict[str, Any] = field(default_factory=dict)  # the --set overrides, for the record
+
+    def run_config(self, values: Mapping[str, Any]) -> RunConfig:
+        """One trial's run config: the base run with the values the search drew, or for a confirmation run
+        (``raybal confirm``) the config a search run stored, with the run's own ``train.seed``."""
+        if STORED_CONFIG in values:
+            from raybal.resolve import config_from_json, with_overrides
+
+            return with_overrides(config_from_json(values[STORED_CONFIG]), {"train.seed": values["train.seed"]})
+        return self.space.trial_config(self.base_raw, values)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (to Ray workers, into Ray Tune's state in the results folder) with the credentials of

@@ -203,3 +203,39 @@ def test_lost_node_mid_study(tmp_path: Path, two_node_cluster) -> None:  # noqa:
         from raybal.analysis.best import best_trial
 
         assert not set(best_trial(out).trial_ids) & set(failed["trial_id"])
+
+
+@pytest.mark.faults
+def test_killed_confirmation_then_resume(tmp_path: Path, local_ray: None) -> None:
+    """Issue 36: ``raybal confirm`` killed mid-way continues with the same command; every planned run is
+    recorded once, on the planned fresh seeds, and what finished before the kill is kept."""
+    import json
+
+    import ray
+
+    out = tmp_path / "res"
+    study = study_file(tmp_path, 2, epochs=2, extra="repeats = 2\nmax_concurrent = 1\n")
+    assert main(["study", "run", str(study), "--results", str(out), "--quiet"]) == 0
+    args = ["confirm", str(out), "--top", "2", "--seeds", "3", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "raybal.cli", *args, "--address",
+                             ray.get_runtime_context().gcs_address],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_trials(out, 4 + 1, proc)  # the search's 4 runs and a first confirmation run
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    before = pd.read_parquet(out / "trials.parquet")
+    assert 5 <= len(before) < 4 + 6
+    assert main(args) == 0
+    t = assert_complete(out, 4 + 6, 2)
+    conf = t[t["role"] == "confirm"]
+    plan = json.loads((out / "confirm.json").read_text())
+    assert plan["status"] == "finished" and len(plan["configs"]) == 2  # no baseline in this study
+    assert not conf.duplicated(["config_id", "train.seed"]).any() and set(conf["train.seed"]) == set(plan["seeds"])
+    assert not set(plan["seeds"]) & set(t.loc[t["role"] != "confirm", "train.seed"])
+    assert set(before["trial_id"]) <= set(t["trial_id"])
