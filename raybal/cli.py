@@ -89,13 +89,14 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from raybal.config import ConfigError
     from raybal.data.prepare import check_out, prepare, source_identity
     from raybal.resolve import load_config
 
-    if args.shard_mb <= 0:
-        from raybal.config import ConfigError
-
+    if not args.shard_mb > 0 or args.shard_mb == float("inf"):  # nan and inf too
         raise ConfigError("--shard-mb", f"a positive size in MiB, got {args.shard_mb:g}")
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError("--workers", f"0 or more reading processes, got {args.workers}")
     cfg = load_config(args.config, _overrides(args.set))
     before = check_out(Path(args.out).expanduser(), source_identity(cfg.data))
     meta = prepare(cfg.data, args.out, workers=args.workers, shard_mb=args.shard_mb, progress=_progress(args.quiet))
@@ -131,7 +132,7 @@ def _study_summary(res: Any) -> int:
     from raybal.analysis.best import best_trial, format_best, searched_columns
     from raybal.results.tables import ResultsError
 
-    t = res.trials
+    t = res.search().trials  # the study's own runs (not a confirmation's)
     objectives = [o["metric"] for o in res.meta.get("objectives", [])]
     cols = (["trial_id", "role", "train.seed", "status"] + [c for c in objectives if c in t]
             + searched_columns(t, res.meta))
@@ -156,8 +157,15 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     from raybal.analysis.best import best_trial, format_best
     from raybal.analysis.confirm import confirm
 
-    confirm(args.results, top=args.top, seeds=args.seeds, address=args.address, quiet=args.quiet)
+    res = confirm(args.results, top=args.top, seeds=args.seeds, address=args.address, quiet=args.quiet)
     print(format_best(best_trial(args.results)))
+    conf = res.trials[res.trials["role"] == "confirm"]
+    failed = conf[conf["status"] != "ok"]
+    if not failed.empty:
+        seeds = ", ".join(f"{r['config_id']} seed {int(r['train.seed'])}" for _, r in failed.iterrows())
+        print(f"raybal: {len(failed)} confirmation run(s) did not finish ok ({seeds}); run the same command to "
+              "retry them", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

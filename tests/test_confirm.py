@@ -99,11 +99,33 @@ def test_confirm_bad_input_exits_2_with_one_line(small_study: Path, tmp_path: Pa
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"kind": "run", "format_version": 1}))
+    torn = tmp_path / "torn"
+    shutil.copytree(small_study, torn)
+    (torn / "confirm.json").write_text('{"top": 2, "seeds": [10')
     for argv, expect in ((["confirm", str(small_study), "--top", "0"], "--top: at least 1 configuration"),
                          (["confirm", str(small_study), "--seeds", "1"], "--seeds: at least 2 fresh seeds"),
                          (["confirm", str(run)], "no study.json"),
-                         (["confirm", str(tmp_path / "nothing")], "no study.json")):
+                         (["confirm", str(tmp_path / "nothing")], "no study.json"),
+                         (["confirm", str(torn)], "confirm.json: not a confirmation plan raybal wrote")):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expect in err, (argv, err)
     assert not (small_study / "confirm.json").exists()
+
+
+def test_the_confirmation_figure_is_skipped_not_fatal_when_no_configuration_can_be_called_best(
+        small_study: Path, tmp_path: Path) -> None:
+    """A confirmation whose study has no complete configuration under its constraints (an interrupted
+    study, a constraint nobody meets): the report skips the figure with the reason instead of failing."""
+    from raybal.analysis.plots import NoData, confirmation
+    from raybal.results.tables import load_results
+
+    d = tmp_path / "res"
+    shutil.copytree(small_study, d)
+    (d / "confirm.json").write_text(json.dumps({"top": 1, "seeds": [1000, 1001], "configs": []}))
+    meta = json.loads((d / "study.json").read_text())
+    meta["best"]["constraints"] = ["final.val_accuracy >= 2"]
+    (d / "study.json").write_text(json.dumps(meta))
+    with pytest.raises(NoData, match="no configuration whose every seed finished ok meets"):
+        confirmation(load_results(d))
+    assert main(["report", str(d), "--out", str(d / "rep")]) == 0

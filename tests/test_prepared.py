@@ -126,7 +126,6 @@ def test_an_interrupted_prepare_resumes_and_a_half_written_store_is_refused(tmp_
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg.data, out, shard_samples=16)
     assert written == ["train-00000.npy", "train-00001.npy"] and not (out / "prepared.json").exists()
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no half-written shard left behind
     with pytest.raises(ConfigError, match=r"data\.path: .*store: an unfinished raybal prepare"):
         default_config(**{"data.name": "prepared", "data.path": str(out)})
 
@@ -194,3 +193,52 @@ def test_a_local_store_is_read_in_the_training_process_on_two_cpus_and_a_url_by_
     pinned = load_data(default_config(**{"data.name": "prepared", "data.path": str(tmp_path / "s"),
                                          "data.num_workers": 1}).data)
     assert pinned.train.pipe.num_workers == 1  # a value in the file wins
+
+
+def test_a_resumed_prepare_checks_its_source_and_clears_a_killed_shard_write(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import raybal.data.prepare as prep
+
+    cfg = default_config(**{"data.n_train": 96, "data.n_val": 16, "data.n_test": 16})
+    out = tmp_path / "store"
+
+    def dies(path, dtype, records):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep, "_write_shard", dies)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg.data, out, shard_samples=16)
+    monkeypatch.undo()
+    (out / ".train-00000.npy.abc.tmp").write_bytes(b"half a shard")  # what a SIGKILL mid-write leaves
+    other = default_config(**{"data.n_train": 96, "data.n_val": 16, "data.n_test": 16, "data.seed": 3})
+    with pytest.raises(DataError, match="holds a store prepared from another data config"):
+        prepare(other.data, out, shard_samples=16)
+    text = (out / ".raybal-prepare.json").read_text()
+    marker = json.loads(text)
+    marker["layout"]["train"]["indices"] = "0" * 16  # as if the source's files had moved between the two runs
+    (out / ".raybal-prepare.json").write_text(json.dumps(marker))
+    with pytest.raises(DataError, match="samples or splits changed since this prepare began"):
+        prepare(cfg.data, out)
+    (out / ".raybal-prepare.json").write_text(text)
+    meta = prepare(cfg.data, out, shard_samples=50)  # resumed: the first call's shard size is kept
+    assert meta["shard_size"] == 16 and not list(out.glob(".*.tmp"))
+
+
+def test_a_process_keeps_a_bounded_number_of_shards_open_and_a_bad_header_is_named(tmp_path: Path,
+                                                                                 monkeypatch) -> None:  # noqa: ANN001
+    from raybal.data.prepared import ShardSource
+
+    cfg = default_config(**{"data.n_train": 64, "data.n_val": 16, "data.n_test": 16})
+    prepare(cfg.data, tmp_path / "s", shard_samples=4)  # 16 training shards
+    monkeypatch.setattr(ShardSource, "MAX_OPEN", 3)
+    data = load_data(default_config(**{"data.name": "prepared", "data.path": str(tmp_path / "s"),
+                                       "data.num_workers": 0}).data)
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    got = torch.cat([y for _, y in data.train.batches(8, order=order)])
+    assert torch.equal(got, load_data(cfg.data).train.y[order]) and len(data.train.source._handles) <= 3
+    shard = tmp_path / "s" / "val-00001.npy"
+    raw = bytearray(shard.read_bytes())
+    raw[raw.index(b"(4,)"):raw.index(b"(4,)") + 4] = b"(5,)"  # the header claims 5 records
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"val-00001\.npy: its header does not match prepared.json"):
+        for _ in data.val.batches(8):
+            pass

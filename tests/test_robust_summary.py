@@ -80,3 +80,20 @@ def test_mra_and_relative_robustness_are_study_objectives() -> None:
         assert obj.mode == "max"
     with pytest.raises(ConfigError, match="test metric"):
         resolve_objectives(StudySettings(objective="robust.test_mra"), base)
+
+
+def test_a_confirmation_run_is_compared_with_the_baselines_confirmation_run_of_its_seed() -> None:
+    """raybal confirm: a confirmation run's seed (1000) is not the search baseline's (0): it is compared with
+    the baseline configuration's confirmation run of seed 1000, not with a search run by replicate."""
+    def row(tid: str, cfg: str, role: str, rep: int, seed: int, acc: float) -> dict:
+        return {"trial_id": tid, "config_id": cfg, "status": "ok", "role": role, "replicate": rep,
+                "train.seed": seed, "final.test_accuracy": acc}
+
+    trials = pd.DataFrame([row("b0", "B", "baseline", 0, 0, 0.9), row("m0", "M", "search", 0, 0, 1.0),
+                           row("cb0", "B", "confirm", 0, 1000, 0.8), row("cm0", "M", "confirm", 0, 1000, 1.0)])
+    rob = pd.DataFrame(_rows("b0", [0.6, 0.3]) + _rows("m0", [0.9, 0.7]) + _rows("cb0", [0.4, 0.2])
+                       + _rows("cm0", [0.5, 0.5]))
+    s = summary_table(trials, rob, "accuracy").set_index(["trial_id", "modality", "corruption"])
+    assert s.loc[("m0", "eo", "clouds"), "ce"] == pytest.approx((0.1 + 0.3) / (0.4 + 0.7))  # against b0
+    assert s.loc[("cm0", "eo", "clouds"), "ce"] == pytest.approx((0.5 + 0.5) / (0.6 + 0.8))  # against cb0
+    assert math.isnan(s.loc[("cb0", "eo", "clouds"), "ce"])  # the baseline's own confirmation run

@@ -47,6 +47,9 @@ class Confirmed:
         out = []
         planned = len(self.seeds)
         if self.interval is None:
+            if self.pick not in set(self.table["config_id"]):
+                return [f"the best configuration under this selection ({self.pick}) is not one the recorded "
+                        f"confirmation re-trains ({', '.join(self.table['config_id'])}); see its table below"]
             return [f"confirmation planned on {planned} fresh seeds; no confirmed run of the best configuration "
                     "has finished yet (run raybal confirm again to continue it)"]
         n = self.interval.n
@@ -67,12 +70,13 @@ class Confirmed:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"metric": self.metric, "seeds": self.seeds, "pick": self.pick, "gap": self.gap,
+        return {"metric": self.metric, "seeds": self.seeds, "pick": self.pick,
+                "gap": None if math.isnan(self.gap) else self.gap,
                 "interval": self.interval.to_json() if self.interval else None,
                 "search_interval": self.search_interval.to_json() if self.search_interval else None,
                 "vs_baseline": self.vs_baseline.to_json(self.metric) if self.vs_baseline else None,
                 "best_confirmed": self.best_confirmed, "sentences": self.sentences(),
-                "table": json.loads(self.table.to_json(orient="records"))}
+                "table": json.loads(self.table.to_json(orient="records"))}  # NaN -> null
 
 
 def _values(rows: pd.DataFrame, metric: str) -> dict[int, float]:

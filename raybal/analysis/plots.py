@@ -42,6 +42,7 @@ def metric_of(res: Results) -> str:
 
 def mu_over_epochs(res: Results, split: str = "val") -> plt.Figure:
     """1. MU share per modality over epochs, one line per trial; each target as a ±0.05 band."""
+    res = res.search()  # the study's runs, not a confirmation's (raybal confirm)
     u = res.utilization
     if u.empty or "mu" not in u:
         raise NoData("utilization.parquet is empty")
@@ -82,6 +83,7 @@ def _bounded_band(values: Any) -> tuple[float, float]:
 def accuracy_vs_noise(res: Results, split: str | None = None) -> plt.Figure:
     """2. Accuracy vs corruption level per corrupted modality, one curve per method / target (mean and 95 %
     t interval over its runs: the seeds of a configuration, or trials sharing a label)."""
+    res = res.search()  # the study's runs, not a confirmation's (raybal confirm)
     r = res.robustness
     if r.empty:
         raise NoData("robustness.parquet is empty (no [robustness] sweep was run)")
@@ -121,6 +123,7 @@ def accuracy_vs_noise(res: Results, split: str | None = None) -> plt.Figure:
 
 def achieved_vs_target(res: Results) -> plt.Figure:
     """3. Achieved test MU share vs the target, per modality, with the identity line and a ±0.10 band."""
+    res = res.search()  # the study's runs, not a confirmation's (raybal confirm)
     t = res.trials
     t = t[t["status"] == "ok"] if "status" in t else t
     tcols = target_columns(t.columns)
@@ -161,6 +164,7 @@ def search(res: Results, objective: str | None = None) -> plt.Figure:
     """4. The objective vs each searched parameter, one point per configuration (the mean over its seeds,
     95 % interval as error bars), the baseline as a line with its interval as a band; the Pareto front of
     configuration means for multi-objective studies."""
+    res = res.search()  # the study's runs, not a confirmation's (raybal confirm)
     from raybal.analysis.best import pareto_front, searched_columns
 
     t = res.trials
@@ -219,6 +223,7 @@ def search(res: Results, objective: str | None = None) -> plt.Figure:
 def configurations(res: Results, objective: str | None = None) -> plt.Figure:
     """5. Every configuration's objective, ranked: the mean over its seeds with its 95 % t interval; the
     baseline's mean and interval as a band (is the best distinguishable from it?)."""
+    res = res.search()  # the study's runs, not a confirmation's (raybal confirm)
     objectives = res.meta.get("objectives", [])
     objective = objective or (objectives[0]["metric"] if objectives else None)
     if res.kind != "study" or not objective or objective not in res.trials:
@@ -253,6 +258,7 @@ def utilization_effect(res: Results, objective: str | None = None) -> plt.Figure
     share of the searched target's modality), coloured by seed; the least-squares line with its 95 %
     confidence band, and the shares of variance explained by utilization, the configuration and the seed
     (:mod:`raybal.analysis.effect`)."""
+    res = res.search()  # the study's runs, not a confirmation's (raybal confirm)
     from raybal.analysis.effect import STEP, effect_runs, targeted_modality
     from raybal.analysis.effect import utilization_effect as effect_of
     from raybal.analysis.intervals import t_quantile
@@ -299,6 +305,7 @@ def utilization_effect(res: Results, objective: str | None = None) -> plt.Figure
 
 def greedy(res: Results) -> plt.Figure:
     """6. Wu et al.: learning-speed imbalance over training and the final conditional utilization imbalance."""
+    res = res.search()  # the study's runs, not a confirmation's (raybal confirm)
     e, t = res.epochs, res.trials
     if "speed_imbalance" not in e or e["speed_imbalance"].dropna().empty:
         raise NoData("no learning-speed records (no trial of a method that tracks conditional learning speed)")
@@ -329,6 +336,7 @@ def greedy(res: Results) -> plt.Figure:
 def imbalance_measures(res: Results) -> plt.Figure:
     """7. Three imbalance measures side by side on test, per method and modality: permutation MU's share,
     the Shapley contribution (BalanceBenchmark's; in metric units) and mean-ablation utilization."""
+    res = res.search()  # the study's runs, not a confirmation's (raybal confirm)
     t = res.trials
     measures = [("final.mu.", "permutation MU share"), ("final.test_shapley.", "Shapley contribution (metric)"),
                 ("final.test_ablation_util.", "mean-ablation utilization")]
@@ -383,6 +391,7 @@ def importance(res: Results) -> plt.Figure:
 def robustness_mra(res: Results) -> plt.Figure:
     """9. Mean relative accuracy (mRA) per corrupted modality x corruption on test, one heat map per method
     (the mean over its runs), from ``robustness_summary.parquet``: where each method keeps its accuracy."""
+    res = res.search()  # the study's runs, not a confirmation's (raybal confirm)
     path = res.path / "robustness_summary.parquet"
     if not path.is_file():
         raise NoData("no robustness summary (no sweep was run)")
@@ -410,12 +419,20 @@ def confirmation(res: Results) -> plt.Figure:
     """10. The winner's curse, measured: each configuration ``raybal confirm`` re-trained, its search-time
     mean and 95 % interval (the seeds it was selected on) beside its confirmed one (fresh seeds)."""
     from raybal.analysis.best import best_trial
+    from raybal.results.tables import ResultsError
 
     if res.kind != "study":
         raise NoData("not a study")
-    conf = best_trial(res.path, importance=None).confirmed
+    none = NoData("no confirmation (raybal confirm DIR re-trains the top configurations on fresh seeds)")
+    t = res.trials
+    if not (res.path / "confirm.json").is_file() and not ("role" in t and (t["role"] == "confirm").any()):
+        raise none
+    try:
+        conf = best_trial(res.path, importance=None).confirmed
+    except ResultsError as exc:  # no configuration to call best: nothing to set the confirmation beside
+        raise NoData(str(exc)) from None
     if conf is None or conf.table["n_confirmed"].sum() == 0:
-        raise NoData("no confirmation (raybal confirm DIR re-trains the top configurations on fresh seeds)")
+        raise none
     tab = conf.table
     labels = [f"{'baseline' if r.role == 'baseline' else f'#{int(r.rank)}'} {str(r.config_id)[:8]}"
               for r in tab.itertuples()]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from raybal.results.tables import atomic_path, check_writable, load_results
+from raybal.results.tables import ResultsError, atomic_path, check_writable, load_results
 
 
 @dataclass
@@ -58,7 +58,7 @@ def make_report(results_dir: str | Path, out_dir: str | Path | None = None, dpi:
     for name, (fn, caption) in FIGURES.items():
         try:
             fig = fn(res if name == "confirmation" else search)
-        except NoData as exc:
+        except (NoData, ResultsError) as exc:  # e.g. no configuration to call best yet: a note, not a failure
             figures.append(Figure(name, caption, None, str(exc)))
             continue
         path = out / f"{name}.png"

@@ -33,6 +33,7 @@ from raybal.data.prepared import (
     META,
     SPLITS,
     ShardSource,
+    header_matches,
     record_dtype,
     shard_header,
     shard_name,
@@ -76,11 +77,23 @@ def check_out(out: Path, identity: dict[str, Any]) -> str:
 
 
 def _shard_whole(path: Path, dtype: np.dtype, n: int) -> bool:
-    header = shard_header(dtype, n)
-    if not path.is_file() or path.stat().st_size != len(header) + n * dtype.itemsize:
+    length = len(shard_header(dtype, n))
+    if not path.is_file() or path.stat().st_size != length + n * dtype.itemsize:
         return False
     with open(path, "rb") as f:
-        return f.read(len(header)) == header
+        return header_matches(f.read(length), dtype, n)
+
+
+def _layout(splits: dict[str, Any]) -> dict[str, Any]:
+    """What the source's splits hold (their sizes and a digest of their sample assignment): a prepare
+    resumes only on the same."""
+    import hashlib
+
+    out = {}
+    for name, sp in splits.items():
+        idx = np.asarray(sp.indices if hasattr(sp, "indices") else np.arange(len(sp)), dtype=np.int64)
+        out[name] = {"n": len(sp), "indices": hashlib.sha256(idx.tobytes()).hexdigest()[:16]}
+    return out
 
 
 def _label_layout(split: Any) -> tuple[tuple[int, ...], bool]:
@@ -106,16 +119,23 @@ def prepare(cfg: DataConfig, out: str | Path, *, workers: int | None = None, sha
     n_workers = auto_workers(getattr(cfg.params, "num_workers", None) if workers is None else workers)
     splits = {s: data.split(s).with_pipe(Pipe(num_workers=n_workers if isinstance(data.split(s), LazySplit) else 0))
               for s in SPLITS}
-    shapes = {m: tuple(s) for m, s in data.train.shapes.items()}
+    shapes = {m: tuple(data.train.shapes[m]) for m in data.modalities}  # records in the declared order
     label_shape, label_float = _label_layout(splits["train"])
     dtype = record_dtype(shapes, label_shape, label_float)
     per = shard_samples or max(1, int(shard_mb * 2 ** 20) // dtype.itemsize)
-    if state == "resume":  # the shards already written fix the shard size
-        per = int(json.loads((out / MARKER).read_text()).get("shard_size", per))
+    layout = _layout(splits)
+    if state == "resume":  # the shards already written fix the shard size; the source must be the same
+        marker = json.loads((out / MARKER).read_text())
+        per = int(marker.get("shard_size", per))
+        if marker.get("layout") != layout:
+            raise DataError(f"{out}: the source's samples or splits changed since this prepare began (its files "
+                            "were added, removed or moved); remove the folder and prepare again")
+        for tmp in out.glob(".*.tmp"):  # a shard being written when the prepare was killed
+            tmp.unlink(missing_ok=True)
     else:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / MARKER, json.dumps({"source": identity, "format_version": FORMAT_VERSION,
-                                                     "shard_size": per}, sort_keys=True).encode())
+                                                     "shard_size": per, "layout": layout}, sort_keys=True).encode())
     info: dict[str, Any] = {}
     total = sum(len(sp) for sp in splits.values())
     done = 0
@@ -159,7 +179,7 @@ def prepare(cfg: DataConfig, out: str | Path, *, workers: int | None = None, sha
             "num_classes": int(data.num_classes), "class_names": list(data.class_names),
             "modalities": list(data.modalities), "shapes": {m: list(s) for m, s in shapes.items()},
             "label": {"shape": list(label_shape), "dtype": "float32" if label_float else "int64"},
-            "shard_size": per, "splits": info, "normalizer": norm.to_dict(),
+            "shard_size": per, "splits": info, "layout": layout, "normalizer": norm.to_dict(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_bytes(out / META, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
     (out / MARKER).unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -75,13 +76,19 @@ def shard_header(dtype: np.dtype, n: int) -> bytes:
     return buf.getvalue()
 
 
-def _open_binary(path: str) -> Any:
-    """A readable binary file for a local path or an fsspec URL."""
-    if not is_url(path):
-        return open(path, "rb")  # noqa: SIM115 (the caller closes it)
-    import fsspec
+def header_matches(head: bytes, dtype: np.dtype, n: int) -> bool:
+    """Does ``head`` (a shard file's first bytes) declare ``n`` records of ``dtype``? Parsed, not compared
+    byte for byte: another NumPy may format the same header differently."""
+    import io
 
-    return fsspec.open(path, "rb").open()
+    try:
+        f = io.BytesIO(head)
+        if npy_format.read_magic(f) != (1, 0):
+            return False
+        shape, fortran, found = npy_format.read_array_header_1_0(f)
+    except ValueError:
+        return False
+    return shape == (n,) and not fortran and found == dtype and f.tell() == len(head)
 
 
 def _unreachable(where: str, exc: BaseException) -> DataError:
@@ -143,7 +150,16 @@ def read_meta(root: str) -> dict[str, Any]:
 
 
 class ShardSource:
-    """One split of a prepared store: sample i is record ``i % per`` of shard ``i // per``."""
+    """One split of a prepared store: sample i is record ``i % per`` of shard ``i // per``.
+
+    On a local path each process keeps up to :attr:`MAX_OPEN` shards open (least recently used closed
+    first: a global shuffle touches every shard each epoch, and a large store has thousands). A URL is
+    read without open files: a batch's records as byte ranges in one fsspec call (``cat_ranges``, which
+    object stores serve concurrently), never through a read-ahead cache that would fetch a block per
+    sample. Each shard is checked against ``prepared.json`` (its size and header) the first time a
+    process reads it."""
+
+    MAX_OPEN = 64
 
     def __init__(self, root: str, split: str, meta: dict[str, Any], modalities: tuple[str, ...]) -> None:
         self.root, self.split, self.modalities = root, split, modalities
@@ -151,78 +167,109 @@ class ShardSource:
         self.n, self.per = int(info["n"]), int(meta["shard_size"])
         self.counts = [int(c) for c in info["shards"]]
         lab = meta["label"]
-        # the record's field order is the store's modality order (prepared.json's keys are sorted)
+        # the record's field order is the store's modality order (the list in prepared.json)
         self.dtype = record_dtype({m: tuple(meta["shapes"][m]) for m in meta["modalities"]}, tuple(lab["shape"]),
                                   lab["dtype"] == "float32")
         self.files = [join(root, shard_name(split, k)) for k in range(len(self.counts))]
         self.offsets = [len(shard_header(self.dtype, c)) for c in self.counts]
-        self._handles: dict[int, Any] = {}
+        self.url = is_url(root)
+        self._handles: OrderedDict[int, Any] = OrderedDict()
+        self._checked: set[int] = set()
+        self._fs: Any = None
         self._pid = -1
         # a local record is one pread of page-cached bytes (~25 us); a URL may wait on the network
-        self.cheap_reads = not is_url(root)
+        self.cheap_reads = not self.url
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_handles": {}, "_pid": -1}
+        return {**self.__dict__, "_handles": OrderedDict(), "_checked": set(), "_fs": None, "_pid": -1}
 
     def __len__(self) -> int:
         return self.n
 
-    def _handle(self, k: int) -> Any:
+    def _fresh(self) -> None:
+        """Handles and checks belong to the process that made them (a forked DataLoader process starts anew)."""
         if self._pid != os.getpid():
-            self._handles, self._pid = {}, os.getpid()
-        h = self._handles.get(k)
-        if h is None:
-            h = self._handles[k] = self._open(k)
-        return h
+            self._handles, self._checked, self._fs, self._pid = OrderedDict(), set(), None, os.getpid()
 
-    def _open(self, k: int) -> Any:
-        """Open shard k and check it against ``prepared.json``: its size and its header."""
-        path = self.files[k]
-        expect = self.offsets[k] + self.counts[k] * self.dtype.itemsize
-        try:
-            f = _open_binary(path)
-        except FileNotFoundError:
-            raise DataError(f"{path}: shard missing (the store is damaged: prepare it again)") from None
-        except Exception as exc:
-            raise _unreachable(path, exc) from None
-        try:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(0)
-            head = f.read(self.offsets[k])
-        except Exception as exc:
-            f.close()
-            raise _unreachable(path, exc) from None
-        if size != expect or head != shard_header(self.dtype, self.counts[k]):
-            f.close()
-            what = (f"truncated: {size} of {expect} bytes" if size < expect else
-                    f"{size} bytes, expected {expect}" if size != expect else "its header does not match prepared.json")
+    def _check(self, k: int, size: int, head: bytes) -> None:
+        """Shard k's size and header against ``prepared.json``."""
+        path, expect = self.files[k], self.offsets[k] + self.counts[k] * self.dtype.itemsize
+        if size != expect:
+            what = f"truncated: {size} of {expect} bytes" if size < expect else f"{size} bytes, expected {expect}"
             raise DataError(f"{path}: {what} (the store is damaged: prepare it again)")
-        return f
+        if not header_matches(head, self.dtype, self.counts[k]):
+            raise DataError(f"{path}: its header does not match prepared.json (the store is damaged: prepare it again)")
 
-    def _into(self, i: int, view: memoryview) -> None:
-        """Record i's bytes into ``view``: one positioned read."""
-        k, r = divmod(i, self.per)
-        f = self._handle(k)
-        off, size = self.offsets[k] + r * self.dtype.itemsize, self.dtype.itemsize
-        if not is_url(self.files[k]):
-            got = os.preadv(f.fileno(), [view], off)
-        else:
-            f.seek(off)
-            blob = f.read(size)
-            got = len(blob)
-            view[:got] = blob
-        if got != size:
-            raise DataError(f"{self.files[k]}: truncated at sample {r} (a short read: the store is damaged, "
-                            "prepare it again)")
+    def _fd(self, k: int) -> int:
+        """A local shard's file descriptor, opened and checked on first use."""
+        fd = self._handles.get(k)
+        if fd is not None:
+            self._handles.move_to_end(k)
+            return fd
+        try:
+            fd = os.open(self.files[k], os.O_RDONLY)
+        except FileNotFoundError:
+            raise DataError(f"{self.files[k]}: shard missing (the store is damaged: prepare it again)") from None
+        try:
+            if k not in self._checked:
+                self._check(k, os.fstat(fd).st_size, os.pread(fd, self.offsets[k], 0))
+                self._checked.add(k)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._handles[k] = fd
+        while len(self._handles) > self.MAX_OPEN:
+            os.close(self._handles.popitem(last=False)[1])
+        return fd
+
+    def _remote(self, k: int) -> Any:
+        """The fsspec file system of a URL store, shard k checked on first use."""
+        import fsspec
+
+        path = self.files[k]
+        try:
+            if self._fs is None:
+                self._fs = fsspec.core.url_to_fs(self.root)[0]
+            if k not in self._checked:
+                try:
+                    size = int(self._fs.size(path))
+                except FileNotFoundError:
+                    raise DataError(f"{path}: shard missing (the store is damaged: prepare it again)") from None
+                self._check(k, size, self._fs.cat_file(path, 0, self.offsets[k]))
+                self._checked.add(k)
+        except DataError:
+            raise
+        except Exception as exc:
+            raise _unreachable(path, exc) from None
+        return self._fs
 
     def read_batch(self, idx: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Samples ``idx`` as batch arrays (what the pipeline's reader asks for: no per-sample objects)."""
+        self._fresh()
         size = self.dtype.itemsize
         buf = bytearray(len(idx) * size)
         view = memoryview(buf)
-        for j, i in enumerate(idx):
-            self._into(i, view[j * size:(j + 1) * size])
+        where = [(*divmod(i, self.per),) for i in idx]
+        if not self.url:
+            for j, (k, r) in enumerate(where):
+                got = os.preadv(self._fd(k), [view[j * size:(j + 1) * size]], self.offsets[k] + r * size)
+                if got != size:
+                    raise DataError(f"{self.files[k]}: truncated at sample {r} (a short read: the store is "
+                                    "damaged, prepare it again)")
+        else:
+            fs = None
+            for k in dict.fromkeys(k for k, _ in where):
+                fs = self._remote(k)
+            starts = [self.offsets[k] + r * size for k, r in where]
+            try:
+                blobs = fs.cat_ranges([self.files[k] for k, _ in where], starts, [s + size for s in starts])
+            except Exception as exc:
+                raise _unreachable(self.files[where[0][0]], exc) from None
+            for j, ((k, r), blob) in enumerate(zip(where, blobs, strict=True)):
+                if isinstance(blob, BaseException) or len(blob) != size:
+                    raise DataError(f"{self.files[k]}: truncated at sample {r} (a short read: the store is "
+                                    "damaged, prepare it again)")
+                view[j * size:(j + 1) * size] = blob
         rec = np.frombuffer(buf, dtype=self.dtype)
         return {m: rec[f"x.{m}"] for m in self.modalities}, rec["label"]
 

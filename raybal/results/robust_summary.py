@@ -87,8 +87,20 @@ def summary_table(trials: pd.DataFrame, robustness: pd.DataFrame, metric: str) -
     t = trials.set_index(trials["trial_id"].astype(str))
     ok = t[t["status"] == "ok"] if "status" in t else t
     role = ok["role"] if "role" in ok else pd.Series("search", index=ok.index)
-    base_ids = list(ok.index[role == "baseline"])
-    rep = ok["replicate"] if "replicate" in ok else pd.Series(0, index=ok.index)
+    cfg = ok["config_id"].astype(str) if "config_id" in ok else pd.Series("", index=ok.index)
+    base_cfgs = set(cfg[role == "baseline"]) if "config_id" in ok else set()
+    # the baseline's runs: its search seeds, and (raybal confirm) its confirmation's fresh seeds
+    is_base = cfg.isin(base_cfgs) if base_cfgs else role == "baseline"
+    confirm = role == "confirm"
+    seed = ok["train.seed"] if "train.seed" in ok else (ok["replicate"] if "replicate" in ok
+                                                        else pd.Series(0, index=ok.index))
+
+    def baselines(tid: str) -> list[str]:
+        """The baseline runs a run is compared with: of its own kind (search or confirmation), the one of
+        its seed when there is one, else all of them."""
+        group = [b for b in ok.index[is_base] if confirm[b] == confirm[tid]]
+        return [b for b in group if seed.get(b) == seed.get(tid)] or group
+
     rows_by = {tid: g.to_dict("records") for tid, g in robustness.groupby(robustness["trial_id"].astype(str))}
 
     def curves_of(tid: str, split: str) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
@@ -98,7 +110,7 @@ def summary_table(trials: pd.DataFrame, robustness: pd.DataFrame, metric: str) -
     for tid in ok.index:
         if tid not in rows_by:
             continue
-        paired = [b for b in base_ids if rep.get(b) == rep.get(tid)] or base_ids
+        paired = baselines(tid)
         for split in sorted({r["split"] for r in rows_by[tid]}):
             clean = float(t.at[tid, f"final.{split}_{metric}"]) if f"final.{split}_{metric}" in t else math.nan
             per: list[dict[str, Any]] = []
@@ -107,7 +119,7 @@ def summary_table(trials: pd.DataFrame, robustness: pd.DataFrame, metric: str) -
                 ce = er = math.nan
                 base = [curves_of(b, split).get((mod, cor)) for b in paired]
                 base = [c for c in base if c is not None and c[0] == lv]
-                if base and tid not in base_ids:
+                if base and not is_base[tid]:
                     bvals = [sum(c[1][i] for c in base) / len(base) for i in range(len(lv))]
                     bclean = [float(t.at[b, f"final.{split}_{metric}"]) for b in paired]
                     bm = curve_metrics(lv, bvals, sum(bclean) / len(bclean))

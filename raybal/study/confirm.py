@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,9 +77,10 @@ def plan_confirmation(d: Path, ranking: Ranking, top: int, seeds: int) -> dict[s
         s += 1
     configs = []
     for cid, rank, role in picks:
-        rows = search[(search["config_id"].astype(str) == cid) & (search["status"] == "ok")]
+        every = search[search["config_id"].astype(str) == cid]  # the config is the same whatever its status
+        rows = every[every["status"] == "ok"]
         values = pd.to_numeric(rows[metric], errors="coerce").dropna()
-        configs.append({"config_id": cid, "rank": rank, "role": role, "config_json": str(rows["config_json"].iloc[0]),
+        configs.append({"config_id": cid, "rank": rank, "role": role, "config_json": str(every["config_json"].iloc[0]),
                         "search_mean": float(values.mean()) if len(values) else math.nan,
                         "search_seeds": sorted(int(x) for x in pd.to_numeric(rows["train.seed"]))})
     return {"top": top, "seeds": fresh, "metric": metric, "mode": mode, "configs": configs, "status": "running"}
@@ -104,8 +106,13 @@ def confirm_study(results_dir: str | Path, ranking: Ranking, *, top: int = 3, se
     study, _ = _study(d)
     plan_path = d / PLAN
     if plan_path.is_file():
-        plan = json.loads(plan_path.read_text())
-        if plan["top"] != top or len(plan["seeds"]) != seeds:
+        try:
+            plan = json.loads(plan_path.read_text())
+            recorded = (int(plan["top"]), len(plan["seeds"]), plan["configs"])
+        except (ValueError, KeyError, TypeError):
+            raise ResultsError(f"{plan_path}: not a confirmation plan raybal wrote; remove it and {TUNE_DIR}/ "
+                               "to start the confirmation again") from None
+        if recorded[:2] != (top, seeds):
             raise ResultsError(f"{plan_path}: this study's confirmation is --top {plan['top']} --seeds "
                                f"{len(plan['seeds'])}; run it with those to continue it (or remove {plan_path.name}, "
                                f"{TUNE_DIR}/ and the confirm rows to start another)")
@@ -116,7 +123,7 @@ def confirm_study(results_dir: str | Path, ranking: Ranking, *, top: int = 3, se
         atomic_write_json(plan, plan_path)
     _run(study, d, plan, address, quiet)
     res = load_results(d)
-    done = res.trials[res.trials["role"] == "confirm"]
+    done = res.trials[(res.trials["role"] == "confirm") & (res.trials["status"] == "ok")]
     plan["status"] = "finished" if len(done) >= len(_runs(plan)) else "interrupted"
     atomic_write_json(plan, plan_path)
     return res
@@ -145,9 +152,11 @@ def _run(study: Study, d: Path, plan: dict[str, Any], address: str | None, quiet
 
             _check_tune_state_is_yours(d / TUNE_DIR)
             release_unfinished_slots(d, SLOTS)
+            # a run that failed is tried again from its last checkpoint: a confirmation wants every seed
             tuner = tune.Tuner.restore(str(d / TUNE_DIR), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
+                                       resume_errored=True, restart_errored=False)
         else:
+            shutil.rmtree(d / SLOTS, ignore_errors=True)  # a fresh confirmation: no slot of an earlier one
             tuner = tune.Tuner(
                 trainable, param_space={CONFIRM_RUN: tune.grid_search(runs)},  # one trial per run, in order
                 tune_config=tune.TuneConfig(scheduler=FIFOScheduler(), num_samples=1,

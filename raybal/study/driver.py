@@ -352,7 +352,7 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
         grid = tuner.fit()
         reconcile(study, d, recorder, grid)
         results = load_results(d)
-        n = len(results.trials)
+        n = len(results.search().trials)  # the study's runs (a confirmation's are its own)
         status = "finished" if n >= study.runs else "interrupted"
     finally:
         meta = study_meta(study, status, {"wall_s": time.perf_counter() - t0})
