@@ -9,8 +9,15 @@
    over the target and lambda_max. Reported: the best validation objective of each, the
    test robust accuracy of the trial each would pick, and the compute the study used as a
    fraction of the grid's (epochs trained).
+3. Replicate-aware early stopping (issue 36): the quickstart study (``ntire21`` aerial profile,
+   ``mu_target`` over the EO target and lambda_max, 3 seeds per configuration, the vanilla baseline)
+   with more configurations, run with FIFO and with ASHA (``ReplicateASHA``: a configuration judged by
+   the mean of its seeds at each rung), the same sampler seed; then ``raybal confirm --top 1`` on each.
+   Reported: the epochs each trained (the compute), its wall time, the winner's search-time objective
+   and its confirmed one on 3 fresh seeds (the winner's curse, measured), and the paired difference to
+   vanilla on those seeds.
 
-    python benchmarks/bench_study.py [--quick]
+    python benchmarks/bench_study.py [--quick] [--only overhead efficiency replicates]
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _grid import run_grid  # noqa: E402
+from _record import record  # noqa: E402
 
 from raybal.study.driver import run_study  # noqa: E402
 from raybal.study.space import study_from_dict  # noqa: E402
@@ -106,6 +114,59 @@ def efficiency(out: Path, quick: bool, grid_points: int, samples: int) -> pd.Dat
     ])
 
 
+def replicates(out: Path, quick: bool, samples: int) -> pd.DataFrame:
+    """FIFO against replicate-aware ASHA on the same study, each winner confirmed on fresh seeds."""
+    import ray
+
+    from raybal.analysis.best import best_trial
+    from raybal.analysis.confirm import confirm
+
+    raw = tomllib.loads((ROOT / "studies" / "quickstart.toml").read_text())
+    if quick:
+        raw["data"].update({"n_train": 600, "n_val": 200, "n_test": 200})
+        raw["train"]["epochs"] = 4
+    raw["study"].update({"num_samples": samples, "grace_period": 2, "reduction_factor": 2})
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, logging_level="WARNING")
+    rows = []
+    try:
+        for scheduler in ("fifo", "asha"):
+            raw["study"]["scheduler"] = scheduler
+            raw["study"]["name"] = f"bench_replicates_{scheduler}"
+            study = study_from_dict(raw)
+            d = out / f"replicates-{scheduler}"
+            t0 = time.perf_counter()
+            res = run_study(study, d, quiet=True)
+            t_study = time.perf_counter() - t0
+            search = res.search()
+            epochs = int((search.epochs["split"] == "val").sum())
+            stopped = int((search.trials["status"] == "stopped").sum())
+            t0 = time.perf_counter()
+            confirm(d, top=1, seeds=3, quiet=True)
+            t_confirm = time.perf_counter() - t0
+            b = best_trial(d, importance=None)
+            c = b.confirmed
+            diff = c.vs_baseline.diff if c and c.vs_baseline else None
+            rows.append({
+                "scheduler": "FIFO" if scheduler == "fifo" else "replicate-aware ASHA",
+                "configurations": study.configurations, "runs": len(search.trials), "stopped_runs": stopped,
+                "epochs_trained": epochs, "study_wall_s": t_study, "best_config": b.config_id,
+                "search_value": b.value, "search_low": b.interval.low, "search_high": b.interval.high,
+                "confirmed_value": c.interval.mean if c and c.interval else np.nan,
+                "confirmed_low": c.interval.low if c and c.interval else np.nan,
+                "confirmed_high": c.interval.high if c and c.interval else np.nan,
+                "winners_curse": c.gap if c else np.nan,
+                "vs_vanilla_confirmed": diff.mean if diff else np.nan,
+                "vs_vanilla_low": diff.low if diff else np.nan, "vs_vanilla_high": diff.high if diff else np.nan,
+                "confirm_wall_s": t_confirm})
+            print(f"  {rows[-1]['scheduler']}: {epochs} epochs, {stopped} runs stopped, {t_study:.0f} s; best "
+                  f"{b.value:.4f} at search time, {rows[-1]['confirmed_value']:.4f} confirmed", flush=True)
+    finally:
+        ray.shutdown()
+    df = pd.DataFrame(rows)
+    df["compute_vs_fifo"] = df["epochs_trained"] / df["epochs_trained"].iloc[0]
+    return df
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -114,7 +175,12 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=10, help="study trials for the efficiency comparison")
     ap.add_argument("--out", default="benchmarks/out/study")
     ap.add_argument("--skip-efficiency", action="store_true")
+    ap.add_argument("--only", nargs="*", choices=("overhead", "efficiency", "replicates"),
+                    default=["overhead", "efficiency", "replicates"], help="sections to run")
+    ap.add_argument("--configs", type=int, default=8, help="configurations of the replicates comparison")
     args = ap.parse_args()
+    if args.skip_efficiency:
+        args.only = [s for s in args.only if s != "efficiency"]
     out = Path(args.out)
     if out.exists():
         import shutil
@@ -122,12 +188,20 @@ def main() -> None:
         shutil.rmtree(out)  # the benchmark's own scratch directory: studies start fresh
     out.mkdir(parents=True)
     n = 3 if args.quick else args.trials
-    ov = overhead(out, n, args.quick)
     pd.set_option("display.width", 200)
-    print("\nPer-trial overhead (one-worker trials run fit() in the Tune trial process)")
-    print(ov.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    ov.to_parquet(out / "overhead.parquet")
-    if not args.skip_efficiency:
+    if "overhead" in args.only:
+        ov = overhead(out, n, args.quick)
+        print("\nPer-trial overhead (one-worker trials run fit() in the Tune trial process)")
+        print(ov.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        ov.to_parquet(out / "overhead.parquet")
+    if "replicates" in args.only:
+        rep = replicates(out, args.quick, 3 if args.quick else args.configs)
+        print("\nReplicate-aware ASHA against FIFO on the quickstart study (3 seeds per configuration, objective "
+              "robust.val_mean_accuracy); each winner confirmed on 3 fresh seeds")
+        print(rep.T.to_string(header=False, float_format=lambda v: f"{v:.4f}"))
+        rep.to_parquet(out / "replicates.parquet")
+        record("bench_study_replicates", rep, args.quick)
+    if "efficiency" in args.only:
         eff = efficiency(out, args.quick, 3 if args.quick else args.grid_points, 4 if args.quick else args.samples)
         print("\nSearch efficiency on the aerial_noise objective (robust.val_mean_accuracy)")
         print(eff.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

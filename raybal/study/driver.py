@@ -273,9 +273,26 @@ def _concurrency(study: Study) -> int:
     return max(min(n, study.runs), 1)
 
 
+def scheduler_for(study: Study) -> Any:
+    """The study's Tune scheduler: FIFO, or ASHA on the per-epoch validation metric; with ``repeats > 1``
+    the replicate-aware ASHA (:mod:`raybal.study.scheduler`), which judges a configuration by the mean
+    over its seeds and never on one seed's report."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = study.settings
+    if s.scheduler != "asha":
+        return FIFOScheduler()
+    kw = {"time_attr": "epoch", "metric": f"val_{metric_name(study.base.data.params.task)}", "mode": "max",
+          "max_t": study.base.train.epochs, "grace_period": grace_period(study), "reduction_factor": s.reduction_factor}
+    if s.repeats > 1:
+        from raybal.study.scheduler import ReplicateASHA
+
+        return ReplicateASHA(repeats=s.repeats, **kw)
+    return ASHAScheduler(**kw)
+
+
 def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -> Any:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from raybal.study.searcher import StudySearch
 
@@ -291,7 +308,6 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
     if restore:
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
-    metric = metric_name(study.base.data.params.task)
     base_flat = study.base_flat
     metrics = [o.metric for o in study.objectives]
     modes = [o.mode for o in study.objectives]
@@ -304,10 +320,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
                            constraints=study.constraints,
                             metric=metrics if len(metrics) > 1 else metrics[0],
                             mode=modes if len(modes) > 1 else modes[0], sampler=study.sampler())
-    scheduler = (ASHAScheduler(time_attr="epoch", metric=f"val_{metric}", mode="max", max_t=study.base.train.epochs,
-                               grace_period=grace_period(study),
-                               reduction_factor=s.reduction_factor)
-                 if s.scheduler == "asha" else FIFOScheduler())
+    scheduler = scheduler_for(study)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=study.runs,
