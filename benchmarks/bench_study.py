@@ -122,9 +122,10 @@ def replicates(out: Path, quick: bool, samples: int) -> pd.DataFrame:
     from raybal.analysis.confirm import confirm
 
     raw = tomllib.loads((ROOT / "studies" / "quickstart.toml").read_text())
-    if quick:
+    if quick:  # a smoke run: too little data for the quickstart's accuracy constraint
         raw["data"].update({"n_train": 600, "n_val": 200, "n_test": 200})
         raw["train"]["epochs"] = 4
+        raw["study"]["constraints"] = []
     raw["study"].update({"num_samples": samples, "grace_period": 2, "reduction_factor": 2})
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, logging_level="WARNING")
     rows = []

@@ -60,8 +60,13 @@ def test_a_configuration_is_judged_by_the_mean_of_all_its_seeds() -> None:
         sched.on_trial_add(None, t)
     # rung 1: "good" sets the bar (mean 0.8)
     assert _run(sched, good[0], 1, 0.75) == CONTINUE and _run(sched, good[1], 1, 0.85) == CONTINUE
-    # one seed of "lucky" far below the bar: no decision on it alone
+    # one seed of "lucky" far below the bar: no decision on it alone (Ray's ASHA, judging runs, stops it)
     assert _run(sched, lucky[0], 1, 0.10) == CONTINUE
+    per_run = AsyncHyperBandScheduler(brackets=1, **{**KW, "reduction_factor": 2})
+    for t in good + lucky:
+        per_run.on_trial_add(None, t)
+    assert [_run(per_run, t, 1, v) for t, v in ((good[0], 0.75), (good[1], 0.85), (lucky[0], 0.10))] == [
+        CONTINUE, CONTINUE, STOP]
     assert _run(sched, lucky[0], 1, 0.10) == CONTINUE  # the same seed again: still waiting for the other
     # its other seed brings the mean (0.95) above the bar: it goes on
     assert _run(sched, lucky[1], 1, 1.80) == CONTINUE
