@@ -54,7 +54,7 @@ def test_confirm_retrains_the_top_configurations_and_the_baseline_on_fresh_seeds
     shutil.copytree(small_study, d)
     assert main(["best", str(d), "--json"]) == 0
     before = json.loads(capsys.readouterr().out)
-    assert main(["confirm", str(d), "--top", "2", "--seeds", "2", "--quiet"]) == 0
+    assert main(["confirm", str(d), "--top", "1", "--seeds", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
     t = pd.read_parquet(d / "trials.parquet")
     search, conf = t[t["role"] != "confirm"], t[t["role"] == "confirm"]
@@ -62,8 +62,8 @@ def test_confirm_retrains_the_top_configurations_and_the_baseline_on_fresh_seeds
     picked = [c["config_id"] for c in plan["configs"]]
     base_id = search.loc[search["role"] == "baseline", "config_id"].iloc[0]
     ranking = [c for c in [before["config_id"], *(r["config_id"] for r in before["runners_up"])] if c != base_id]
-    assert picked == [*ranking[:2], base_id] and plan["configs"][-1]["role"] == "baseline"
-    assert len(conf) == 6 and set(conf["status"]) == {"ok"} and set(conf["config_id"]) == set(picked)
+    assert picked == [ranking[0], base_id] and plan["configs"][-1]["role"] == "baseline"
+    assert len(conf) == 4 and set(conf["status"]) == {"ok"} and set(conf["config_id"]) == set(picked)
     assert set(conf["train.seed"]) == set(plan["seeds"]) and not set(plan["seeds"]) & set(search["train.seed"])
     assert not conf.duplicated(["config_id", "train.seed"]).any()
     # each confirmation run is its search configuration, only its seed differs
@@ -80,18 +80,19 @@ def test_confirm_retrains_the_top_configurations_and_the_baseline_on_fresh_seeds
     assert (after["config_id"], after["value"], after["interval"]) == (before["config_id"], before["value"],
                                                                          before["interval"])
     c = after["confirmed"]
-    assert c["interval"]["n"] == 2 and c["vs_baseline"] is not None and len(c["table"]) == 3
+    assert c["interval"]["n"] == 2 and len(c["table"]) == 2
+    assert (c["vs_baseline"] is not None) == (after["config_id"] != base_id)
     # the report: the confirmation's figure; the search's figures without the confirmation's runs
     assert main(["report", str(d), "--out", str(d / "rep")]) == 0
     html = (d / "rep" / "index.html").read_text()
     assert (d / "rep" / "confirmation.png").is_file() and "confirmed on 2 fresh seeds" in html
     assert "skipped: no confirmation" not in html
     # the same command again finds every run done: nothing is trained twice
-    assert main(["confirm", str(d), "--top", "2", "--seeds", "2", "--quiet"]) == 0
+    assert main(["confirm", str(d), "--top", "1", "--seeds", "2", "--quiet"]) == 0
     assert len(pd.read_parquet(d / "trials.parquet")) == len(t)
     capsys.readouterr()
-    assert main(["confirm", str(d), "--top", "1", "--seeds", "2"]) == 2  # another plan than the one recorded
-    assert "this study's confirmation is --top 2 --seeds 2" in capsys.readouterr().err
+    assert main(["confirm", str(d), "--top", "2", "--seeds", "2"]) == 2  # another plan than the one recorded
+    assert "this study's confirmation is --top 1 --seeds 2" in capsys.readouterr().err
 
 
 def test_confirm_bad_input_exits_2_with_one_line(small_study: Path, tmp_path: Path,
@@ -128,4 +129,21 @@ def test_the_confirmation_figure_is_skipped_not_fatal_when_no_configuration_can_
     (d / "study.json").write_text(json.dumps(meta))
     with pytest.raises(NoData, match="no configuration whose every seed finished ok meets"):
         confirmation(load_results(d))
-    assert main(["report", str(d), "--out", str(d / "rep")]) == 0
+
+
+def test_a_figure_without_a_best_configuration_is_skipped_with_its_reason(small_study: Path, tmp_path: Path,
+                                                                          monkeypatch) -> None:  # noqa: ANN001
+    """raybal report: a figure that asks raybal best on a study with no configuration to call best (the
+    importance and confirmation figures) is a note on the page, not a failed report."""
+    import raybal.analysis.plots as plots
+    from raybal.analysis.report import make_report
+    from raybal.results.tables import ResultsError
+
+    def no_best(res):  # noqa: ANN001, ANN202
+        raise ResultsError("no configuration whose every seed finished ok meets the selection")
+
+    monkeypatch.setattr(plots, "FIGURES", {"importance": (no_best, "which knob matters")})
+    figures = make_report(small_study, tmp_path / "rep")
+    assert [(f.name, f.path, f.note) for f in figures] == [
+        ("importance", None, "no configuration whose every seed finished ok meets the selection")]
+    assert "skipped: no configuration whose every seed" in (tmp_path / "rep" / "index.html").read_text()

@@ -84,7 +84,9 @@ def test_multi_worker_trials_in_a_study(tmp_path: Path, local_ray: None) -> None
     assert len(shards) == 2  # the trial really ran two Ray Train workers
 
 
-@pytest.mark.parametrize("stored", ["files", "prepared"])
+# the prepared store's variant is slow (make test-all): its rank slicing is held without Ray by
+# tests/test_prepared.py::test_ranks_read_disjoint_covering_slices_of_the_shards_every_epoch
+@pytest.mark.parametrize("stored", ["files", pytest.param("prepared", marks=pytest.mark.slow)])
 def test_two_workers_read_disjoint_covering_shards_of_a_lazy_set_every_epoch(tmp_path: Path, local_ray: None,
                                                                               stored: str) -> None:
     """Issue 14: under Ray Train each rank reads only its shard of a set read from files (So2Sat HDF5

@@ -242,3 +242,29 @@ def test_a_process_keeps_a_bounded_number_of_shards_open_and_a_bad_header_is_nam
     with pytest.raises(DataError, match=r"val-00001\.npy: its header does not match prepared.json"):
         for _ in data.val.batches(8):
             pass
+
+
+def test_ranks_read_disjoint_covering_slices_of_the_shards_every_epoch(tmp_path: Path) -> None:
+    """What each of 2 ranks reads from a prepared store: its slice of every global batch of the epoch's
+    permutation, the two disjoint and covering, drawn anew each epoch; each sample the source's own (the
+    2-worker Ray Train run: tests/test_distributed.py, slow)."""
+    from raybal.data.pipeline import shard_order
+
+    cfg = default_config(**{"data.n_train": 70, "data.n_val": 16, "data.n_test": 16})
+    prepare(cfg.data, tmp_path / "s", shard_samples=12)
+    raw = load_data(cfg.data).train
+    store = load_data(default_config(**{"data.name": "prepared", "data.path": str(tmp_path / "s")}).data).train
+    orders = []
+    for epoch in (1, 2, 3):
+        seen = []
+        for rank in (0, 1):
+            g = torch.Generator().manual_seed(5 * 1000 + epoch)
+            order = shard_order(70, shuffle=True, generator=g, rank=rank, world=2, global_batch=16)
+            xs, ys = zip(*store.batches(8, order=order, drop_last=True), strict=True)
+            assert torch.equal(torch.cat(ys), raw.y[order]) and torch.equal(torch.cat([x["eo"] for x in xs]),
+                                                                            raw.x["eo"][order])
+            seen.append(order.tolist())
+        assert len(seen[0]) == len(seen[1]) == 4 * 8 and not set(seen[0]) & set(seen[1])
+        assert len(set(seen[0]) | set(seen[1])) == 64
+        orders.append(seen[0] + seen[1])
+    assert orders[0] != orders[1] != orders[2]
