@@ -439,7 +439,7 @@ def confirmation(res: Results) -> plt.Figure:
     y = np.arange(len(tab))
     _style()
     colors = sns.color_palette(PALETTE)
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(tab) + 1.8))
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(tab) + 2.2))
     for k, (col, name, dy) in enumerate((("search", "search (selection seeds)", 0.15),
                                          ("confirmed", f"confirmed ({len(conf.seeds)} fresh seeds)", -0.15))):
         mean, low, high = (tab[c].to_numpy(float) for c in (col, f"{col}.low", f"{col}.high"))
@@ -448,7 +448,7 @@ def confirmation(res: Results) -> plt.Figure:
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
     ax.set(xlabel=f"{conf.metric} (mean, 95 % interval)", title="Search-time vs confirmed")
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)  # off the bars
     fig.tight_layout()
     return fig
 
