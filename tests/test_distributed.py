@@ -73,7 +73,7 @@ def test_multi_worker_trials_in_a_study(tmp_path: Path, local_ray: None) -> None
     from raybal.cli import main
 
     study = tmp_path / "s.toml"
-    study.write_text(RUN.format(epochs=2, method="vanilla", balance="", n_train=256)
+    study.write_text(RUN.format(epochs=1, method="vanilla", balance="", n_train=256)
                      + "workers = 2\n[study]\nobjective = \"final.val_accuracy\"\nnum_samples = 1\n"
                        "baseline = \"none\"\n"
                        "[search]\n\"train.lr\" = {loguniform = [1e-3, 1e-2]}\n")

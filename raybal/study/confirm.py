@@ -32,8 +32,8 @@ import pandas as pd
 
 from raybal._atomic import atomic_write_json
 from raybal.config import ConfigError
-from raybal.results.tables import Results, ResultsError, load_results, read_meta
-from raybal.study.space import CONFIRM_RUN, STORED_CONFIG, Study, study_from_dict
+from raybal.results.tables import Results, ResultsError, load_results
+from raybal.study.space import CONFIRM_RUN, STORED_CONFIG, Study, stored_study
 
 PLAN = "confirm.json"
 TUNE_DIR = "tune-confirm"
@@ -41,24 +41,17 @@ SLOTS = "slots-confirm"
 SEED_OFFSET = 1000  # confirmation seeds start this far above the study's base seed (and skip any used one)
 
 
-def _study(d: Path) -> tuple[Study, dict[str, Any]]:
+def _study(d: Path) -> Study:
     meta_path = d / "study.json"
     if not meta_path.is_file():
         raise ResultsError(f"{d}: no study.json: raybal confirm re-measures a study's results")
-    meta = read_meta(meta_path)
-    if meta.get("kind") != "study":
-        raise ResultsError(f"{meta_path}: not a raybal study record")
-    try:
-        study = study_from_dict(meta["study_resolved"], source=meta["study_file"], overrides=meta["overrides"])
-    except (ConfigError, KeyError) as exc:
-        raise ResultsError(f"{meta_path}: the stored study file is not valid ({exc})") from None
-    return study, meta
+    return stored_study(meta_path)
 
 
 Ranking = Callable[[Path, int], tuple[list[str], str, str]]  # (dir, k) -> (top k config ids, metric, mode)
 
 
-def plan_confirmation(d: Path, ranking: Ranking, top: int, seeds: int) -> dict[str, Any]:
+def plan_confirmation(d: Path, study: Study, ranking: Ranking, top: int, seeds: int) -> dict[str, Any]:
     """The runs of a confirmation: the top ``top`` configurations of ``ranking`` (the baseline's left out:
     it is confirmed once, as the reference) and the baseline, each on ``seeds`` fresh seeds."""
     t = load_results(d).trials
@@ -70,7 +63,7 @@ def plan_confirmation(d: Path, ranking: Ranking, top: int, seeds: int) -> dict[s
     picks += [(cid, 0, "baseline") for cid in base_ids[:1]]
     used = set(pd.to_numeric(t["train.seed"], errors="coerce").dropna().astype(int))
     fresh: list[int] = []
-    s = int(_study(d)[0].base.train.seed) + SEED_OFFSET
+    s = int(study.base.train.seed) + SEED_OFFSET
     while len(fresh) < seeds:
         if s not in used:
             fresh.append(s)
@@ -103,7 +96,7 @@ def confirm_study(results_dir: str | Path, ranking: Ranking, *, top: int = 3, se
     if seeds < 2:
         raise ConfigError("--seeds", f"at least 2 fresh seeds (an interval needs two), got {seeds}")
     d = Path(results_dir).resolve()
-    study, _ = _study(d)
+    study = _study(d)
     plan_path = d / PLAN
     if plan_path.is_file():
         try:
@@ -119,7 +112,7 @@ def confirm_study(results_dir: str | Path, ranking: Ranking, *, top: int = 3, se
     else:
         if (d / TUNE_DIR).exists():
             raise ResultsError(f"{d / TUNE_DIR}: a confirmation's state without its {PLAN}; remove it to start again")
-        plan = plan_confirmation(d, ranking, top, seeds)
+        plan = plan_confirmation(d, study, ranking, top, seeds)
         atomic_write_json(plan, plan_path)
     _run(study, d, plan, address, quiet)
     res = load_results(d)

@@ -50,7 +50,7 @@ from raybal.study.claims import (
     slot_holders,
 )
 from raybal.study.recorder import SKIPPED, Recorder, make_callback, status_line, stopped_result
-from raybal.study.space import Study, corner_points, load_study, study_from_dict, trial_values
+from raybal.study.space import Study, corner_points, load_study, stored_study, trial_values
 from raybal.training import faults
 from raybal.training.loop import check_pretrained, fit
 from raybal.training.result_file import has_result, write_result
@@ -423,12 +423,4 @@ def resume_study(results_dir: str | Path, *, address: str | None = None, quiet: 
     if not meta_path.is_file() or not (d / TUNE_DIR).is_dir():
         raise ResultsError(f"{d} holds no study to resume (no study.json and {TUNE_DIR}/ state)")
     _check_tune_state_is_yours(d / TUNE_DIR)
-    meta = read_meta(meta_path)
-    if meta.get("kind") != "study":
-        raise ResultsError(f"{meta_path}: not a raybal study record")
-    try:
-        # Resume exactly the study that ran: the file with the --set overrides it was started with.
-        study = study_from_dict(meta["study_resolved"], source=meta["study_file"], overrides=meta["overrides"])
-    except (ConfigError, KeyError) as exc:
-        raise ResultsError(f"{meta_path}: the stored study file is not valid ({exc})") from None
-    return run_study(study, d, address=address, resume=True, quiet=quiet)
+    return run_study(stored_study(meta_path), d, address=address, resume=True, quiet=quiet)

@@ -312,6 +312,20 @@ def parse_space(raw_search: Any, base: RunConfig) -> SearchSpace:
     return dataclasses.replace(space, complement=FrozenMap(complement))
 
 
+def stored_study(meta_path: Path) -> Study:
+    """The study a results directory ran, exactly: its ``study.json``'s resolved file with the ``--set``
+    overrides it was started with (resume and confirmation both re-build it so)."""
+    from raybal.results.tables import ResultsError, read_meta
+
+    meta = read_meta(meta_path)
+    if meta.get("kind") != "study":
+        raise ResultsError(f"{meta_path}: not a raybal study record")
+    try:
+        return study_from_dict(meta["study_resolved"], source=meta["study_file"], overrides=meta["overrides"])
+    except (ConfigError, KeyError) as exc:
+        raise ResultsError(f"{meta_path}: the stored study file is not valid ({exc})") from None
+
+
 def study_from_dict(raw: Mapping[str, Any], source: str = "", overrides: Mapping[str, Any] | None = None) -> Study:
     """Validate a parsed study file (``overrides`` already applied to ``raw``, kept for the record);
     every problem is a :class:`ConfigError` naming its key."""
