@@ -113,9 +113,11 @@ def table(name: str, d: Path) -> pd.DataFrame:
 
 
 # The model each method runs on when not searched (the comparison study's choice): greedy re-balancing needs
-# MMTM's gates, MLA a shared head (and its entropy-weighted test-time fusion); the rest late fusion.
+# MMTM's gates, MLA a shared head (and its entropy-weighted test-time fusion), ReconBoost the sum of its
+# learners' logits; the rest late fusion.
 MODEL_FOR = {"greedy_guided": {"model.name": "mmtm"}, "greedy_random": {"model.name": "mmtm"},
-             "mla": {"model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"}}
+             "mla": {"model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"},
+             "reconboost": {"model.name": "sum"}}
 TARGET_FOR = {"synthetic_aerial": {"eo": 0.75, "sar": 0.25}, "colored_digits": {"gray": 0.5, "color": 0.5}}
 
 

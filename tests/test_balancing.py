@@ -28,6 +28,8 @@ METHOD_OVERRIDES = {
     "inforeg": {"balance.beta": 0.95},
     "mla": {"model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"},
     "gblending": {"balance.holdout": 0.2},
+    "reconboost": {"model.name": "sum"},
+    "dgl": {"balance.alpha": 2.0},
 }
 
 

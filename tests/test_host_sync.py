@@ -81,6 +81,9 @@ METHOD_CASES = {
     "inforeg": {"balance.method": "inforeg"},
     "mla": {"balance.method": "mla", "model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"},
     "gblending": {"balance.method": "gblending"},
+    "reconboost": {"balance.method": "reconboost", "model.name": "sum"},
+    "dgl": {"balance.method": "dgl"},
+    "dgl_mmtm": {"balance.method": "dgl", "model.name": "mmtm"},
 }
 
 

@@ -26,6 +26,7 @@ PER_METHOD: dict[str, dict | str] = {
     "vanilla": {}, "mu_target": {"balance.target": {"eo": 0.6, "sar": 0.4}}, "ogm_ge": {}, "mmpareto": {},
     "agm": {}, "inforeg": {}, "modality_dropout": {"balance.p": 0.5}, "gblending": {},
     "greedy_guided": "model.name", "greedy_random": "model.name", "pmr": "model.name", "mla": "model.name",
+    "dgl": {}, "reconboost": "balance.method",
 }
 
 

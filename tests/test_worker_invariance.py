@@ -52,6 +52,8 @@ CASES = {
     "inforeg": {},
     "mla": {"model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"},  # MLA's own model
     "gblending": {},  # its held-out slice: drawn the same on every rank, evaluated whole on each
+    "reconboost": {"model.name": "sum"},  # its own update: the active learner's gradients averaged
+    "dgl": {},  # two restricted backward passes, averaged before the clip
 }
 
 
