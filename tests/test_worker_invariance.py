@@ -52,7 +52,8 @@ CASES = {
     "inforeg": {},
     "mla": {"model.name": "sum", "model.shared_head": True, "model.fusion": "entropy"},  # MLA's own model
     "gblending": {},  # its held-out slice: drawn the same on every rank, evaluated whole on each
-    "reconboost": {"model.name": "sum"},  # its own update: the active learner's gradients averaged
+    # its own update, the active learner's gradients averaged; 2 steps an epoch: step 3 is a rectification
+    "reconboost": {"model.name": "sum", "data.n_train": 64},
     "dgl": {},  # two restricted backward passes, averaged before the clip
 }
 
@@ -143,8 +144,8 @@ def two_worker_runs(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 
 def _config(name: str, workers: int):  # noqa: ANN202
-    over = {"balance.method": name, **CASES[name], "train.workers": workers, "train.cpus_per_worker": 1,
-            "data.n_train": 192, "train.batch_size": 32, "robustness.enabled": False}
+    over = {"balance.method": name, "train.workers": workers, "train.cpus_per_worker": 1,
+            "data.n_train": 192, "train.batch_size": 32, "robustness.enabled": False, **CASES[name]}
     return tiny_config(**over)
 
 

@@ -87,10 +87,13 @@ class ReconBoost(BalanceMethod):
     def check_config(cls, cfg: RunConfig, model_cls: type[FusionModel]) -> None:
         super().check_config(cfg, model_cls)
         p = cfg.balance.params
-        if cfg.model.name != "sum" or getattr(cfg.model.params, "fusion", "sum") != "sum":
+        if cfg.model.name != "sum":
             raise ConfigError("model.name", "balance.method \"reconboost\" boosts an ensemble of per-modality "
                               "learners whose prediction is the sum of their logits: set model.name = \"sum\" "
-                              f"with fusion = \"sum\" (got {cfg.model.name!r})")
+                              f"(got {cfg.model.name!r})")
+        if cfg.model.params.fusion != "sum":
+            raise ConfigError("model.fusion", "balance.method \"reconboost\" predicts with the sum of its learners' "
+                              f"logits: set fusion = \"sum\" (got {cfg.model.params.fusion!r})")
         if p.reconcile_weight >= p.learner_weight:
             raise ConfigError("balance.reconcile_weight", f"must be below learner_weight = {p.learner_weight} "
                               f"(a sample's weight w1 - w2 p must stay positive), got {p.reconcile_weight}")
@@ -108,7 +111,8 @@ class ReconBoost(BalanceMethod):
         return self.ctx.modalities[stage % len(self.ctx.modalities)] if j < p.stage_epochs else RECTIFY
 
     def selectable(self, epoch: int) -> bool:
-        """The ensemble is judged after a rectification (as the authors evaluate), or at the last epoch."""
+        """The ensemble is judged in a rectification epoch (as the authors evaluate after one), at any epoch
+        without rectifications, and at the last epoch."""
         return self.params.rectify_epochs == 0 or self.phase(epoch) == RECTIFY or epoch >= self.ctx.epochs
 
     def stage_loss(self, logits: dict[str, Tensor], m: str, y: Tensor) -> Tensor:
@@ -140,8 +144,10 @@ class ReconBoost(BalanceMethod):
         self.all_reduce_tensors([p.grad for p in model.parameters() if p.grad is not None])
         optimizer.step()  # parameters without a gradient (the inactive learners) are left as they are
         logits = {m: v.detach() for m, v in out.modality_logits.items()}
-        loss = loss.detach()
-        return ModelOutput(out.logits.detach(), feats, logits), loss, loss
+        fused = out.logits.detach()
+        with torch.no_grad():  # the task loss the epoch reports: the ensemble's, in either phase (comparable)
+            task = F.cross_entropy(full_precision(fused), y)
+        return ModelOutput(fused, feats, logits), task, loss.detach()
 
     def epoch_log(self) -> dict[str, float]:
         active = self.phase(self.epoch)
