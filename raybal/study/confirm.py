@@ -127,7 +127,7 @@ def _run(study: Study, d: Path, plan: dict[str, Any], address: str | None, quiet
     from ray.tune.schedulers import FIFOScheduler
 
     from raybal.study.claims import release_unfinished_slots
-    from raybal.study.driver import TrialFn, _concurrency, _init_ray, reconcile
+    from raybal.study.driver import TrialFn, _concurrency, _init_ray, reconcile, run_lost_again
     from raybal.study.recorder import Recorder, make_callback
 
     runs = _runs(plan)
@@ -157,7 +157,9 @@ def _run(study: Study, d: Path, plan: dict[str, Any], address: str | None, quiet
                 run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(d), verbose=0,
                                           callbacks=[make_callback(recorder)],
                                           failure_config=tune.FailureConfig(max_failures=study.settings.trial_retries)))
-        grid = tuner.fit()
+        recorder.requeue = study.settings.trial_retries > 0
+        grid = run_lost_again(study.settings.trial_retries, d, recorder, tuner.fit(), quiet, lambda: tune.Tuner.restore(
+            str(d / TUNE_DIR), trainable=trainable, resume_unfinished=True, resume_errored=True, restart_errored=False))
         reconcile(study, d, recorder, grid, slots=SLOTS)
     finally:
         if not quiet:

@@ -53,7 +53,7 @@ from raybal.study.recorder import SKIPPED, Recorder, make_callback, status_line,
 from raybal.study.space import Study, corner_points, load_study, stored_study, trial_values
 from raybal.training import faults
 from raybal.training.loop import check_pretrained, fit
-from raybal.training.result_file import has_result, write_result
+from raybal.training.result_file import has_result, read_result, write_result
 
 TUNE_DIR = "tune"
 
@@ -91,6 +91,13 @@ class TrialFn:
             nan = {o.metric: math.nan for o in self.study.objectives}
             tune.report({**nan, f"val_{metric}": math.nan, "val_loss": math.nan, "epoch": cfg.train.epochs,
                          "skipped": 1})
+            return
+        if read_result(self.results_dir / "checkpoints" / tid) is not None:
+            # Run again after it ended (the driver re-runs the trials whose process died by resuming Tune's
+            # errored trials, a trial that failed by raising among them): its record stands, nothing trains.
+            nan = {o.metric: math.nan for o in self.study.objectives}
+            tune.report({**nan, f"val_{metric}": math.nan, "val_loss": math.nan, "epoch": cfg.train.epochs,
+                         "ended_before": 1})
             return
         reused = await_config(self.results_dir, cfg, tid, rep, role)  # None: this trial trains it
         if reused is not None:  # the same resolved config already ran here: its result, not a second training
@@ -291,7 +298,7 @@ def scheduler_for(study: Study) -> Any:
     return ASHAScheduler(**kw)
 
 
-def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -> Any:
+def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool, errored: bool = False) -> Any:
     from ray import tune
 
     from raybal.study.searcher import StudySearch
@@ -306,7 +313,7 @@ def _tuner(study: Study, results_dir: Path, recorder: Recorder, restore: bool) -
     trainable = tune.with_resources(TrialFn(study, results_dir), resources)
     path = str(results_dir / TUNE_DIR)
     if restore:
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False,
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=errored,
                                   restart_errored=False)
     base_flat = study.base_flat
     metrics = [o.metric for o in study.objectives]
@@ -361,8 +368,10 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
     t0 = time.perf_counter()
     status = "interrupted"
     try:
-        tuner = _tuner(study, d, recorder, restore=resume)
-        grid = tuner.fit()
+        recorder.requeue = study.settings.trial_retries > 0
+        grid = _tuner(study, d, recorder, restore=resume).fit()
+        grid = run_lost_again(study.settings.trial_retries, d, recorder, grid, quiet,
+                              lambda: _tuner(study, d, recorder, restore=True, errored=True))
         reconcile(study, d, recorder, grid)
         results = load_results(d)
         n = len(results.search().trials)  # the study's runs (a confirmation's are its own)
@@ -375,6 +384,29 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
 
             ray.shutdown()
     return load_results(d)
+
+
+def run_lost_again(rounds: int, d: Path, recorder: Recorder, grid: Any, quiet: bool, restore: Any) -> Any:
+    """Run the trials whose process died (``recorder.lost``) again, up to ``rounds`` (``study.trial_retries``)
+    times: ``restore()`` gives the experiment's Tuner with its errored trials resumed under their own ids,
+    so each continues from its last epoch checkpoint and keeps its run slot. Ray Tune 2.60 can end such a
+    trial ERROR whatever retries its FailureConfig has left (a second failure of the lost node's tasks
+    finds it already requeued); a trial that raised is resumed too and ends at once (its record stands).
+    Still lost after the rounds: recorded failed."""
+    for _ in range(rounds):
+        if not recorder.lost:
+            break
+        lost, recorder.lost = recorder.lost, {}
+        for tid in lost:
+            release_configs(d, tid)  # its claim on its configuration, taken again when it runs
+        if not quiet:
+            status_line(f"running {len(lost)} trial(s) again whose process died: {', '.join(sorted(lost))}")
+        grid = restore().fit()
+    recorder.requeue = False
+    for tid, (params, error) in recorder.lost.items():
+        recorder.record(tid, params, "error", error)
+    recorder.lost = {}
+    return grid
 
 
 def reconcile(study: Study, d: Path, recorder: Recorder, grid: Any = None, slots: str = SLOTS) -> None:

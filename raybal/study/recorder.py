@@ -5,6 +5,10 @@ trial leaves its :class:`RunResult` in ``checkpoints/<trial_id>/result.json``
 (:mod:`raybal.training.result_file`); a trial that ended without one (stopped by ASHA, or its process
 died) is rebuilt from its last epoch checkpoint. What a trial claims before it trains (a slot, a
 configuration) is :mod:`raybal.study.claims`.
+
+A trial whose process died without leaving its result (its node was lost, the process killed) is, with
+``requeue`` on, not recorded as failed but held in ``lost``: the driver runs it again, under the same
+trial id, from its last epoch checkpoint (:func:`raybal.study.driver.run_study`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class Recorder:
         self.quiet = quiet
         self.tracker = tracker  # raybal.results.tracking.Tracker (study.mlflow) or None
         self.recorded: set[str] = set()
+        self.requeue = False  # a trial whose process died goes to ``lost`` (the driver runs it again)
+        self.lost: dict[str, tuple[dict[str, Any], str]] = {}  # trial id -> (its config, Tune's error line)
 
     def setup(self, **info: Any) -> None:
         self.recorded = set()
@@ -78,9 +84,19 @@ class Recorder:
         self.record(trial.trial_id, trial.config, ended="complete")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.record(trial.trial_id, trial.config, ended="error", error=_tune_error(trial))
+        tid, error = trial.trial_id, _tune_error(trial)
+        ckdir = self.results_dir / "checkpoints" / tid
+        if self.requeue and tid not in self.recorded and read_result(ckdir) is None and not (ckdir / SKIPPED).is_file():
+            # the trial's process died before it could write its result (a raised error writes one)
+            self.lost[tid] = (dict(trial.config), error)
+            if not self.quiet:
+                status_line(f"trial {tid} lost its process ({error}); it runs again from its last checkpoint")
+            return
+        self.record(tid, trial.config, ended="error", error=error)
 
     def record(self, tid: str, params: dict[str, Any], ended: str, error: str | None = None) -> RunResult | None:
+        if tid in self.recorded:  # a trial run again after it ended (its record on disk stands)
+            return None
         ckdir = self.results_dir / "checkpoints" / tid
         if (ckdir / SKIPPED).is_file():
             if not self.quiet:

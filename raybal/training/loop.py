@@ -323,7 +323,8 @@ def _train_one_epoch(run: _Run, epoch: int) -> _EpochStats:
     if run.scheduler is not None:
         run.scheduler.step()
     method.on_epoch_end(epoch)
-    maybe_inject(run.config, epoch)  # no-op unless RAYBAL_FAULT is set (reliability tests)
+    # no-op unless RAYBAL_FAULT is set (reliability tests)
+    maybe_inject(run.config, epoch, run.last_path.parent if run.last_path is not None else None)
     return _EpochStats(loss=float(loss_sum) / max(int(n_seen), 1), metric=finish_metric(stat, total, task),
                        details=metric_details(stat, total, task, run.data.class_names))
 
