@@ -16,8 +16,14 @@
    Reported: the epochs each trained (the compute), its wall time, the winner's search-time objective
    and its confirmed one on 3 fresh seeds (the winner's curse, measured), and the paired difference to
    vanilla on those seeds.
+4. Samplers at equal budget (issue 36): the same study (``mu_target`` over its target, lambda_max and the
+   learning rate; 9 configurations x 2 seeds beside the vanilla baseline, FIFO) with ``study.sampler`` =
+   TPE, GP and random, each repeated with 3 sampler seeds, on ``synthetic_aerial`` (the ``ntire21``
+   profile) and on ``colored_digits``; every study's winner confirmed on 3 fresh seeds. Reported per
+   sampler: the winner's search-time objective, its confirmed objective (mean and spread over the
+   repetitions) and the gap between the two (the winner's curse).
 
-    python benchmarks/bench_study.py [--quick] [--only overhead efficiency replicates]
+    python benchmarks/bench_study.py [--quick] [--only overhead efficiency replicates samplers]
 """
 
 from __future__ import annotations
@@ -168,6 +174,79 @@ def replicates(out: Path, quick: bool, samples: int) -> pd.DataFrame:
     return df
 
 
+SAMPLERS = ("tpe", "gp", "random")
+
+
+def sampler_study(data: str, quick: bool) -> dict:
+    """The samplers' shared study on ``data`` (a raw study file): small runs, so 18 studies fit a session."""
+    raw = tomllib.loads((ROOT / "studies" / "quickstart.toml").read_text())
+    raw["data"].update({"n_train": 400 if quick else 600, "n_val": 200, "n_test": 300})
+    raw["train"].update({"epochs": 2 if quick else 3})
+    raw["study"].update({"num_samples": 3 if quick else 9, "repeats": 2, "scheduler": "fifo", "constraints": [],
+                         "max_concurrent": 2})
+    raw["search"] = {"balance.lambda_max": {"loguniform": [1.0, 30.0]}, "train.lr": {"loguniform": [3e-4, 1e-2]}}
+    if data == "colored_digits":  # its shifted test punishes the colour shortcut: robustness to a noisy colour
+        raw["data"] = {"name": "colored_digits", "seed": 0}
+        raw["balance"]["target"] = {"gray": 0.5, "color": 0.5}
+        raw["robustness"]["modalities"] = ["color"]
+        raw["search"]["balance.target.gray"] = {"uniform": [0.2, 0.9]}
+    else:
+        raw["search"]["balance.target.eo"] = {"uniform": [0.5, 0.95]}
+    return raw
+
+
+def samplers(out: Path, quick: bool, reps: int, datasets: list[str]) -> pd.DataFrame:
+    """TPE, GP and random at the same budget, ``reps`` sampler seeds each; each winner confirmed."""
+    import ray
+
+    from raybal.analysis.best import best_trial
+    from raybal.analysis.confirm import confirm
+
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, logging_level="WARNING")
+    rows = []
+    try:
+        for data in datasets:
+            raw = sampler_study(data, quick)
+            for sampler in SAMPLERS:
+                for rep in range(reps):
+                    raw["study"].update({"sampler": sampler, "seed": rep, "name": f"bench_{data}_{sampler}_{rep}"})
+                    study = study_from_dict(raw)
+                    d = out / f"samplers-{data}-{sampler}-{rep}"
+                    t0 = time.perf_counter()
+                    run_study(study, d, quiet=True)
+                    t_study = time.perf_counter() - t0
+                    confirm(d, top=1, seeds=3, quiet=True)
+                    b = best_trial(d, importance=None)
+                    c = b.confirmed
+                    rows.append({"data": data, "sampler": sampler, "repetition": rep,
+                                 "budget": f"{study.configurations} x {study.settings.repeats}",
+                                 "search_value": b.value,
+                                 "confirmed_value": c.interval.mean if c and c.interval else np.nan,
+                                 "winners_curse": c.gap if c else np.nan, "study_wall_s": t_study})
+                    print(f"  {data} {sampler} #{rep}: {b.value:.4f} at search time, "
+                          f"{rows[-1]['confirmed_value']:.4f} confirmed ({t_study:.0f} s)", flush=True)
+    finally:
+        ray.shutdown()
+    return pd.DataFrame(rows)
+
+
+def sampler_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per data set and sampler: the mean over repetitions with the 95 % t half-width (and the worst)."""
+    from scipy import stats
+
+    def half(v: pd.Series) -> float:
+        v = v.dropna()
+        return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else np.nan
+
+    rows = []
+    for (data, sampler), g in df.groupby(["data", "sampler"], sort=False):
+        rows.append({"data": data, "sampler": sampler, "repetitions": len(g), "budget": g["budget"].iloc[0],
+                     "search_value": g["search_value"].mean(), "confirmed_value": g["confirmed_value"].mean(),
+                     "confirmed_half_width": half(g["confirmed_value"]), "confirmed_worst": g["confirmed_value"].min(),
+                     "winners_curse": g["winners_curse"].mean(), "study_wall_s": g["study_wall_s"].mean()})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -176,8 +255,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=10, help="study trials for the efficiency comparison")
     ap.add_argument("--out", default="benchmarks/out/study")
     ap.add_argument("--skip-efficiency", action="store_true")
-    ap.add_argument("--only", nargs="*", choices=("overhead", "efficiency", "replicates"),
-                    default=["overhead", "efficiency", "replicates"], help="sections to run")
+    ap.add_argument("--only", nargs="*", choices=("overhead", "efficiency", "replicates", "samplers"),
+                    default=["overhead", "efficiency", "replicates", "samplers"], help="sections to run")
+    ap.add_argument("--reps", type=int, default=3, help="sampler seeds per sampler (samplers)")
+    ap.add_argument("--data", nargs="*", default=["synthetic_aerial", "colored_digits"],
+                    choices=("synthetic_aerial", "colored_digits"), help="data sets of the samplers comparison")
     ap.add_argument("--configs", type=int, default=8, help="configurations of the replicates comparison")
     args = ap.parse_args()
     if args.skip_efficiency:
@@ -202,6 +284,14 @@ def main() -> None:
         print(rep.T.to_string(header=False, float_format=lambda v: f"{v:.4f}"))
         rep.to_parquet(out / "replicates.parquet")
         record("bench_study_replicates", rep, args.quick)
+    if "samplers" in args.only:
+        per = samplers(out, args.quick, 1 if args.quick else args.reps, args.data)
+        per.to_parquet(out / "samplers.parquet")
+        summary = sampler_summary(per)
+        print("\nSamplers at equal budget (configurations x seeds, FIFO), each study's winner confirmed on 3 fresh "
+              "seeds; mean over sampler seeds (objective robust.val_mean_accuracy)")
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        record("bench_study_samplers", summary, args.quick)
     if "efficiency" in args.only:
         eff = efficiency(out, args.quick, 3 if args.quick else args.grid_points, 4 if args.quick else args.samples)
         print("\nSearch efficiency on the aerial_noise objective (robust.val_mean_accuracy)")

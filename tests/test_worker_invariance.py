@@ -145,7 +145,7 @@ def two_worker_runs(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 def _config(name: str, workers: int):  # noqa: ANN202
     over = {"balance.method": name, "train.workers": workers, "train.cpus_per_worker": 1,
-            "data.n_train": 192, "train.batch_size": 32, "robustness.enabled": False, **CASES[name]}
+            "data.n_train": 128, "train.batch_size": 32, "robustness.enabled": False, **CASES[name]}
     return tiny_config(**over)
 
 

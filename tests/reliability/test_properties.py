@@ -39,6 +39,7 @@ MODEL_FOR = {  # the model a method needs (resolve's cross-section rules); every
     "greedy_guided": {"name": "mmtm", "fuse_after": [2, 3]},
     "greedy_random": {"name": "mmtm", "fuse_after": [2, 3]},
     "mla": {"name": "sum", "shared_head": True, "fusion": "entropy"},
+    "reconboost": {"name": "sum"},
 }
 
 
