@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 from nbclient import NotebookClient
 from PIL import Image
@@ -90,3 +91,23 @@ def test_notebook_runs(name: str, study_dir: Path, monkeypatch: pytest.MonkeyPat
     if name.startswith("02"):  # it reads robustness_summary.parquet: the per-method table was shown
         assert any("rel_robustness" in str(o) for c in nb.cells for o in c.get("outputs", []))
     assert os.environ["RAYBAL_RESULTS"] == str(study_dir)
+
+
+def test_labels_tell_runs_trained_with_an_augmentation_from_the_plain_method() -> None:
+    """Issue 34: a vanilla run trained with noise (or a corruption) as augmentation is not the vanilla
+    baseline's curve; geometric augmentations are named where the runs differ in them."""
+    from raybal.analysis.runs import trial_labels
+
+    t = pd.DataFrame({
+        "trial_id": ["a", "b", "c", "d"],
+        "balance.method": ["vanilla", "vanilla", "vanilla", "mu_target"],
+        "balance.target.eo": [None, None, None, 0.75],
+        "data.augment.noise.eo": [None, 0.1, None, None],
+        "data.augment.corruptions.eo.clouds": [None, None, 0.5, None],
+        "data.augment.flip": [False, False, False, False],
+    })
+    labels = trial_labels(t)
+    assert labels.to_dict() == {"a": "vanilla", "b": "vanilla +noise eo 0.1", "c": "vanilla +clouds eo p=0.5",
+                                "d": "mu_target eo=0.75"}
+    flipped = trial_labels(t.assign(**{"data.augment.flip": [False, True, False, False]}))
+    assert flipped["a"] == "vanilla +flip=False" and flipped["b"] == "vanilla +noise eo 0.1 +flip=True"

@@ -81,8 +81,9 @@ def _bounded_band(values: Any) -> tuple[float, float]:
 
 
 def accuracy_vs_noise(res: Results, split: str | None = None) -> plt.Figure:
-    """2. Accuracy vs corruption level per corrupted modality, one curve per method / target (mean and 95 %
-    t interval over its runs: the seeds of a configuration, or trials sharing a label)."""
+    """2. Accuracy vs corruption level per corrupted modality, one curve per method / target / training
+    augmentation (mean and 95 % t interval over its runs: the seeds of a configuration, or trials sharing a
+    label); a study's baseline is its own curve and band, labelled "(baseline)"."""
     res = res.search()  # the study's runs, not a confirmation's (raybal confirm)
     r = res.robustness
     if r.empty:
@@ -91,6 +92,9 @@ def accuracy_vs_noise(res: Results, split: str | None = None) -> plt.Figure:
     metric = metric_of(res)
     r = r[r["split"] == split]
     labels = trial_labels(res.trials)
+    if "role" in res.trials:  # the study's reference: its own curve and band, named so
+        base = set(res.trials.loc[res.trials["role"] == "baseline", "trial_id"])
+        labels = labels.where(~labels.index.isin(base), labels + " (baseline)")
     r = r.assign(method=r["trial_id"].map(labels).fillna(r["trial_id"]), panel=r["modality"] + " · " + r["corruption"])
     _style()
     panels = list(dict.fromkeys(r["panel"]))

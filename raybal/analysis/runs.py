@@ -29,15 +29,34 @@ def runs(t: pd.DataFrame) -> pd.DataFrame:
     return t.sort_values(["config_id", "replicate"], kind="stable").drop(columns="_rank")
 
 
+GEOMETRIC = ("data.augment.flip", "data.augment.rot90", "data.augment.crop", "data.augment.jitter")
+
+
 def trial_labels(trials: pd.DataFrame) -> pd.Series:
-    """A short label per trial: the method, with its target when it has one (e.g. "<method> eo=0.75")."""
+    """A short label per trial: the method, with its target when it has one (e.g. "<method> eo=0.75"), and
+    its training augmentation when it has one (corruptions and noise always, e.g. "vanilla +noise eo 0.1";
+    flips, rotations, crops and jitter where the trials differ in them): runs that differ only in how they
+    were trained are not one curve."""
     tcols = sorted(target_columns(trials.columns).items())
+    aug = [c for c in trials.columns if c.startswith(("data.augment.noise.", "data.augment.corruptions."))]
+    varied = [c for c in trials.columns if c in GEOMETRIC and trials[c].nunique(dropna=False) > 1]
+
+    def augmentation(r: pd.Series) -> str:
+        parts = []
+        for c in aug:
+            v = r[c]
+            if pd.notna(v) and v:
+                rest = c.split(".")[3:]  # noise.<modality> -> [modality]; corruptions.<modality>.<name> -> [m, name]
+                parts.append(f"noise {rest[0]} {float(v):g}" if c.startswith("data.augment.noise.")
+                             else f"{rest[1]} {rest[0]} p={float(v):g}")
+        parts += [f"{c.rsplit('.', 1)[1]}={r[c]}" for c in varied if pd.notna(r[c])]
+        return "".join(f" +{p}" for p in parts)
 
     def one(r: pd.Series) -> str:
         method = str(r.get("balance.method", "run"))
         given = [(m, c) for m, c in tcols if pd.notna(r[c])]
         if given:
             m, c = given[0]
-            return f"{method} {m}={float(r[c]):.2f}"
-        return method
+            method = f"{method} {m}={float(r[c]):.2f}"
+        return method + augmentation(r)
     return trials.set_index("trial_id").apply(one, axis=1) if not trials.empty else pd.Series(dtype=str)
