@@ -220,7 +220,7 @@ def samplers(out: Path, quick: bool, reps: int, datasets: list[str]) -> pd.DataF
                     c = b.confirmed
                     rows.append({"data": data, "sampler": sampler, "repetition": rep,
                                  "budget": f"{study.configurations} x {study.settings.repeats}",
-                                 "search_value": b.value,
+                                 "winner": "baseline" if b.is_baseline else "searched", "search_value": b.value,
                                  "confirmed_value": c.interval.mean if c and c.interval else np.nan,
                                  "winners_curse": c.gap if c else np.nan, "study_wall_s": t_study})
                     print(f"  {data} {sampler} #{rep}: {b.value:.4f} at search time, "
@@ -241,6 +241,7 @@ def sampler_summary(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (data, sampler), g in df.groupby(["data", "sampler"], sort=False):
         rows.append({"data": data, "sampler": sampler, "repetitions": len(g), "budget": g["budget"].iloc[0],
+                     "baseline_won": int((g["winner"] == "baseline").sum()) if "winner" in g else np.nan,
                      "search_value": g["search_value"].mean(), "confirmed_value": g["confirmed_value"].mean(),
                      "confirmed_half_width": half(g["confirmed_value"]), "confirmed_worst": g["confirmed_value"].min(),
                      "winners_curse": g["winners_curse"].mean(), "study_wall_s": g["study_wall_s"].mean()})

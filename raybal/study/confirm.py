@@ -139,7 +139,8 @@ def _run(study: Study, d: Path, plan: dict[str, Any], address: str | None, quiet
             resources: dict[str, float] = {"cpu": 0, "memory": 2**20}
         else:
             resources = {"cpu": study.settings.cpus_per_trial, **({"gpu": 1} if study.base.train.use_gpu else {})}
-        trainable = tune.with_resources(TrialFn(study, d, slots=(SLOTS, len(runs))), resources)
+        trainable = tune.with_resources(TrialFn(study, d, slots=(SLOTS, len(runs)), retry_failed=True), resources)
+        recorder.requeue = study.settings.trial_retries > 0  # before Tune pickles its callbacks
         if (d / TUNE_DIR).is_dir():
             from raybal.study.driver import _check_tune_state_is_yours
 
@@ -157,7 +158,6 @@ def _run(study: Study, d: Path, plan: dict[str, Any], address: str | None, quiet
                 run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(d), verbose=0,
                                           callbacks=[make_callback(recorder)],
                                           failure_config=tune.FailureConfig(max_failures=study.settings.trial_retries)))
-        recorder.requeue = study.settings.trial_retries > 0
         grid = run_lost_again(study.settings.trial_retries, d, recorder, tuner.fit(), quiet, lambda: tune.Tuner.restore(
             str(d / TUNE_DIR), trainable=trainable, resume_unfinished=True, resume_errored=True, restart_errored=False))
         reconcile(study, d, recorder, grid, slots=SLOTS)

@@ -49,7 +49,7 @@ from raybal.study.claims import (
     release_unfinished_slots,
     slot_holders,
 )
-from raybal.study.recorder import SKIPPED, Recorder, make_callback, status_line, stopped_result
+from raybal.study.recorder import LOST, SKIPPED, Recorder, lost_trials, make_callback, status_line, stopped_result
 from raybal.study.space import Study, corner_points, load_study, stored_study, trial_values
 from raybal.training import faults
 from raybal.training.loop import check_pretrained, fit
@@ -70,8 +70,10 @@ def _numbers(final: dict[str, Any]) -> dict[str, Any]:
 class TrialFn:
     """The Tune function trainable (a picklable callable: the same object on restore)."""
 
-    def __init__(self, study: Study, results_dir: Path, slots: tuple[str, int] | None = None) -> None:
+    def __init__(self, study: Study, results_dir: Path, slots: tuple[str, int] | None = None,
+                 retry_failed: bool = False) -> None:
         self.study = study
+        self.retry_failed = retry_failed  # a run that failed trains again when Tune resumes it (raybal confirm)
         self.results_dir = results_dir
         # (folder, count) of the run slots its trials claim: the study's, or a confirmation's own
         self.slots = slots or (SLOTS, study.runs)
@@ -92,12 +94,15 @@ class TrialFn:
             tune.report({**nan, f"val_{metric}": math.nan, "val_loss": math.nan, "epoch": cfg.train.epochs,
                          "skipped": 1})
             return
-        if read_result(self.results_dir / "checkpoints" / tid) is not None:
-            # Run again after it ended (the driver re-runs the trials whose process died by resuming Tune's
-            # errored trials, a trial that failed by raising among them): its record stands, nothing trains.
-            nan = {o.metric: math.nan for o in self.study.objectives}
-            tune.report({**nan, f"val_{metric}": math.nan, "val_loss": math.nan, "epoch": cfg.train.epochs,
-                         "ended_before": 1})
+        own = read_result(self.results_dir / "checkpoints" / tid)
+        if own is not None and (own.status != "failed" or not getattr(self, "retry_failed", False)):
+            # Run again after it ended (the driver resumes Tune's errored trials to re-run those whose process
+            # died, a trial that failed by raising among them; a driver killed after a trial's end): its record
+            # stands and is reported as it was, nothing trains.
+            final = _numbers(own.final) if own.status == "ok" else {o.metric: math.nan for o in self.study.objectives}
+            tune.report({f"val_{metric}": final.get(f"final.val_{metric}", math.nan),
+                         "val_loss": final.get("final.val_loss", math.nan), **final, "epoch": cfg.train.epochs,
+                         **({"done_ok": 1} if own.status == "ok" else {}), "ended_before": 1})
             return
         reused = await_config(self.results_dir, cfg, tid, rep, role)  # None: this trial trains it
         if reused is not None:  # the same resolved config already ran here: its result, not a second training
@@ -387,25 +392,28 @@ def run_study(study: Study | str | Path, results_dir: str | Path | None = None, 
 
 
 def run_lost_again(rounds: int, d: Path, recorder: Recorder, grid: Any, quiet: bool, restore: Any) -> Any:
-    """Run the trials whose process died (``recorder.lost``) again, up to ``rounds`` (``study.trial_retries``)
-    times: ``restore()`` gives the experiment's Tuner with its errored trials resumed under their own ids,
-    so each continues from its last epoch checkpoint and keeps its run slot. Ray Tune 2.60 can end such a
-    trial ERROR whatever retries its FailureConfig has left (a second failure of the lost node's tasks
-    finds it already requeued); a trial that raised is resumed too and ends at once (its record stands).
-    Still lost after the rounds: recorded failed."""
+    """Run the trials whose process died (marked ``LOST`` by the recorder) again, up to ``rounds``
+    (``study.trial_retries``) times: ``restore()`` gives the experiment's Tuner with its errored trials
+    resumed under their own ids, so each continues from its last epoch checkpoint and keeps its run slot.
+    Ray Tune 2.60 can end such a trial ERROR whatever retries its FailureConfig has left (a second failure
+    of the lost node's tasks finds it already requeued); a trial that raised in training is resumed too and
+    ends at once (its record stands). Still lost after the rounds: recorded failed. The marks are files, so
+    a driver killed between rounds leaves them to ``study resume``."""
     for _ in range(rounds):
-        if not recorder.lost:
+        lost = lost_trials(d)
+        if not lost:
             break
-        lost, recorder.lost = recorder.lost, {}
-        for tid in lost:
-            release_configs(d, tid)  # its claim on its configuration, taken again when it runs
+        for tid in lost:  # marked again by the recorder if it dies again
+            (d / "checkpoints" / tid / LOST).unlink(missing_ok=True)
         if not quiet:
-            status_line(f"running {len(lost)} trial(s) again whose process died: {', '.join(sorted(lost))}")
+            status_line(f"running {len(lost)} trial(s) again whose process died: {', '.join(lost)}")
         grid = restore().fit()
-    recorder.requeue = False
-    for tid, (params, error) in recorder.lost.items():
-        recorder.record(tid, params, "error", error)
-    recorder.lost = {}
+    recorder.setup()  # the rounds' records were made by Tune's copy of the callback
+    for tid, mark in lost_trials(d).items():  # still lost after the rounds: failed, with Tune's error line
+        failed = recorder.record(tid, mark.get("params") or {}, "error", str(mark.get("error") or "trial process died"))
+        if failed is not None:  # its record beside its checkpoints, as a trial that raised leaves it
+            write_result(d / "checkpoints" / tid, failed)
+        (d / "checkpoints" / tid / LOST).unlink(missing_ok=True)
     return grid
 
 

@@ -7,8 +7,10 @@ died) is rebuilt from its last epoch checkpoint. What a trial claims before it t
 configuration) is :mod:`raybal.study.claims`.
 
 A trial whose process died without leaving its result (its node was lost, the process killed) is, with
-``requeue`` on, not recorded as failed but held in ``lost``: the driver runs it again, under the same
-trial id, from its last epoch checkpoint (:func:`raybal.study.driver.run_study`).
+``requeue`` on, not recorded as failed but marked ``LOST`` in its checkpoint folder (the error line and its
+values): the driver runs it again, under the same trial id, from its last epoch checkpoint
+(:func:`raybal.study.driver.run_lost_again`). The mark is a file, not the callback's memory: Tune pickles
+its callbacks with the experiment and a restored experiment calls a copy.
 """
 
 from __future__ import annotations
@@ -26,6 +28,22 @@ from raybal.training import checkpoint
 from raybal.training.result_file import read_result
 
 SKIPPED = "SKIPPED"
+LOST = "LOST"  # a trial whose process died without its result: {"error", "params"}, until it runs again
+
+
+def lost_trials(results_dir: Path) -> dict[str, dict[str, Any]]:
+    """Trial id -> its LOST mark, for the trials marked lost that have no result since."""
+    import json
+
+    ck = results_dir / "checkpoints"
+    out = {}
+    for mark in sorted(ck.glob(f"*/{LOST}")) if ck.is_dir() else []:
+        if read_result(mark.parent) is None:
+            try:
+                out[mark.parent.name] = json.loads(mark.read_text())
+            except ValueError:  # torn by a killed driver: the error line is lost, the trial is not
+                out[mark.parent.name] = {"error": "trial process died", "params": {}}
+    return out
 
 
 def status_line(text: str) -> None:
@@ -57,15 +75,15 @@ class Recorder:
         self.results_dir = results_dir
         self.quiet = quiet
         self.tracker = tracker  # raybal.results.tracking.Tracker (study.mlflow) or None
-        self.recorded: set[str] = set()
-        self.requeue = False  # a trial whose process died goes to ``lost`` (the driver runs it again)
-        self.lost: dict[str, tuple[dict[str, Any], str]] = {}  # trial id -> (its config, Tune's error line)
+        self.recorded: dict[str, str] = {}  # trial id -> the status its row holds
+        self.requeue = False  # a trial whose process died is marked LOST (the driver runs it again)
 
     def setup(self, **info: Any) -> None:
-        self.recorded = set()
+        self.recorded = {}
         try:
             t = load_results(self.results_dir).trials
-            self.recorded = set(t.loc[t["status"].isin(["ok", "failed", "stopped"]), "trial_id"].astype(str))
+            done = t[t["status"].isin(["ok", "failed", "stopped"])]
+            self.recorded = dict(zip(done["trial_id"].astype(str), done["status"].astype(str)))
         except ResultsError:
             pass
 
@@ -86,23 +104,33 @@ class Recorder:
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid, error = trial.trial_id, _tune_error(trial)
         ckdir = self.results_dir / "checkpoints" / tid
-        if self.requeue and tid not in self.recorded and read_result(ckdir) is None and not (ckdir / SKIPPED).is_file():
-            # the trial's process died before it could write its result (a raised error writes one)
-            self.lost[tid] = (dict(trial.config), error)
+        # getattr: the callback of an experiment pickled before requeue existed has none
+        if (getattr(self, "requeue", False) and tid not in self.recorded and read_result(ckdir) is None
+                and not (ckdir / SKIPPED).is_file()):
+            # the trial's process died before it could write its result (an error raised in training writes one)
+            import json
+
+            from raybal._atomic import atomic_write_bytes
+
+            mark = {"error": error, "params": dict(trial.config)}
+            atomic_write_bytes(ckdir / LOST, json.dumps(mark, default=str).encode())
+            release_configs(self.results_dir, tid)  # a trial waiting on its configuration trains it meanwhile
             if not self.quiet:
                 status_line(f"trial {tid} lost its process ({error}); it runs again from its last checkpoint")
             return
         self.record(tid, trial.config, ended="error", error=error)
 
     def record(self, tid: str, params: dict[str, Any], ended: str, error: str | None = None) -> RunResult | None:
-        if tid in self.recorded:  # a trial run again after it ended (its record on disk stands)
-            return None
         ckdir = self.results_dir / "checkpoints" / tid
+        own = read_result(ckdir)
+        # A trial run again after it ended keeps its row, unless a failed run now finished (``raybal confirm``
+        # trains a failed run again on resume): then its row is replaced.
+        if tid in self.recorded and not (self.recorded[tid] == "failed" and own is not None and own.status == "ok"):
+            return None
         if (ckdir / SKIPPED).is_file():
             if not self.quiet:
                 status_line(f"trial {tid} skipped: the study already holds its {self.runs} runs")
             return None
-        own = read_result(ckdir)
         if own is not None:
             result = own
         elif ended == "complete":
@@ -111,7 +139,7 @@ class Recorder:
             result = stopped_result(self.study, tid, params, ckdir, "failed", error or "trial process died")
         write_results(self.results_dir, [result])
         release_configs(self.results_dir, tid)  # a trial waiting on this one's config goes on
-        self.recorded.add(tid)
+        self.recorded[tid] = result.status
         if self.tracker is not None:
             self.tracker.log(result)
         if not self.quiet:

@@ -64,8 +64,10 @@ def maybe_inject(config: RunConfig, epoch: int, where: Path | None = None) -> No
         c = Constraint.parse(condition, ENV)
         if not c.holds(config.flatten().get(c.metric)):
             return
-    if kind.startswith("exit") and where is not None:
-        times = int(kind[4:] or 1)
+    if kind.startswith("exit"):
+        if where is None:  # no folder to count in: every time
+            os._exit(1)
+        times = int(kind[4:]) if kind[4:].isdigit() else 1
         where.mkdir(parents=True, exist_ok=True)
         done = len(list(where.glob(".fault-exit-*")))
         if done < times:

@@ -203,30 +203,59 @@ def test_lost_node_mid_study(tmp_path: Path, two_node_cluster, capsys: pytest.Ca
     reported = re.findall(r"trial (\S+) epoch (\d+)/4", log)
     for tid in at_removal:
         firsts = [e for t_, e in reported if t_ == tid and e == "1"]
-        assert len(firsts) == 1, (tid, [r for r in reported if r[0] == tid], log[-3000:])
+        # at most once: the report of epoch 1 may be lost with the node (last.pt is written before it)
+        assert len(firsts) <= 1, (tid, [r for r in reported if r[0] == tid], log[-3000:])
     assert set(at_removal) <= set(t["trial_id"])
 
 
 @pytest.mark.faults
+@pytest.mark.parametrize(("retries", "exits"), [(1, 2), (2, 4)])
 def test_a_trial_whose_process_dies_past_its_retries_runs_again_from_its_checkpoint(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_ray: None, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_ray: None, capsys: pytest.CaptureFixture[str],
+        retries: int, exits: int) -> None:
     """Issue 36: a trial's process that dies (as on a lost node) once more than Tune retries it ends ERROR in
     Tune; the driver runs it again under its own id from its last epoch checkpoint (the path Ray Tune 2.60's
-    requeue race takes on a lost node). Every trial ends ok, every epoch is trained and recorded once."""
+    requeue race takes on a lost node). Every trial ends ok, every epoch is trained and recorded once. With
+    retries = 2 and 4 exits a re-run trial dies again (a restored experiment calls Tune's pickled copy of the
+    driver's callback: the lost marks are files)."""
     import re
 
-    # each trial's process ends at the end of epoch 2 twice: Tune's one retry (trial_retries = 1) dies too
-    monkeypatch.setenv("RAYBAL_FAULT", "exit2:2")
+    # each trial's process ends at the end of epoch 2 `exits` times: Tune's own retries die too
+    monkeypatch.setenv("RAYBAL_FAULT", f"exit{exits}:2")
     out = tmp_path / "res"
-    study = study_file(tmp_path, 2, epochs=3, extra="trial_retries = 1\n")
+    study = study_file(tmp_path, 2, epochs=3, extra=f"trial_retries = {retries}\n")
     assert main(["study", "run", str(study), "--results", str(out)]) == 0
     log = capsys.readouterr().err
     t = assert_complete(out, 2, 3)  # both ok, each epoch once in the tables
     for tid in t["trial_id"]:
         assert f"trial {tid} lost its process" in log, log[-3000:]
-        assert len(list((out / "checkpoints" / tid).glob(".fault-exit-*"))) == 2  # it did die twice
+        assert len(list((out / "checkpoints" / tid).glob(".fault-exit-*"))) == exits  # it did die so often
+        assert not (out / "checkpoints" / tid / "LOST").exists()
         epochs = [int(e) for t_, e in re.findall(r"trial (\S+) epoch (\d+)/3", log) if t_ == tid]
         assert sorted(epochs) == sorted(set(epochs)), (tid, epochs)  # no epoch reported twice: resumed, not redone
+
+
+@pytest.mark.faults
+def test_a_failed_confirmation_run_trains_again_on_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          local_ray: None) -> None:
+    """``raybal confirm`` run again trains a confirmation run that failed (from its last checkpoint) and
+    replaces its failed row; the runs that finished are not trained again."""
+    out = tmp_path / "res"
+    study = study_file(tmp_path, 2, epochs=2, extra="repeats = 2\nmax_concurrent = 1\ntrial_retries = 0\n")
+    assert main(["study", "run", str(study), "--results", str(out), "--quiet"]) == 0
+    args = ["confirm", str(out), "--top", "1", "--seeds", "2", "--quiet"]
+    seed = 1000  # the first confirmation seed (study seed 0 + confirm.SEED_OFFSET)
+    monkeypatch.setenv("RAYBAL_FAULT", f"error:2:train.seed == {seed}")
+    assert main(args) == 1  # a run did not finish ok: "run the same command to retry them"
+    t = pd.read_parquet(out / "trials.parquet")
+    conf = t[t["role"] == "confirm"]
+    assert (conf.loc[conf["train.seed"] == seed, "status"] == "failed").all() and (conf["status"] == "ok").sum() == 1
+    finished = conf.loc[conf["status"] == "ok", "trial_id"].iloc[0]
+    stamp = (out / "checkpoints" / finished / "result.json").stat().st_mtime_ns
+    monkeypatch.delenv("RAYBAL_FAULT")
+    assert main(args) == 0
+    t = assert_complete(out, 4 + 2, 2)  # every run ok now, each once
+    assert (out / "checkpoints" / finished / "result.json").stat().st_mtime_ns == stamp  # not trained again
 
 
 @pytest.mark.faults
