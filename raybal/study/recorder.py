@@ -123,9 +123,9 @@ class Recorder:
     def record(self, tid: str, params: dict[str, Any], ended: str, error: str | None = None) -> RunResult | None:
         ckdir = self.results_dir / "checkpoints" / tid
         own = read_result(ckdir)
-        # A trial run again after it ended keeps its row, unless a failed run now finished (``raybal confirm``
-        # trains a failed run again on resume): then its row is replaced.
-        if tid in self.recorded and not (self.recorded[tid] == "failed" and own is not None and own.status == "ok"):
+        # A trial run again after it ended keeps its row, unless it now finished where its row says it did not
+        # (a trial stopped by an interrupted driver and resumed; a failed run ``raybal confirm`` trained again).
+        if tid in self.recorded and not (self.recorded[tid] != "ok" and own is not None and own.status == "ok"):
             return None
         if (ckdir / SKIPPED).is_file():
             if not self.quiet:
