@@ -54,6 +54,9 @@ def init_ray(address: str | None, *, log_to_driver: bool = False) -> bool:
     if address:
         ray.init(address=address, **kw)
     else:
+        # Each epoch's ray.train.report waits for the Train controller's next poll of the workers (every 2 s
+        # by default): on a local Ray, where epochs can be short, it polls every 0.25 s.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=True, **kw)
     return True
 

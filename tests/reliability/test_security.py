@@ -76,10 +76,10 @@ def test_a_trial_result_file_with_code_in_it_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_planted_result_in_a_study_folder_stops_the_resume_and_runs_nothing(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], local_ray: None) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], finished_study: Path) -> None:
     from raybal.training.result_file import RESULT_FILE
 
-    out = _finished_study(tmp_path)
+    out = finished_study
     # A trial folder raybal did not write, holding a slot, its record a pickle: what resume reads back.
     planted = out / "checkpoints" / "planted"
     planted.mkdir()
@@ -118,12 +118,27 @@ TINY_STUDY = ("[data]\nn_train = 64\nn_val = 32\nn_test = 32\nimage_size = 16\n[
               "\"train.lr\" = {{loguniform = [1e-3, 1e-2]}}\n")
 
 
-def _finished_study(tmp_path: Path) -> Path:
-    """The results folder of a finished one-trial study (SQLite storage), for a test to plant files in."""
-    study = tmp_path / "s.toml"
+@pytest.fixture(scope="module")
+def _one_finished_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-trial study (SQLite storage), run once for the module."""
+    from raybal.training.distributed import init_ray
+
+    init_ray(None)  # the session's one local Ray (conftest.local_ray)
+    root = tmp_path_factory.mktemp("finished")
+    study = root / "s.toml"
     study.write_text(TINY_STUDY.format(storage="sqlite"))
-    out = tmp_path / "res"
+    out = root / "res"
     assert main(["study", "run", str(study), "--results", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture
+def finished_study(tmp_path: Path, _one_finished_study: Path, local_ray: None) -> Path:
+    """This test's own copy of the finished study's results folder, for it to plant files in."""
+    import shutil
+
+    out = tmp_path / "res"
+    shutil.copytree(_one_finished_study, out, symlinks=True)
     return out
 
 
@@ -171,12 +186,12 @@ def test_a_url_from_an_environment_variable(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_a_results_folder_holding_links_and_foreign_files_is_reported_not_followed(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], local_ray: None) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], finished_study: Path) -> None:
     import pandas as pd
 
     from raybal.training.result_file import RESULT_FILE
 
-    out = _finished_study(tmp_path)
+    out = finished_study
     before = pd.read_parquet(out / "trials.parquet")
     # Files raybal writes have the user's usual permissions (umask), not mkstemp's 0600.
     umask = os.umask(0)
@@ -209,8 +224,8 @@ def test_a_study_name_is_a_plain_name_never_a_path(tmp_path: Path, capsys: pytes
 
 
 def test_resume_refuses_ray_tunes_pickled_state_written_by_someone_else(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], local_ray: None) -> None:
-    out = _finished_study(tmp_path)
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], finished_study: Path) -> None:
+    out = finished_study
     foreign = next(p for p in (out / "tune").rglob("*.pkl"))
     if os.geteuid() != 0:
         pytest.skip("planting a file of another owner needs root")
