@@ -99,7 +99,7 @@ def _branch_stats(model: Any, split: Any, corrupt: Any) -> tuple[float, float]:
     share_sum, n = 0.0, 0
     for xb, _ in split.batches(500):
         clean = model.encode(xb)
-        noisy_x = corrupt(xb)
+        noisy_x = corrupt(xb, torch.arange(n, n + len(clean["eo"])))
         noisy = model.encode(noisy_x)
         shift_num += float((noisy["eo"] - clean["eo"]).flatten(1).norm(dim=1).sum())
         shift_den += float(clean["eo"].flatten(1).norm(dim=1).sum())

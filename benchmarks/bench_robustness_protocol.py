@@ -1,15 +1,21 @@
 """The robustness protocol on the methods a study compares (issue 34).
 
 Every configuration below is trained with 3 seeds on the calibrated aerial profile
-(``synthetic_aerial``, ``profile = "ntire21"``) and on ``colored_digits``, then swept by the standard
-suite (``studies/robustness_suite.toml``: every corruption at severities 1-5 on the modalities whose
-shape it fits, missing rates 0.1-0.5, one joint fault) on the test split. From each directory's
-``robustness_summary.parquet``, with vanilla as the baseline paired by seed, it prints per data set
-and configuration the clean metric, mRA, relative robustness, mCE and effective robustness over all
-corruptions (mean and 95 % t interval over seeds), then mRA per corruption: where each method helps
-and where it hurts.
+(``synthetic_aerial``, ``profile = "ntire21"``), on ``colored_digits`` and on the segmentation variant
+of ``synthetic_aerial`` (U-Net, per-pixel masks, mIoU; smaller: 800 training chips, 200 test chips), then
+swept by the standard suite (``studies/robustness_suite.toml``: every corruption at severities 1-5 on
+the modalities whose shape it fits, missing rates 0.1-0.5, one joint fault) on the test split. From
+each directory's ``robustness_summary.parquet``, with vanilla as the baseline paired by seed, it prints
+per data set and configuration:
 
-    python benchmarks/bench_robustness_protocol.py [--quick] [--data synthetic_aerial colored_digits]
+* the clean metric, mRA, relative robustness, mCE and effective robustness over all corruptions: the
+  mean over seeds with its 95 % t interval, and ``boot±``, the mean half-width of the runs' own 95 %
+  bootstrap intervals over test samples (how much of the spread the test set's size alone explains);
+* mRA per corrupted modality and corruption (mean over seeds);
+* where each method helps and where it hurts against vanilla: the curves whose CE's bootstrap interval
+  lies wholly below 1 (helps) or wholly above 1 (hurts) on every seed, the mean CE at least 2 % from 1.
+
+    python benchmarks/bench_robustness_protocol.py [--quick] [--data synthetic_aerial colored_digits segmentation]
 
 ``--quick`` is a smoke run (small data, 2 epochs, 2 seeds); it is not recorded.
 """
@@ -38,9 +44,11 @@ DATA: dict[str, dict[str, Any]] = {
     "synthetic_aerial": {"data.name": "synthetic_aerial", "data.profile": "ntire21", "data.n_train": 1500,
                          "data.n_val": 500, "data.n_test": 500, "train.epochs": 6},
     "colored_digits": {"data.name": "colored_digits", "train.epochs": 6},
+    "segmentation": {"data.name": "synthetic_aerial", "data.task": "segmentation", "model.name": "unet",
+                     "data.n_train": 800, "data.n_val": 200, "data.n_test": 200, "train.epochs": 6},
 }
 # the modality each data set leans on (targets, noise augmentation) and the other
-MODALITIES = {"synthetic_aerial": ("eo", "sar"), "colored_digits": ("color", "gray")}
+MODALITIES = {"synthetic_aerial": ("eo", "sar"), "colored_digits": ("color", "gray"), "segmentation": ("eo", "sar")}
 
 
 def configs(name: str) -> dict[str, dict[str, Any]]:
@@ -83,7 +91,30 @@ def table(s: pd.DataFrame) -> pd.DataFrame:
             iv = mean_interval(g[k].dropna().tolist())
             row[k] = iv.format(3) if iv is not None and iv.n > 1 else (f"{g[k].mean():.3f}" if g[k].notna().any()
                                                                         else "-")
+            half = ((g[f"{k}_hi"] - g[f"{k}_lo"]) / 2).mean()
+            row[f"{k} boot±"] = f"{half:.3f}" if half == half else "-"
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+MATERIAL = 0.02  # a verdict needs the mean CE 2 % away from vanilla's too: paired intervals of two nearly
+# identical models are tight around a difference too small to matter
+
+
+def verdicts(s: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration: the curves (modality:corruption) where it beats vanilla on every seed, its CE's
+    bootstrap interval wholly below 1, and those where it loses on every seed (wholly above 1); either
+    with a mean CE at least ``MATERIAL`` away from 1."""
+    curves = s[(s["modality"] != ALL) & s["ce"].notna()].assign(point=lambda x: x["modality"] + ":" + x["corruption"])
+    rows = []
+    for cfg, g in curves.groupby("config", sort=False):
+        by = g.groupby("point")
+        helps = by.apply(lambda p: bool((p["ce_hi"] < 1).all() and p["ce"].mean() <= 1 - MATERIAL),
+                         include_groups=False)
+        hurts = by.apply(lambda p: bool((p["ce_lo"] > 1).all() and p["ce"].mean() >= 1 + MATERIAL),
+                         include_groups=False)
+        rows.append({"config": cfg, "helps": ", ".join(helps.index[helps]) or "-",
+                     "hurts": ", ".join(hurts.index[hurts]) or "-"})
     return pd.DataFrame(rows)
 
 
@@ -109,7 +140,7 @@ def main() -> None:
         base = {**DATA[name], **robustness(name)}
         if args.quick:
             base.update({"train.epochs": 2, **({"data.n_train": 300, "data.n_val": 100, "data.n_test": 100}
-                                              if name == "synthetic_aerial" else {})})
+                                              if name != "colored_digits" else {})})
         runs = {f"{cfg}-s{seed}": default_config(**{**base, **over, "train.seed": seed})
                 for cfg, over in configs(name).items() for seed in seeds}
         d = out / name
@@ -120,6 +151,9 @@ def main() -> None:
         print(table(s).to_string(index=False))
         print(f"\n{name}: mRA per corrupted modality and corruption (mean over seeds)")
         print(per_corruption(s).round(3).to_string())
+        print(f"\n{name}: against vanilla, CE's bootstrap interval wholly below 1 (helps) or above 1 (hurts) on "
+              "every seed")
+        print(verdicts(s).to_string(index=False))
         recorded.append(s[s["modality"] == ALL].assign(data=name))  # per run; the curves stay in the directory
     record("bench_robustness_protocol", pd.concat(recorded, ignore_index=True), args.quick)
 

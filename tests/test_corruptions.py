@@ -150,9 +150,10 @@ def test_a_joint_corruption_steps_through_each_parts_levels_together() -> None:
     assert steps == [[("eo", "clouds", 1.0), ("sar", "speckle", 0.1)], [("eo", "clouds", 2.0), ("sar", "speckle", 0.2)],
                      [("eo", "clouds", 3.0), ("sar", "speckle", 0.3)]]  # as many steps as the shorter part
     x = {"eo": images(4), "sar": images(4, c=1, seed=1), "ir": images(4, c=1, seed=2)}
-    y = joint_corrupter(steps[2], seed=3)(x)
+    idx = torch.arange(4)
+    y = joint_corrupter(steps[2], seed=3)(x, idx)
     assert not torch.equal(y["eo"], x["eo"]) and not torch.equal(y["sar"], x["sar"]) and torch.equal(y["ir"], x["ir"])
-    assert all(torch.equal(y[m], joint_corrupter(steps[2], seed=3)(x)[m]) for m in x)  # seeded
+    assert all(torch.equal(y[m], joint_corrupter(steps[2], seed=3)(x, idx)[m]) for m in x)  # seeded
 
 
 def test_a_run_sweeps_a_joint_corruption() -> None:
@@ -165,3 +166,91 @@ def test_a_run_sweeps_a_joint_corruption() -> None:
     r = fit(cfg)
     rows = {(p["modality"], p["corruption"], p["level"]): p["accuracy"] for p in r.robustness}
     assert set(rows) == {("eo", "haze", 5.0), ("eo+sar", "storm", 1.0)}
+
+
+def _split_level(name: str) -> float:
+    from raybal.noise import nonzero_levels
+
+    return nonzero_levels(name)[-1]
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS.names()))
+def test_a_samples_corruption_depends_on_the_seed_and_the_sample_only(name: str) -> None:
+    """Whatever batches a split is cut into, in whatever order, and on 1 or 2 workers' shards: each sample
+    is corrupted the same (its own draws, from (seed, grid point, sample))."""
+    from raybal.data.pipeline import chunks, shard_order
+    from raybal.noise import corrupter
+
+    n, level = 23, _split_level(name)
+    x = {"eo": images(n, c=3, size=16, seed=1), "sar": images(n, c=2, size=16, seed=2)}
+    fn = corrupter("eo", name, level, seed=4, n=n)
+    whole = fn(x, torch.arange(n))["eo"]
+    assert not torch.equal(whole, x["eo"]), f"{name} at {level} left the split unchanged"
+
+    def by_batches(order: torch.Tensor, size: int) -> dict[int, torch.Tensor]:
+        out = {}
+        for idx in chunks(order, size, drop_last=False):
+            y = fn({m: t[idx] for m, t in x.items()}, idx)["eo"]
+            out.update({int(i): y[k] for k, i in enumerate(idx)})
+        return out
+
+    g = torch.Generator().manual_seed(0)
+    layouts = {"batches of 5": by_batches(torch.arange(n), 5), "one by one": by_batches(torch.arange(n), 1),
+               "shuffled, batches of 7": by_batches(torch.randperm(n, generator=g), 7)}
+    for rank in (0, 1):  # two workers' shards of a shuffled epoch
+        order = shard_order(n, shuffle=True, generator=torch.Generator().manual_seed(1), rank=rank, world=2,
+                            global_batch=8)
+        layouts[f"worker {rank} of 2"] = by_batches(order, 4)
+    for layout, rows in layouts.items():
+        for i, row in rows.items():
+            assert torch.allclose(row, whole[i], atol=1e-6), f"{name}: sample {i} differs ({layout})"
+    # a corruption with draws (not blur, haze, resolution; not blackout at 1.0, a dead sensor) draws others
+    if CORRUPTIONS.get(name).meta.get("draws", True) and not (name == "blackout" and level >= 1):
+        other = corrupter("eo", name, level, seed=5, n=n)(x, torch.arange(n))["eo"]
+        assert not torch.equal(other, whole), f"{name}: another seed drew the same corruption"
+
+
+def test_a_missing_rate_is_a_share_of_the_split_whatever_its_batches() -> None:
+    from raybal.noise import corrupter
+
+    n = 101
+    x = {"eo": images(n, c=1, size=8) + 0.1}
+    fn = corrupter("eo", "missing", 0.3, seed=2, n=n)
+    gone = []
+    for start in range(0, n, 7):
+        idx = torch.arange(start, min(start + 7, n))
+        y = fn({"eo": x["eo"][idx]}, idx)["eo"]
+        gone += [int(i) for k, i in enumerate(idx) if bool((y[k] == 0).all())]
+    assert abs(len(gone) - 0.3 * n) <= 1  # round(0.3 x 101) = 30, in batches that each hold ~2
+    whole = fn(x, torch.arange(n))["eo"]
+    assert gone == [i for i in range(n) if bool((whole[i] == 0).all())]
+    with pytest.raises(ValueError, match="split's size"):
+        corrupter("eo", "missing", 0.3, seed=2)(x, torch.arange(n))
+
+
+def test_a_training_corruption_is_the_same_on_one_and_two_workers() -> None:
+    from raybal.data import load_data
+    from raybal.data.pipeline import shard_order
+
+    cfg = tiny_config(**{"data.augment.corruptions": {"eo": {"clouds": 0.5, "misregistration": 0.5}},
+                         "data.augment.flip": False})
+    train = load_data(cfg.data).train
+    n = len(train)
+
+    def corrupted(order: torch.Tensor) -> dict[int, torch.Tensor]:
+        out = {}
+        for k in range(0, len(order), 8):
+            idx = order[k:k + 8]
+            xb, _ = next(iter(train.batches(len(idx), order=idx, augment=(3, 2))))
+            out.update({int(i): xb["eo"][j] for j, i in enumerate(idx)})
+        return out
+
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    one = corrupted(perm)
+    raw = {int(i): xb for i, xb in zip(perm[:8], next(iter(train.batches(8, order=perm[:8], raw=True)))[0]["eo"])}
+    assert any(not torch.equal(one[i], raw[i]) for i in raw)  # the augmentation acted
+    for rank in (0, 1):
+        order = shard_order(n, shuffle=True, generator=torch.Generator().manual_seed(0), rank=rank, world=2,
+                            global_batch=32)
+        for i, row in corrupted(order).items():
+            assert torch.equal(row, one[i]), f"sample {i} on worker {rank} of 2"

@@ -58,6 +58,11 @@ def test_a_study_writes_its_robustness_summary(study_dir: Path) -> None:
     search = s[s["trial_id"].isin(ok.loc[ok["role"] == "search", "trial_id"])]
     base = s[s["trial_id"].isin(ok.loc[ok["role"] == "baseline", "trial_id"])]
     assert search["ce"].notna().all() and base["ce"].isna().all()  # paired with the baseline by seed
+    # each with its bootstrap interval over the test samples, resample by resample against the baseline
+    assert search[["ce_lo", "ce_hi", "effective_robustness_lo", "effective_robustness_hi"]].notna().all().all()
+    assert (search["ce_lo"] <= search["ce"]).mean() > 0.8 and (search["ce"] <= search["ce_hi"]).mean() > 0.8
+    assert (search["effective_robustness_lo"] < search["effective_robustness_hi"]).mean() > 0.8
+    assert (s["rel_robustness_lo"] <= s["rel_robustness_hi"]).all()  # equal where a corruption changes nothing
     assert (s[s["modality"] == "all"].groupby("trial_id").size() == 2).all()  # one all-row per split
     t = ok.set_index("trial_id")
     allrows = s[(s["modality"] == "all") & (s["split"] == "val")].set_index("trial_id")

@@ -97,3 +97,39 @@ def test_a_confirmation_run_is_compared_with_the_baselines_confirmation_run_of_i
     assert s.loc[("m0", "eo", "clouds"), "ce"] == pytest.approx((0.1 + 0.3) / (0.4 + 0.7))  # against b0
     assert s.loc[("cm0", "eo", "clouds"), "ce"] == pytest.approx((0.5 + 0.5) / (0.6 + 0.8))  # against cb0
     assert math.isnan(s.loc[("cb0", "eo", "clouds"), "ce"])  # the baseline's own confirmation run
+
+
+def test_each_statistic_has_its_bootstrap_interval_paired_with_the_baseline_resample_by_resample() -> None:
+    import numpy as np
+
+    trials = pd.DataFrame([
+        {"trial_id": "b0", "status": "ok", "role": "baseline", "replicate": 0, "final.test_accuracy": 0.9},
+        {"trial_id": "m0", "status": "ok", "role": "search", "replicate": 0, "final.test_accuracy": 1.0},
+        {"trial_id": "n0", "status": "ok", "role": "search", "replicate": 0, "final.test_accuracy": 1.0}])
+    m = {1: np.array([0.9, 0.8, 1.0, 0.85]), 2: np.array([0.7, 0.6, 0.75, 0.65])}
+    b = {1: np.array([0.6, 0.5, 0.7, 0.55]), 2: np.array([0.3, 0.2, 0.4, 0.25])}
+    mc, bc = np.array([1.0, 0.95, 1.0, 0.9]), np.array([0.9, 0.85, 0.95, 0.8])
+
+    def rows(tid: str, vals: list[float], boot: dict | None, clean: np.ndarray | None) -> list[dict]:
+        out = _rows(tid, vals)
+        for r in out:
+            r["boot"] = list(boot[int(r["level"])]) if boot else None
+            r["clean_boot"] = list(clean) if boot else None
+        return out
+
+    rob = pd.DataFrame(rows("m0", [0.9, 0.7], m, mc) + rows("b0", [0.6, 0.3], b, bc)
+                       + rows("n0", [0.9, 0.7], None, None))  # n0: a sweep without resamples
+    s = summary_table(trials, rob, "accuracy").set_index(["trial_id", "modality", "corruption"])
+    mra = (m[1] + m[2]) / 2 / mc
+    rel = (0.5 * (mc + m[1]) / 2 + 0.5 * (m[1] + m[2]) / 2) / mc  # levels 0, 1, 2 scaled by 2
+    ce = ((1 - m[1]) + (1 - m[2])) / ((1 - b[1]) + (1 - b[2]))
+    er = mc * (mra - (b[1] + b[2]) / 2 / bc)
+    for row in (s.loc[("m0", "eo", "clouds")], s.loc[("m0", ALL, ALL)]):  # one curve: the all-row's too
+        for k, per in (("clean", mc), ("mra", mra), ("rel_robustness", rel), ("ce", ce),
+                       ("effective_robustness", er)):
+            lo, hi = np.percentile(per, [2.5, 97.5])
+            assert (row[f"{k}_lo"], row[f"{k}_hi"]) == (pytest.approx(lo), pytest.approx(hi)), k
+    n0 = s.loc[("n0", "eo", "clouds")]
+    assert n0["ce"] == pytest.approx(s.loc[("m0", "eo", "clouds"), "ce"]) and math.isnan(n0["ce_lo"])
+    assert math.isnan(s.loc[("b0", "eo", "clouds"), "ce_lo"])  # the reference: no CE, no interval
+    assert s.loc[("b0", "eo", "clouds"), "mra_lo"] == pytest.approx(np.percentile((b[1] + b[2]) / 2 / bc, 2.5))

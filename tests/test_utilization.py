@@ -67,6 +67,25 @@ def test_model_ignoring_inputs_is_flagged_not_divided_by_zero() -> None:
     assert res.shares == {"a": 0.5, "b": 0.5}
 
 
+def test_no_modalities_measures_the_metric_alone_with_no_shuffled_passes() -> None:
+    model = Oracle({"a": 1.0})
+    calls = 0
+    real = model.fuse
+
+    def counted(f):  # noqa: ANN001, ANN202
+        nonlocal calls
+        calls += 1
+        return real(f)
+
+    model.fuse = counted
+    res = measure(model, onehot_split(400), num_classes=5, task="classification", n_repeats=3, batch_size=100,
+                  modalities=())
+    assert calls == 4 and res.shares == {} and res.metric == 1.0  # one pass per batch, none shuffled
+    calls = 0
+    measure(model, onehot_split(400), num_classes=5, task="classification", n_repeats=3, batch_size=100)
+    assert calls == 4 * (1 + 2 * 3)  # None: every modality, 3 shuffles each
+
+
 def test_mu_is_seeded() -> None:
     model, sp = Oracle({"a": 0.7, "b": 0.3}), onehot_split()
     r1 = measure(model, sp, num_classes=5, task="classification", seed=3)

@@ -305,6 +305,8 @@ class RobustnessConfig:
     splits: tuple[Literal["val", "test"], ...] = ("val", "test")
     measure_mu: bool = True
     seed: int = knob(0, ge=0)
+    bootstrap: int = knob(200, ge=0, doc="resamples of each split's samples for the summary's 95 % intervals "
+                          "(robustness_summary.parquet *_lo / *_hi); 0: no intervals")
 
 
 @dataclass(frozen=True)

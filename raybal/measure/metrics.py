@@ -54,9 +54,7 @@ def task_metric(logits: Tensor, y: Tensor, num_classes: int, task: str) -> tuple
     """Per-batch statistics: (correct count, total) for classification; a confusion matrix for
     segmentation; per-class probability histograms (C, 2, bins) of negatives / positives for multilabel."""
     if task == "multilabel":
-        bins = (torch.sigmoid(logits.float()) * MULTILABEL_BINS).long().clamp_(0, MULTILABEL_BINS - 1)
-        cls = torch.arange(logits.shape[1], device=logits.device).expand_as(bins)
-        idx = (cls * 2 + (y > 0.5).long()) * MULTILABEL_BINS + bins
+        idx = multilabel_keys(logits, y)
         hist = torch.bincount(idx.flatten(), minlength=num_classes * 2 * MULTILABEL_BINS)
         return hist.view(num_classes, 2, MULTILABEL_BINS), torch.tensor(0)
     pred = logits.max(1).indices  # = argmax(1), and faster than it on CPU for (N, C, H, W) logits
@@ -69,6 +67,14 @@ def task_metric(logits: Tensor, y: Tensor, num_classes: int, task: str) -> tuple
     idx = y * num_classes + pred
     conf = torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
     return conf, torch.tensor(0)
+
+
+def multilabel_keys(logits: Tensor, y: Tensor) -> Tensor:
+    """(N, C): where each sample's class c falls in the flattened (C, 2, bins) histograms: its label
+    (negative / positive) and its predicted probability's bin."""
+    bins = (torch.sigmoid(logits.float()) * MULTILABEL_BINS).long().clamp_(0, MULTILABEL_BINS - 1)
+    cls = torch.arange(logits.shape[1], device=logits.device).expand_as(bins)
+    return (cls * 2 + (y > 0.5).long()) * MULTILABEL_BINS + bins
 
 
 def finish_metric(stat: Tensor, total: Tensor, task: str) -> float:

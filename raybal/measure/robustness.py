@@ -2,8 +2,11 @@
 joint corruptions (several modalities at once, ``[robustness] joint``) step by step.
 
 Each grid point measures the metric (accuracy, or mIoU for segmentation) and, when asked,
-the permutation MU under that corruption. The measurements are returned as :class:`Point`s;
-:func:`raybal.results.schema.robustness_rows` turns them into ``robustness.parquet`` rows.
+the permutation MU under that corruption; with ``robustness.bootstrap`` resamples, the metric on each
+resample of the split too, and the clean metric on the same resamples (:mod:`raybal.measure.bootstrap`).
+Each sample's corruption depends on (seed, grid point, sample) only (:func:`raybal.noise.joint_corrupter`).
+The measurements are returned as :class:`Point`s; :func:`raybal.results.schema.robustness_rows` turns
+them into ``robustness.parquet`` rows.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from torch import Tensor
 
 from raybal.config import ConfigError, RobustnessConfig, RunConfig
 from raybal.data.base import MultiModalData
+from raybal.measure.bootstrap import Bootstrap
 from raybal.measure.utilization import MUResult, measure
 from raybal.models.base import FusionModel
 from raybal.noise import CORRUPTIONS, CorruptionError, default_levels, joint_corrupter, joint_steps, nonzero_levels
@@ -30,6 +34,8 @@ class Point:
     corruption: str
     level: float
     result: MUResult
+    boot: tuple[float, ...] = ()  # the metric on each bootstrap resample of the split (raybal.measure.bootstrap)
+    clean_boot: tuple[float, ...] = ()  # the clean metric on the same resamples
 
 
 def grid(cfg: RobustnessConfig, modalities: tuple[str, ...]) -> list[tuple[str, str, float]]:
@@ -112,13 +118,20 @@ def sweep(model: FusionModel, data: MultiModalData, cfg: RobustnessConfig, *, mu
     total = len(points) * len(cfg.splits)
     done = 0
     for split in cfg.splits:
+        s = data.split(split)
+        boot = clean = None
+        if cfg.bootstrap:  # the same resamples for every run of this split and seed: paired intervals
+            boot = Bootstrap.for_split(len(s), cfg.bootstrap, cfg.seed, data.task, data.num_classes)
+            clean = boot.fresh()
+            measure(model, s, num_classes=data.num_classes, task=data.task, modalities=(), boot=clean)
         for i, (mod, corruption, level, parts) in enumerate(points):
             # The same seed per grid point on every split and model: paired comparisons.
-            fn = joint_corrupter(parts, seed=cfg.seed * 7919 + i)
-            res = measure(model, data.split(split), num_classes=data.num_classes, task=data.task,
-                          n_repeats=mu_repeats, seed=cfg.seed, corrupt=fn,
-                          modalities=data.modalities if cfg.measure_mu else ())
-            points_out.append(Point(split, mod, corruption, level, res))
+            fn = joint_corrupter(parts, seed=cfg.seed * 7919 + i, n=len(s))
+            acc = boot.fresh() if boot is not None else None
+            res = measure(model, s, num_classes=data.num_classes, task=data.task, n_repeats=mu_repeats,
+                          seed=cfg.seed, corrupt=fn, modalities=data.modalities if cfg.measure_mu else (), boot=acc)
+            points_out.append(Point(split, mod, corruption, level, res, tuple(acc.metrics()) if acc else (),
+                                    tuple(clean.metrics()) if clean else ()))
             done += 1
             if progress is not None:
                 progress(done, total)

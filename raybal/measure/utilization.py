@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from raybal.data.base import Split
+from raybal.measure.bootstrap import Bootstrap
 from raybal.measure.metrics import finish_metric, summed_sample_loss, task_metric
 from raybal.models.base import FusionModel, index_features
-
-Corrupt = Callable[[dict[str, Tensor]], dict[str, Tensor]]
+from raybal.noise.base import Corrupter
 
 # Evaluation encodes at most this many samples per forward pass. The per-sample cost depends on the
 # chunk through the CPU caches: over the cnn, ResNet-18 and ConvNeXt-T at 32 / 64 px on 1 and 2
@@ -63,10 +63,12 @@ def fuse_rows(feats: Any) -> int:
     return max(1, FUSE_ELEMENTS // max(per, 1))
 
 
-def fused_loss_and_stat(model: FusionModel, feats: Any, yb: Tensor, num_classes: int,
-                        task: str) -> tuple[Tensor, Tensor, Tensor]:
+def fused_loss_and_stat(model: FusionModel, feats: Any, yb: Tensor, num_classes: int, task: str,
+                        boot: Bootstrap | None = None, idx: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The summed per-sample loss (float64; the per-pixel / per-class mean within a sample) and the task
-    statistics of ``model.fuse(feats)``, fused in row chunks of :func:`fuse_rows`."""
+    statistics of ``model.fuse(feats)``, fused in row chunks of :func:`fuse_rows`; with ``boot``, each
+    chunk's statistics are added to the bootstrap resamples too (``idx``: the samples' indices in the
+    split)."""
     n = len(yb)
     step = fuse_rows(feats)
     loss = torch.zeros((), dtype=torch.float64, device=yb.device)
@@ -79,6 +81,8 @@ def fused_loss_and_stat(model: FusionModel, feats: Any, yb: Tensor, num_classes:
         logits = model.fuse(f).logits
         loss = loss + summed_sample_loss(logits.double(), y)
         st, tot = task_metric(logits, y, num_classes, task)
+        if boot is not None and idx is not None:
+            boot.add(logits, y, idx[sl])
         stat = st if stat is None else stat + st
         total = total + tot
     assert stat is not None, "empty batch"
@@ -115,14 +119,17 @@ class MUResult:
 
 @torch.no_grad()
 def measure(model: FusionModel, split: Split, *, num_classes: int, task: str, n_repeats: int = 3,
-            seed: int = 0, batch_size: int = 500, corrupt: Corrupt | None = None,
-            modalities: Iterable[str] | None = None, device: torch.device | None = None) -> MUResult:
-    """Evaluate ``model`` on ``split`` and measure permutation MU of every modality.
+            seed: int = 0, batch_size: int = 500, corrupt: Corrupter | None = None,
+            modalities: Iterable[str] | None = None, device: torch.device | None = None,
+            boot: Bootstrap | None = None) -> MUResult:
+    """Evaluate ``model`` on ``split`` and measure permutation MU of ``modalities`` (None: every modality;
+    empty: none, the metric only). ``corrupt`` transforms each batch (``(batch, idx) -> batch``, ``idx``
+    the samples' indices in the split); ``boot`` gathers the metric's bootstrap resamples.
 
     Samples are shuffled within chunks of ``batch_size`` (a seeded permutation per chunk,
     modality and repeat), which bounds memory and matches a whole-split shuffle in expectation.
     """
-    mods = tuple(modalities or model.modalities)
+    mods = tuple(model.modalities if modalities is None else modalities)
     was_training = model.training
     model.eval()
     dev = device or next(model.parameters()).device
@@ -132,14 +139,15 @@ def measure(model: FusionModel, split: Split, *, num_classes: int, task: str, n_
     count = 0
     stat_acc: Tensor | None = None
     total_acc = torch.tensor(0)
-    for xb, yb in split.batches(batch_size):
+    for xb, yb in split.batches(batch_size):  # in the split's order: batch k holds samples count .. count + n
+        n = len(yb)
+        idx = torch.arange(count, count + n)
         if corrupt is not None:
-            xb = corrupt(xb)
+            xb = corrupt(xb, idx)
         xb = {m: t.to(dev, non_blocking=True) for m, t in xb.items()}
         yb = yb.to(dev, non_blocking=True)
         feats = encode_chunked(model, xb)
-        n = len(yb)
-        loss, stat, total = fused_loss_and_stat(model, feats, yb, num_classes, task)
+        loss, stat, total = fused_loss_and_stat(model, feats, yb, num_classes, task, boot, idx)
         sums[0] += loss
         stat_acc = stat if stat_acc is None else stat_acc + stat
         total_acc = total_acc + total

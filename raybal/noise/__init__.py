@@ -9,6 +9,7 @@ from __future__ import annotations
 from raybal.config.registry import import_submodules
 from raybal.noise.base import (
     CORRUPTIONS,
+    Corrupter,
     CorruptionError,
     CorruptionFn,
     corrupter,
@@ -21,5 +22,5 @@ from raybal.noise.base import (
 
 import_submodules(__name__, __path__)
 
-__all__ = ["CORRUPTIONS", "CorruptionError", "CorruptionFn", "corrupter", "default_levels", "is_severity",
+__all__ = ["CORRUPTIONS", "Corrupter", "CorruptionError", "CorruptionFn", "corrupter", "default_levels", "is_severity",
            "joint_corrupter", "joint_steps", "nonzero_levels"]

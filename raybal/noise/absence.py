@@ -5,7 +5,8 @@
   zeroed, the value a dead detector gives; for C = 1 the corruption is refused.
 * ``missing`` (any modality): the modality is absent for a **missing rate** eta of the samples (the
   level, 0-1; Lee et al., *Multimodal Prompting with Missing Modalities*, CVPR 2023): exactly
-  round(eta N) of each batch's N samples, drawn per batch, have it zero-filled (``blackout`` draws each
+  round(eta N) of the N samples have it zero-filled: of a split's N in a sweep (``rate=True``: drawn once
+  per split, whatever the batches), of the batch's N when called on a batch (``blackout`` draws each
   sample independently instead).
 """
 
@@ -33,7 +34,7 @@ def band_drop(x: Tensor, level: float, g: torch.Generator) -> Tensor:
     return torch.where(dead.view(*dead.shape, *([1] * (x.dim() - 2))), torch.zeros_like(x), x)
 
 
-@CORRUPTIONS.register("missing", levels=(0.1, 0.2, 0.3, 0.4, 0.5), level_range=(0.0, 1.0))
+@CORRUPTIONS.register("missing", levels=(0.1, 0.2, 0.3, 0.4, 0.5), level_range=(0.0, 1.0), rate=True)
 def missing(x: Tensor, level: float, g: torch.Generator) -> Tensor:
     """Zero-fill the modality for exactly round(level * N) of the batch's N samples."""
     if not 0.0 <= level <= 1.0:

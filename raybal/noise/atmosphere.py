@@ -73,7 +73,7 @@ def clouds(x: Tensor, level: float, g: torch.Generator) -> Tensor:
     return shaded * (1 - mask) + bright * mask
 
 
-@CORRUPTIONS.register("haze", levels=(1, 2, 3, 4, 5), severities=True)
+@CORRUPTIONS.register("haze", levels=(1, 2, 3, 4, 5), severities=True, draws=False)
 def haze(x: Tensor, level: float, g: torch.Generator) -> Tensor:
     """I = J t + A (1 - t): transmission t per severity, airlight A the chip's brightest value per band."""
     image_only("haze", x)

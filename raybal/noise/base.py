@@ -8,6 +8,11 @@ documented physical parameter (the ImageNet-C convention; checked when a run fil
 
     @CORRUPTIONS.register("gaussian", levels=(0.0, 0.03, 0.06, 0.09, 0.12, 0.15))
     def gaussian(x, level, g): ...
+
+A sweep corrupts each sample with draws of its own (:func:`joint_corrupter`), so a corruption is
+deterministic per (seed, sample) on any batching and any number of workers. ``draws=False`` declares a
+corruption without randomness (applied to a whole batch at once); ``rate=True`` one whose level is a
+share of a split's samples (``missing``: exactly round(level n) of the n, whatever the batches).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from torch import Tensor
 from raybal.config.registry import RegistrationError, Registry
 
 CorruptionFn = Callable[[Tensor, float, torch.Generator], Tensor]
+# A batch transform ``(batch, idx) -> batch``; ``idx`` holds the batch's sample indices in its split.
+Corrupter = Callable[[dict[str, Tensor], Tensor], dict[str, Tensor]]
 
 
 def _check_corruption(name: str, obj: Any, params: type | None) -> None:
@@ -73,23 +80,58 @@ def nonzero_levels(corruption: str) -> list[float]:
     return [lv for lv in levels if lv > 0] or levels
 
 
-def corrupter(modality: str, corruption: str, level: float,
-              seed: int) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
-    """A batch transform corrupting one modality; seeded, so a sweep is reproducible."""
-    return joint_corrupter([(modality, corruption, level)], seed)
+def sample_generator(seed: int, part: int, index: int) -> torch.Generator:
+    """The generator of sample ``index``'s draws for part ``part`` of a corruption seeded with ``seed``."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + part) * 1_000_000_007 + index) % (2 ** 63))
 
 
-def joint_corrupter(parts: list[tuple[str, str, float]],
-                    seed: int) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
-    """A batch transform corrupting each (modality, corruption, level) of ``parts`` at once (a joint fault,
-    e.g. clouds on EO and extra speckle on SAR); one seeded generator, so a sweep is reproducible."""
-    fns = [(m, CORRUPTIONS.get(c).obj, level) for m, c, level in parts]
-    g = torch.Generator().manual_seed(seed)
+def corrupter(modality: str, corruption: str, level: float, seed: int, n: int | None = None) -> Corrupter:
+    """A batch transform corrupting one modality (:func:`joint_corrupter` with one part)."""
+    return joint_corrupter([(modality, corruption, level)], seed, n)
 
-    def apply(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+
+def joint_corrupter(parts: list[tuple[str, str, float]], seed: int, n: int | None = None) -> Corrupter:
+    """A transform ``(batch, idx) -> batch`` corrupting each (modality, corruption, level) of ``parts`` at
+    once (a joint fault, e.g. clouds on EO and extra speckle on SAR); ``idx`` holds the batch's sample
+    indices in its split, of ``n`` samples.
+
+    Deterministic per (seed, sample): sample i's draws come from a generator of its own, seeded by
+    (``seed``, the part, i), so its corruption does not depend on the batches the split is cut into, their
+    order or the number of workers. A corruption registered with ``draws=False`` (no randomness) is applied
+    to the whole batch at once. One registered with ``rate=True`` (``missing``) takes exactly
+    round(level n) of the split's ``n`` samples, drawn once from (``seed``, the part), and applies itself
+    at rate 1 to those."""
+    steps = []
+    for j, (m, c, level) in enumerate(parts):
+        entry = CORRUPTIONS.get(c)
+        chosen = None
+        if entry.meta.get("rate"):
+            if n is None:
+                raise ValueError(f"{c} is a rate over a split's samples: the corrupter needs the split's size")
+            chosen = torch.zeros(n, dtype=torch.bool)
+            chosen[torch.randperm(n, generator=sample_generator(seed, j, n))[:round(float(level) * n)]] = True
+        steps.append((j, m, entry.obj, float(level), chosen, bool(entry.meta.get("draws", True))))
+
+    def apply(batch: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
         out = dict(batch)
-        for m, fn, level in fns:
-            out[m] = fn(out[m], level, g)
+        idx = torch.as_tensor(idx).long().cpu()
+        for j, m, fn, level, chosen, draws in steps:
+            x = out[m]
+            if not len(x):
+                continue
+            if len(idx) != len(x):
+                raise ValueError(f"{len(idx)} sample indices for a batch of {len(x)}")
+            if chosen is not None:
+                rows = chosen[idx].to(x.device)
+                if bool(rows.any()):
+                    x = x.clone()
+                    x[rows] = fn(x[rows], 1.0, sample_generator(seed, j, -1))
+            elif not draws:
+                x = fn(x, level, sample_generator(seed, j, -1))
+            else:
+                x = torch.cat([fn(x[k:k + 1], level, sample_generator(seed, j, i))
+                               for k, i in enumerate(idx.tolist())])
+            out[m] = x
         return out
 
     return apply

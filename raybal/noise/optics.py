@@ -26,7 +26,7 @@ def gaussian_kernel(sigma: float) -> Tensor:
     return k / k.sum()
 
 
-@CORRUPTIONS.register("blur", levels=(1, 2, 3, 4, 5), severities=True)
+@CORRUPTIONS.register("blur", levels=(1, 2, 3, 4, 5), severities=True, draws=False)
 def blur(x: Tensor, level: float, g: torch.Generator) -> Tensor:
     """Separable Gaussian blur of every band."""
     image_only("blur", x)
@@ -40,7 +40,7 @@ def blur(x: Tensor, level: float, g: torch.Generator) -> Tensor:
     return y.view(n, c, h, w)
 
 
-@CORRUPTIONS.register("resolution", levels=(1, 2, 3, 4, 5), severities=True)
+@CORRUPTIONS.register("resolution", levels=(1, 2, 3, 4, 5), severities=True, draws=False)
 def resolution(x: Tensor, level: float, g: torch.Generator) -> Tensor:
     """Down-sample by block averaging, then up-sample back (bilinear)."""
     image_only("resolution", x)
