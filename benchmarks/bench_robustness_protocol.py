@@ -109,10 +109,8 @@ def verdicts(s: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for cfg, g in curves.groupby("config", sort=False):
         by = g.groupby("point")
-        helps = by.apply(lambda p: bool((p["ce_hi"] < 1).all() and p["ce"].mean() <= 1 - MATERIAL),
-                         include_groups=False)
-        hurts = by.apply(lambda p: bool((p["ce_lo"] > 1).all() and p["ce"].mean() >= 1 + MATERIAL),
-                         include_groups=False)
+        below, above, mean = by["ce_hi"].max() < 1, by["ce_lo"].min() > 1, by["ce"].mean()
+        helps, hurts = below & (mean <= 1 - MATERIAL), above & (mean >= 1 + MATERIAL)
         rows.append({"config": cfg, "helps": ", ".join(helps.index[helps]) or "-",
                      "hurts": ", ".join(hurts.index[hurts]) or "-"})
     return pd.DataFrame(rows)

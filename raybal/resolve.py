@@ -120,6 +120,18 @@ def _cross_validate(cfg: RunConfig) -> None:
                 raise ConfigError(f"{key}.{m}", f"unknown modality {m!r} (data set has: {', '.join(mods)})")
             if not isinstance(c, str) or c not in CORRUPTIONS:
                 raise ConfigError(f"{key}.{m}", f"unknown corruption {c!r} (known: {', '.join(CORRUPTIONS.names())})")
+    for name, parts in cfg.robustness.bands.items():
+        key = f"robustness.bands.{name}"
+        if name in CORRUPTIONS or name in cfg.robustness.joint:
+            raise ConfigError(key, f"{name!r} is a corruption's name; give the band failure its own")
+        if not isinstance(parts, Mapping) or not parts:
+            raise ConfigError(key, f"a table of modality = [band indices], e.g. {{eo = [3]}}, got {parts!r}")
+        for m, bands in parts.items():
+            if m not in mods:
+                raise ConfigError(f"{key}.{m}", f"unknown modality {m!r} (data set has: {', '.join(mods)})")
+            if (not isinstance(bands, (list, tuple)) or not bands
+                    or any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in bands)):
+                raise ConfigError(f"{key}.{m}", f"a list of band indices (integers from 0), got {bands!r}")
     augment = getattr(cfg.data.params, "augment", None)
     for m, v in augment.noise.items() if augment is not None else ():
         if m not in mods:

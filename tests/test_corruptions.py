@@ -180,10 +180,12 @@ def test_a_samples_corruption_depends_on_the_seed_and_the_sample_only(name: str)
     is corrupted the same (its own draws, from (seed, grid point, sample))."""
     from raybal.data.pipeline import chunks, shard_order
     from raybal.noise import corrupter
+    from raybal.noise.absence import band_mean
 
     n, level = 23, _split_level(name)
     x = {"eo": images(n, c=3, size=16, seed=1), "sar": images(n, c=2, size=16, seed=2)}
-    fn = corrupter("eo", name, level, seed=4, n=n)
+    means = {"eo": band_mean(x["eo"])}  # what `missing_mean` fills with (every other corruption ignores it)
+    fn = corrupter("eo", name, level, seed=4, n=n, means=means)
     whole = fn(x, torch.arange(n))["eo"]
     assert not torch.equal(whole, x["eo"]), f"{name} at {level} left the split unchanged"
 
@@ -206,7 +208,7 @@ def test_a_samples_corruption_depends_on_the_seed_and_the_sample_only(name: str)
             assert torch.allclose(row, whole[i], atol=1e-6), f"{name}: sample {i} differs ({layout})"
     # a corruption with draws (not blur, haze, resolution; not blackout at 1.0, a dead sensor) draws others
     if CORRUPTIONS.get(name).meta.get("draws", True) and not (name == "blackout" and level >= 1):
-        other = corrupter("eo", name, level, seed=5, n=n)(x, torch.arange(n))["eo"]
+        other = corrupter("eo", name, level, seed=5, n=n, means=means)(x, torch.arange(n))["eo"]
         assert not torch.equal(other, whole), f"{name}: another seed drew the same corruption"
 
 
@@ -254,3 +256,46 @@ def test_a_training_corruption_is_the_same_on_one_and_two_workers() -> None:
                             global_batch=32)
         for i, row in corrupted(order).items():
             assert torch.equal(row, one[i]), f"sample {i} on worker {rank} of 2"
+
+
+def test_a_missing_modality_filled_with_the_training_mean() -> None:
+    from raybal.data import load_data
+    from raybal.measure.robustness import train_means
+    from raybal.noise import corrupter
+    from raybal.training.loop import fit
+
+    cfg = tiny_config()
+    data = load_data(cfg.data)
+    means = train_means(data, {"eo"})
+    every = torch.cat([xb["eo"] for xb, _ in data.train.batches(37)]).double()  # by hand: per band
+    assert torch.allclose(means["eo"].flatten(), every.mean(dim=(0, 2, 3)).float(), atol=1e-6)
+    n = len(data.test)
+    xb, _ = next(iter(data.test.batches(n)))
+    y = corrupter("eo", "missing_mean", 0.3, seed=1, n=n, means=means)(xb, torch.arange(n))["eo"]
+    filled = (y == means["eo"].expand_as(y)).flatten(1).all(1)
+    assert abs(int(filled.sum()) - 0.3 * n) <= 1 and torch.equal(y[~filled], xb["eo"][~filled])
+    z = corrupter("eo", "missing", 0.3, seed=1, n=n)(xb, torch.arange(n))["eo"]
+    assert torch.equal((z == 0).flatten(1).all(1), filled)  # the same samples as `missing`: only the fill differs
+    with pytest.raises(ValueError, match="training mean"):
+        corrupter("eo", "missing_mean", 0.3, seed=1, n=n)(xb, torch.arange(n))
+    r = fit(tiny_config(**{"robustness.enabled": True, "robustness.modalities": ["eo"], "robustness.splits": ["test"],
+                           "robustness.corruptions": ["missing", "missing_mean"], "robustness.measure_mu": False,
+                           "robustness.levels": {"missing": [1.0], "missing_mean": [1.0]}}))
+    rows = {p["corruption"]: p["accuracy"] for p in r.robustness}
+    assert set(rows) == {"missing", "missing_mean"} and all(0 <= v <= 1 for v in rows.values())
+
+
+def test_named_bands_fail_in_every_sample_and_a_run_sweeps_them() -> None:
+    from raybal.noise.absence import band_mask
+    from raybal.training.loop import fit
+
+    x = images(5, c=4, size=8) + 0.1
+    y = corrupt("dead_bands", x, band_mask([0, 2]))
+    assert bool((y[:, [0, 2]] == 0).all()) and torch.equal(y[:, [1, 3]], x[:, [1, 3]])
+    with pytest.raises(CorruptionError, match="band 5 does not exist"):
+        corrupt("dead_bands", x, band_mask([5]))
+    r = fit(tiny_config(**{"robustness.enabled": True, "robustness.corruptions": [], "robustness.splits": ["test"],
+                           "robustness.bands": {"dead_red": {"eo": [0]}, "storm": {"eo": [1], "sar": [0]}},
+                           "robustness.measure_mu": False}))
+    assert {(p["modality"], p["corruption"], p["level"]) for p in r.robustness} == {
+        ("eo", "dead_red", 1.0), ("eo+sar", "storm", 1.0)}

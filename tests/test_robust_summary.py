@@ -119,6 +119,7 @@ def test_each_statistic_has_its_bootstrap_interval_paired_with_the_baseline_resa
 
     rob = pd.DataFrame(rows("m0", [0.9, 0.7], m, mc) + rows("b0", [0.6, 0.3], b, bc)
                        + rows("n0", [0.9, 0.7], None, None))  # n0: a sweep without resamples
+    rob["resamples"] = rob["boot"].map(lambda v: "4x10@0" if v is not None else None)
     s = summary_table(trials, rob, "accuracy").set_index(["trial_id", "modality", "corruption"])
     mra = (m[1] + m[2]) / 2 / mc
     rel = (0.5 * (mc + m[1]) / 2 + 0.5 * (m[1] + m[2]) / 2) / mc  # levels 0, 1, 2 scaled by 2
@@ -133,3 +134,27 @@ def test_each_statistic_has_its_bootstrap_interval_paired_with_the_baseline_resa
     assert n0["ce"] == pytest.approx(s.loc[("m0", "eo", "clouds"), "ce"]) and math.isnan(n0["ce_lo"])
     assert math.isnan(s.loc[("b0", "eo", "clouds"), "ce_lo"])  # the reference: no CE, no interval
     assert s.loc[("b0", "eo", "clouds"), "mra_lo"] == pytest.approx(np.percentile((b[1] + b[2]) / 2 / bc, 2.5))
+
+
+def test_the_all_rows_resample_is_the_mean_over_curves_and_other_resamples_are_not_paired() -> None:
+    import numpy as np
+
+    trials = pd.DataFrame([
+        {"trial_id": "b0", "status": "ok", "role": "baseline", "replicate": 0, "final.test_accuracy": 0.9},
+        {"trial_id": "m0", "status": "ok", "role": "search", "replicate": 0, "final.test_accuracy": 1.0}])
+    boot = {("m0", "clouds"): [0.9, 0.8, 0.7], ("m0", "haze"): [0.6, 0.8, 1.0],
+            ("b0", "clouds"): [0.5, 0.6, 0.7], ("b0", "haze"): [0.5, 0.5, 0.5]}
+    rows = []
+    for (tid, cor), vals in boot.items():
+        r = _rows(tid, [float(np.mean(vals))], cor)[0]
+        rows.append({**r, "boot": vals, "clean_boot": [1.0, 1.0, 1.0],
+                     "resamples": "3x10@0" if tid == "m0" or cor == "clouds" else "3x10@1"})
+    s = summary_table(trials, pd.DataFrame(rows), "accuracy").set_index(["trial_id", "modality", "corruption"])
+    mra = (np.array(boot[("m0", "clouds")]) + np.array(boot[("m0", "haze")])) / 2  # clean 1 on each resample
+    lo, hi = np.percentile(mra, [2.5, 97.5])
+    assert (s.loc[("m0", ALL, ALL), "mra_lo"], s.loc[("m0", ALL, ALL), "mra_hi"]) == (pytest.approx(lo),
+                                                                                       pytest.approx(hi))
+    assert not math.isnan(s.loc[("m0", "eo", "clouds"), "ce_lo"])  # the baseline's resamples are its own
+    assert math.isnan(s.loc[("m0", "eo", "haze"), "ce_lo"])  # drawn with another seed: no pairing
+    assert not math.isnan(s.loc[("m0", "eo", "haze"), "ce"])  # the point value needs no resamples
+    assert math.isnan(s.loc[("m0", ALL, ALL), "ce_lo"])  # one curve without: no all-row interval

@@ -175,3 +175,44 @@ def test_shapley_of_a_one_modality_model_and_any_m_against_all_orderings() -> No
     got = shapley_utilization(net, data.test, num_classes=data.num_classes, task="classification")
     assert got == pytest.approx(expect, abs=1e-9)
     assert sum(got.values()) == pytest.approx(v(frozenset(mods)) - v(frozenset()), abs=1e-9)
+
+
+@pytest.mark.parametrize("corruption, level", [("gaussian", 0.5), ("missing", 0.3), ("clouds", 3)])
+def test_a_corrupted_metric_and_its_resamples_do_not_depend_on_the_batch_size(corruption: str, level: float) -> None:
+    from raybal.measure.bootstrap import Bootstrap
+    from raybal.noise import corrupter
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(3, (90,), generator=g)
+    x = {"a": torch.rand(90, 3, 8, 8, generator=g) + y.view(-1, 1, 1, 1) * 0.5,
+         "b": torch.rand(90, 3, 8, 8, generator=g)}
+    split = Split(x, y)
+    model = Pooled()
+    out = []
+    for batch_size in (7, 90):
+        boot = Bootstrap.for_split(90, 50, seed=1, task="classification", num_classes=3)
+        res = measure(model, split, num_classes=3, task="classification", batch_size=batch_size, modalities=(),
+                      corrupt=corrupter("a", corruption, level, seed=2, n=90), boot=boot)
+        out.append((res.metric, boot.metrics(), res.loss))
+    assert out[0][0] == out[1][0] and out[0][1] == pytest.approx(out[1][1], abs=1e-12)
+    assert out[0][2] == pytest.approx(out[1][2], abs=1e-9)
+    clean = measure(model, split, num_classes=3, task="classification", modalities=())
+    assert abs(out[0][2] - clean.loss) > 1e-4  # the corruption acted
+
+
+class Pooled(FusionModel):
+    """Class scores from each modality's per-channel means (a fixed linear read-out)."""
+
+    def __init__(self) -> None:
+        super().__init__(("a", "b"))
+        self.dummy = nn.Parameter(torch.ones(1))
+
+    def encode(self, x):  # noqa: ANN001, ANN201
+        return {m: x[m].mean(dim=(2, 3)) for m in self.modalities}
+
+    def fuse(self, f):  # noqa: ANN001, ANN201
+        return ModelOutput((f["a"].sum(1, keepdim=True) * torch.tensor([[-1.0, 0.0, 1.0]]) + torch.tensor(
+            [[1.5, 0.0, -1.5]]) * 1.5) * self.dummy, f, None)
+
+    def branch_parameters(self, modality):  # noqa: ANN001, ANN201
+        return []

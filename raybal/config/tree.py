@@ -302,11 +302,14 @@ class RobustnessConfig:
     joint: FrozenMap = knob({}, doc="name -> {modality = corruption}: several modalities corrupted at once; step k "
                             "applies each corruption's k-th non-zero level (rows: modality \"eo+sar\", "
                             "corruption = the name, level = k)")
+    bands: FrozenMap = knob({}, doc="name -> {modality = [band indices]}: named band failures, the listed bands "
+                            "zeroed in every sample (rows: the modalities joined by \"+\", corruption = the name, "
+                            "level = 1)")
     splits: tuple[Literal["val", "test"], ...] = ("val", "test")
     measure_mu: bool = True
     seed: int = knob(0, ge=0)
-    bootstrap: int = knob(200, ge=0, doc="resamples of each split's samples for the summary's 95 % intervals "
-                          "(robustness_summary.parquet *_lo / *_hi); 0: no intervals")
+    bootstrap: int = knob(200, ge=0, le=10_000, doc="resamples of each split's samples for the summary's 95 % "
+                          "intervals (robustness_summary.parquet *_lo / *_hi); 0: no intervals")
 
 
 @dataclass(frozen=True)

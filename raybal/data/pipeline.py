@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from raybal.config import FrozenMap, knob
+from raybal.noise.base import sample_generator
 
 Batch = tuple[dict[str, Tensor], Tensor]
 
@@ -147,8 +148,6 @@ class Pipe:
     augment: AugmentParams = AugmentParams()
 
 
-def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % (2 ** 63))
 
 
 def augment_sample(x: dict[str, Tensor], y: Tensor, p: AugmentParams,
@@ -208,11 +207,13 @@ def augment_sample(x: dict[str, Tensor], y: Tensor, p: AugmentParams,
 def corrupt_sample(x: Tensor, name: str, g: torch.Generator) -> Tensor:
     """One sample's modality under corruption ``name`` at a level drawn uniformly from its default levels
     other than 0 (the clean point); the corruption's own draws from ``g``. ``missing`` and ``blackout``
-    zero the modality (their level is a share of a batch; here the probability plays that part)."""
+    zero the modality, ``missing_mean`` fills it with the sample's own mean per band (their level is a
+    share of samples; here the probability plays that part)."""
     from raybal.noise import CORRUPTIONS, nonzero_levels
 
-    if name in ("missing", "blackout"):  # per sample: the probability is the missing rate, so the modality is gone
-        return torch.zeros_like(x)
+    entry = CORRUPTIONS.get(name)
+    if entry.meta.get("rate") or name == "blackout":  # per sample: the probability is the missing rate
+        return entry.obj(x[None], 1.0, g)[0]
     levels = nonzero_levels(name)
     level = levels[int(torch.randint(len(levels), (1,), generator=g))]
     return CORRUPTIONS.get(name).obj(x[None], float(level), g)[0]

@@ -22,7 +22,16 @@ from raybal.data.base import MultiModalData
 from raybal.measure.bootstrap import Bootstrap
 from raybal.measure.utilization import MUResult, measure
 from raybal.models.base import FusionModel
-from raybal.noise import CORRUPTIONS, CorruptionError, default_levels, joint_corrupter, joint_steps, nonzero_levels
+from raybal.noise import (
+    CORRUPTIONS,
+    CorruptionError,
+    default_levels,
+    joint_corrupter,
+    joint_steps,
+    needs_means,
+    nonzero_levels,
+)
+from raybal.noise.absence import band_mask, band_mean
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,7 @@ class Point:
     result: MUResult
     boot: tuple[float, ...] = ()  # the metric on each bootstrap resample of the split (raybal.measure.bootstrap)
     clean_boot: tuple[float, ...] = ()  # the clean metric on the same resamples
+    resamples: str = ""  # what the resamples were drawn from (raybal.measure.bootstrap.resamples_key)
 
 
 def grid(cfg: RobustnessConfig, modalities: tuple[str, ...]) -> list[tuple[str, str, float]]:
@@ -58,6 +68,17 @@ def joint_grid(cfg: RobustnessConfig, modalities: tuple[str, ...]) -> list[tuple
         levels = {c: tuple(cfg.levels.get(c, default_levels(c))) for c in ordered.values()}
         for k, step in enumerate(joint_steps(ordered, levels), start=1):
             out.append(("+".join(ordered), name, float(k), step))
+    return out
+
+
+def band_grid(cfg: RobustnessConfig, modalities: tuple[str, ...]) -> list[tuple[str, str, float,
+                                                                                 list[tuple[str, str, float]]]]:
+    """The named band failures' points (``[robustness] bands``): (modalities joined by "+", the name, 1,
+    a ``dead_bands`` part per modality)."""
+    out = []
+    for name, parts in cfg.bands.items():
+        ordered = {m: parts[m] for m in modalities if m in parts}
+        out.append(("+".join(ordered), name, 1.0, [(m, "dead_bands", band_mask(b)) for m, b in ordered.items()]))
     return out
 
 
@@ -99,12 +120,31 @@ def check_corruptions(run: RunConfig, data: MultiModalData) -> None:
         for m, c, level in parts:
             if (why := _misfit(c, level, xb[m])) is not None:
                 raise ConfigError(f"robustness.joint.{name}.{m}", f"{c} on modality {m!r}: {why}")
+    for _, name, _, parts in band_grid(cfg, data.modalities) if cfg.enabled else ():
+        for m, c, level in parts:
+            if (why := _misfit(c, level, xb[m])) is not None:
+                raise ConfigError(f"robustness.bands.{name}.{m}", f"on modality {m!r}: {why}")
     augment = getattr(run.data.params, "augment", None)
     for m, table in augment.corruptions.items() if augment is not None else ():
         for c in table:
             for level in nonzero_levels(c):
                 if (why := _misfit(c, level, xb[m][:1])) is not None:
                     raise ConfigError(f"data.augment.corruptions.{m}.{c}", f"on modality {m!r}: {why}")
+
+
+@torch.no_grad()
+def train_means(data: MultiModalData, modalities: set[str], batch_size: int = 512) -> dict[str, Tensor]:
+    """Each of ``modalities``' mean per band over the training split, as fed to the network (after
+    normalisation, without augmentation): what ``missing_mean`` fills an absent modality with."""
+    sums: dict[str, Tensor] = {}
+    n = 0
+    for xb, _ in data.train.batches(batch_size) if modalities else ():
+        k = len(next(iter(xb.values())))
+        for m in modalities:
+            s = band_mean(xb[m].double()) * k
+            sums[m] = s if m not in sums else sums[m] + s
+        n += k
+    return {m: (s / max(n, 1)).float() for m, s in sums.items()}
 
 
 def sweep(model: FusionModel, data: MultiModalData, cfg: RobustnessConfig, *, mu_repeats: int = 3,
@@ -114,24 +154,27 @@ def sweep(model: FusionModel, data: MultiModalData, cfg: RobustnessConfig, *, mu
     xb = _probe(data) if not cfg.modalities else {}
     points = [(m, c, level, [(m, c, level)]) for m, c, level in grid(cfg, data.modalities)
               if cfg.modalities or _misfit(c, level, xb[m]) is None]  # every modality swept: where it fits
-    points += joint_grid(cfg, data.modalities)
+    points += joint_grid(cfg, data.modalities) + band_grid(cfg, data.modalities)
     total = len(points) * len(cfg.splits)
     done = 0
+    means = train_means(data, {m for _, _, _, parts in points for m, c, _ in parts if needs_means(c)})
     for split in cfg.splits:
         s = data.split(split)
-        boot = clean = None
+        boot, clean = None, ()
         if cfg.bootstrap:  # the same resamples for every run of this split and seed: paired intervals
-            boot = Bootstrap.for_split(len(s), cfg.bootstrap, cfg.seed, data.task, data.num_classes)
-            clean = boot.fresh()
-            measure(model, s, num_classes=data.num_classes, task=data.task, modalities=(), boot=clean)
+            boot = Bootstrap.for_split(len(s), cfg.bootstrap, cfg.seed, data.task, data.num_classes,
+                                       device=next(model.parameters()).device)
+            acc = boot.fresh()
+            measure(model, s, num_classes=data.num_classes, task=data.task, modalities=(), boot=acc)
+            clean = tuple(acc.metrics())
         for i, (mod, corruption, level, parts) in enumerate(points):
             # The same seed per grid point on every split and model: paired comparisons.
-            fn = joint_corrupter(parts, seed=cfg.seed * 7919 + i, n=len(s))
+            fn = joint_corrupter(parts, seed=cfg.seed * 7919 + i, n=len(s), means=means)
             acc = boot.fresh() if boot is not None else None
             res = measure(model, s, num_classes=data.num_classes, task=data.task, n_repeats=mu_repeats,
                           seed=cfg.seed, corrupt=fn, modalities=data.modalities if cfg.measure_mu else (), boot=acc)
-            points_out.append(Point(split, mod, corruption, level, res, tuple(acc.metrics()) if acc else (),
-                                    tuple(clean.metrics()) if clean else ()))
+            points_out.append(Point(split, mod, corruption, level, res, tuple(acc.metrics()) if acc else (), clean,
+                                    boot.key if boot is not None else ""))
             done += 1
             if progress is not None:
                 progress(done, total)

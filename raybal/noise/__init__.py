@@ -17,10 +17,11 @@ from raybal.noise.base import (
     is_severity,
     joint_corrupter,
     joint_steps,
+    needs_means,
     nonzero_levels,
 )
 
 import_submodules(__name__, __path__)
 
 __all__ = ["CORRUPTIONS", "Corrupter", "CorruptionError", "CorruptionFn", "corrupter", "default_levels", "is_severity",
-           "joint_corrupter", "joint_steps", "nonzero_levels"]
+           "joint_corrupter", "joint_steps", "needs_means", "nonzero_levels"]

@@ -18,7 +18,7 @@ share of a split's samples (``missing``: exactly round(level n) of the n, whatev
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -80,17 +80,25 @@ def nonzero_levels(corruption: str) -> list[float]:
     return [lv for lv in levels if lv > 0] or levels
 
 
-def sample_generator(seed: int, part: int, index: int) -> torch.Generator:
-    """The generator of sample ``index``'s draws for part ``part`` of a corruption seeded with ``seed``."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + part) * 1_000_000_007 + index) % (2 ** 63))
+def sample_generator(seed: int, stream: int, index: int) -> torch.Generator:
+    """The generator of sample ``index``'s draws in ``stream`` (a sweep's corruption part; a training
+    epoch) under ``seed``."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + stream) * 1_000_000_007 + index) % (2 ** 63))
 
 
-def corrupter(modality: str, corruption: str, level: float, seed: int, n: int | None = None) -> Corrupter:
+def corrupter(modality: str, corruption: str, level: float, seed: int, n: int | None = None,
+              means: Mapping[str, Tensor] | None = None) -> Corrupter:
     """A batch transform corrupting one modality (:func:`joint_corrupter` with one part)."""
-    return joint_corrupter([(modality, corruption, level)], seed, n)
+    return joint_corrupter([(modality, corruption, level)], seed, n, means)
 
 
-def joint_corrupter(parts: list[tuple[str, str, float]], seed: int, n: int | None = None) -> Corrupter:
+def needs_means(corruption: str) -> bool:
+    """Does ``corruption`` fill with the training split's mean (``fill="mean"``, e.g. ``missing_mean``)?"""
+    return CORRUPTIONS.get(corruption).meta.get("fill") == "mean"
+
+
+def joint_corrupter(parts: list[tuple[str, str, float]], seed: int, n: int | None = None,
+                    means: Mapping[str, Tensor] | None = None) -> Corrupter:
     """A transform ``(batch, idx) -> batch`` corrupting each (modality, corruption, level) of ``parts`` at
     once (a joint fault, e.g. clouds on EO and extra speckle on SAR); ``idx`` holds the batch's sample
     indices in its split, of ``n`` samples.
@@ -100,7 +108,8 @@ def joint_corrupter(parts: list[tuple[str, str, float]], seed: int, n: int | Non
     order or the number of workers. A corruption registered with ``draws=False`` (no randomness) is applied
     to the whole batch at once. One registered with ``rate=True`` (``missing``) takes exactly
     round(level n) of the split's ``n`` samples, drawn once from (``seed``, the part), and applies itself
-    at rate 1 to those."""
+    at rate 1 to those; with ``fill="mean"`` (``missing_mean``) those samples hold ``means[modality]``
+    instead, the training split's mean per band (:func:`raybal.measure.robustness.train_means`)."""
     steps = []
     for j, (m, c, level) in enumerate(parts):
         entry = CORRUPTIONS.get(c)
@@ -110,14 +119,19 @@ def joint_corrupter(parts: list[tuple[str, str, float]], seed: int, n: int | Non
                 raise ValueError(f"{c} is a rate over a split's samples: the corrupter needs the split's size")
             chosen = torch.zeros(n, dtype=torch.bool)
             chosen[torch.randperm(n, generator=sample_generator(seed, j, n))[:round(float(level) * n)]] = True
-        steps.append((j, m, entry.obj, float(level), chosen, bool(entry.meta.get("draws", True))))
+        fill = None
+        if needs_means(c):
+            if means is None or m not in means:
+                raise ValueError(f"{c} fills with the training mean: the corrupter needs modality {m!r}'s mean")
+            fill = means[m]
+        steps.append((j, m, entry.obj, float(level), chosen, bool(entry.meta.get("draws", True)), fill))
 
     def apply(batch: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
         out = dict(batch)
         idx = torch.as_tensor(idx).long().cpu()
-        for j, m, fn, level, chosen, draws in steps:
+        for j, m, fn, level, chosen, draws, fill in steps:
             x = out[m]
-            if not len(x):
+            if not len(x) or level <= 0:  # a level 0 is the clean point
                 continue
             if len(idx) != len(x):
                 raise ValueError(f"{len(idx)} sample indices for a batch of {len(x)}")
@@ -125,7 +139,8 @@ def joint_corrupter(parts: list[tuple[str, str, float]], seed: int, n: int | Non
                 rows = chosen[idx].to(x.device)
                 if bool(rows.any()):
                     x = x.clone()
-                    x[rows] = fn(x[rows], 1.0, sample_generator(seed, j, -1))
+                    x[rows] = (fill.to(x).expand_as(x[rows]) if fill is not None
+                               else fn(x[rows], 1.0, sample_generator(seed, j, -1)))
             elif not draws:
                 x = fn(x, level, sample_generator(seed, j, -1))
             else:

@@ -101,7 +101,7 @@ def run_columns(rows: Sequence[Mapping[str, Any]], metric: str, clean: Mapping[s
 def _curves(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[tuple[str, str], Curve]:
     curves: dict[tuple[str, str], Curve] = {}
     for r in sorted(rows, key=lambda r: float(r["level"])):
-        c = curves.setdefault((r["modality"], r["corruption"]), Curve([], [], [], None))
+        c = curves.setdefault((r["modality"], r["corruption"]), Curve([], [], [], None, r.get("resamples")))
         c.levels.append(float(r["level"]))
         c.values.append(float(r[metric]))
         c.boots.append(_boot(r.get("boot")))
@@ -126,6 +126,7 @@ class Curve:
     values: list[float]
     boots: list[np.ndarray | None]  # per level: the metric on each resample
     clean_boot: np.ndarray | None  # the clean metric on each resample
+    resamples: str | None = None  # what the resamples were drawn from: curves pair only under the same
 
     def resampled(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(levels x B values, B clean values), or None without a complete set of equal-length resamples."""
@@ -188,7 +189,8 @@ def summary_table(trials: pd.DataFrame, robustness: pd.DataFrame, metric: str) -
                     ce = corruption_error(lv, vs, bvals)
                     er = clean * (cm["mra"] - bm["mra"])
                     brs = [c.resampled() for c in base]
-                    if rs is not None and all(x is not None and x[0].shape == rs[0].shape for x in brs):
+                    if rs is not None and all(x is not None and c.resamples == cv.resamples
+                                              for x, c in zip(brs, base)):
                         bv, bc = np.mean([x[0] for x in brs], axis=0), np.mean([x[1] for x in brs], axis=0)
                         boot["ce"] = corruption_error(lv, rs[0], bv)
                         boot["effective_robustness"] = rs[1] * (boot["mra"] - curve_metrics(lv, bv, bc)["mra"])

@@ -128,18 +128,19 @@ def with_final(rows: list[dict[str, Any]], final: list[dict[str, Any]]) -> list[
 def robustness_rows(trial_id: str, points: Iterable[Point], task: str, measure_mu: bool) -> list[dict[str, Any]]:
     """The ``robustness.parquet`` rows of a sweep's points (:func:`raybal.measure.robustness.sweep`)."""
     return [robustness_row(trial_id, p.split, p.modality, p.corruption, p.level, task, p.result, measure_mu,
-                           p.boot, p.clean_boot) for p in points]
+                           p.boot, p.clean_boot, p.resamples) for p in points]
 
 
 def robustness_row(trial_id: str, split: str, modality: str, corruption: str, level: float, task: str,
                    mu: MUResult, measure_mu: bool, boot: Sequence[float] = (),
-                   clean_boot: Sequence[float] = ()) -> dict[str, Any]:
+                   clean_boot: Sequence[float] = (), resamples: str = "") -> dict[str, Any]:
     """One ``robustness.parquet`` row: the metric under one corruption, and the MU under it; ``boot`` and
-    ``clean_boot`` the metric and the clean metric on each bootstrap resample (None when none was drawn)."""
+    ``clean_boot`` the metric and the clean metric on each bootstrap resample (None when none was drawn),
+    ``resamples`` what those were drawn from (B x n @ seed)."""
     row: dict[str, Any] = {"trial_id": trial_id, "split": split, "modality": modality, "corruption": corruption,
                            "level": level, metric_name(task): mu.metric, "loss": mu.loss,
                            "boot": [round(v, 6) for v in boot] or None,
-                           "clean_boot": [round(v, 6) for v in clean_boot] or None}
+                           "clean_boot": [round(v, 6) for v in clean_boot] or None, "resamples": resamples or None}
     details = metric_details(mu.stat, mu.total, task)
     for k in ("pixel_accuracy", "micro_f1", "macro_f1"):  # the secondary metrics that are one number
         if k in details:
