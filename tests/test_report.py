@@ -116,3 +116,29 @@ def test_labels_tell_runs_trained_with_an_augmentation_from_the_plain_method() -
                                 "d": "mu_target eo=0.75"}
     flipped = trial_labels(t.assign(**{"data.augment.flip": [False, True, False, False]}))
     assert flipped["a"] == "vanilla +flip=False" and flipped["b"] == "vanilla +noise eo 0.1 +flip=True"
+
+
+def test_best_ranks_and_constrains_on_mce_and_effective_robustness(study_dir: Path, capsys) -> None:  # noqa: ANN001
+    import pandas as pd
+
+    from raybal.analysis.best import best_trial
+    from raybal.cli import main
+
+    s = pd.read_parquet(study_dir / "robustness_summary.parquet")
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    allrows = s[(s["modality"] == "all") & (s["split"] == "test")].set_index("trial_id")
+    b = best_trial(study_dir, metric="robust.test_mce", importance=None)
+    assert b.mode == "min"  # a corruption error: lower is better
+    search = trials[(trials["status"] == "ok") & (trials["role"] == "search")]
+    means = search.assign(mce=search["trial_id"].map(allrows["ce"])).groupby("config_id")["mce"].mean()
+    assert b.value == pytest.approx(means.min())  # the baseline has no mCE: never a candidate
+    er = best_trial(study_dir, metric="robust.test_effective_robustness", importance=None)
+    assert er.mode == "max" and not b.is_baseline and not er.is_baseline
+    worst = means.max()
+    kept = best_trial(study_dir, metric="final.val_accuracy",
+                      constraints=[f"robust.test_mce <= {means.min() + 1e-6:.6f}"], importance=None)
+    assert kept.row["robust.test_mce"] == pytest.approx(means.min()) and kept.candidates == 1  # only that one
+    capsys.readouterr()
+    assert main(["best", str(study_dir), "--metric", "robust.test_mce", "--constraint",
+                 f"robust.test_mce <= {worst + 1:.3f}"]) == 0
+    assert "robust.test_mce" in capsys.readouterr().out

@@ -30,7 +30,25 @@ CONFIG_PREFIXES = ("data.", "model.", "balance.", "train.")
 
 
 def infer_mode(metric: str) -> str:
-    return "min" if any(w in metric for w in ("loss", "error")) else "max"
+    return "min" if any(w in metric for w in ("loss", "error")) or metric.endswith("_mce") else "max"
+
+
+def with_summary_columns(trials: pd.DataFrame, results_dir: Path) -> pd.DataFrame:
+    """``trials`` with each run's mCE and effective robustness against the baseline
+    (``robust.<split>_mce``, ``robust.<split>_effective_robustness``) from ``robustness_summary.parquet``."""
+    from raybal.results.robust_summary import trial_columns
+    from raybal.results.tables import SUMMARY, read_table
+
+    path = Path(results_dir) / f"{SUMMARY}.parquet"
+    if trials.empty or not path.is_file():
+        return trials
+    cols = trial_columns(read_table(path))
+    out = trials.copy()
+    key = out["trial_id"].astype(str)
+    for c in cols.columns:
+        if c not in out.columns:
+            out[c] = key.map(cols[c]).astype(float)
+    return out
 
 
 @dataclass
@@ -175,7 +193,7 @@ def best_trial(results_dir: str | Path, metric: str | None = None, mode: str | N
     ``importance`` (``"ped_anova"``, ``"fanova"`` or None): which searched knob drove the metric, over
     the complete configurations (:mod:`raybal.analysis.importance`)."""
     res = load_results(results_dir)
-    t = res.trials
+    t = with_summary_columns(res.trials, res.path)
     if t.empty:
         raise ResultsError(f"{res.path}: no trials recorded yet")
     spec = res.meta.get("best", {})

@@ -18,7 +18,8 @@ point (0, A_0) is put first when the sweep has no level 0):
 Per run and split, one more row with ``modality = corruption = "all"``: the means over the run's
 curves (mCE is the mean CE). ``robust.<split>_mra`` and ``robust.<split>_rel_robustness`` (the all-row's
 values) are trial columns too, so a study can optimise them; CE and effective robustness need the
-baseline, so they live in ``robustness_summary.parquet`` only.
+baseline, so they live in ``robustness_summary.parquet``, which ``raybal best`` reads as
+``robust.<split>_mce`` and ``robust.<split>_effective_robustness`` (:func:`trial_columns`).
 
 Each statistic has a 95 % bootstrap interval over the split's samples, ``<stat>_lo`` / ``<stat>_hi``
 (:mod:`raybal.measure.bootstrap`): the statistic computed on each of the sweep's B resamples (every level's
@@ -225,3 +226,16 @@ def _intervals(point: Mapping[str, float], boot: Mapping[str, np.ndarray]) -> di
 def _nanmean(vals: Sequence[float]) -> float:
     keep = [v for v in vals if v == v]
     return sum(keep) / len(keep) if keep else math.nan
+
+
+def trial_columns(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per run (``trial_id`` the index), its all-rows' CE and effective robustness as trial-style columns,
+    ``robust.<split>_mce`` and ``robust.<split>_effective_robustness``: ``raybal best`` ranks and
+    constrains on them. A study cannot optimise them: they need the baseline's run of the same seed,
+    known only once the directory's tables are written."""
+    rows = summary[summary["modality"] == ALL] if not summary.empty else summary
+    out = pd.DataFrame(index=pd.Index([], name="trial_id"))
+    for (tid, split), r in rows.set_index([rows["trial_id"].astype(str), "split"]).iterrows():
+        out.loc[tid, f"robust.{split}_mce"] = r["ce"]
+        out.loc[tid, f"robust.{split}_effective_robustness"] = r["effective_robustness"]
+    return out
