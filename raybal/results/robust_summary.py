@@ -160,8 +160,13 @@ def summary_table(trials: pd.DataFrame, robustness: pd.DataFrame, metric: str) -
 
     rows_by = {tid: g.to_dict("records") for tid, g in robustness.groupby(robustness["trial_id"].astype(str))}
 
+    built: dict[tuple[str, str], dict[tuple[str, str], Curve]] = {}
+
     def curves_of(tid: str, split: str) -> dict[tuple[str, str], Curve]:
-        return _curves([r for r in rows_by.get(tid, []) if r["split"] == split], metric)
+        """A run's curves on a split, built once (a baseline's are read for every curve of every run)."""
+        if (tid, split) not in built:
+            built[tid, split] = _curves([r for r in rows_by.get(tid, []) if r["split"] == split], metric)
+        return built[tid, split]
 
     out: list[dict[str, Any]] = []
     for tid in ok.index:
@@ -234,8 +239,9 @@ def trial_columns(summary: pd.DataFrame) -> pd.DataFrame:
     constrains on them. A study cannot optimise them: they need the baseline's run of the same seed,
     known only once the directory's tables are written."""
     rows = summary[summary["modality"] == ALL] if not summary.empty else summary
-    out = pd.DataFrame(index=pd.Index([], name="trial_id"))
-    for (tid, split), r in rows.set_index([rows["trial_id"].astype(str), "split"]).iterrows():
-        out.loc[tid, f"robust.{split}_mce"] = r["ce"]
-        out.loc[tid, f"robust.{split}_effective_robustness"] = r["effective_robustness"]
-    return out
+    if rows.empty:
+        return pd.DataFrame(index=pd.Index([], name="trial_id"))
+    wide = rows.assign(trial_id=rows["trial_id"].astype(str)).pivot(
+        index="trial_id", columns="split", values=["ce", "effective_robustness"])
+    wide.columns = [f"robust.{split}_{'mce' if stat == 'ce' else stat}" for stat, split in wide.columns]
+    return wide
